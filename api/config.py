@@ -1,0 +1,121 @@
+"""Configuration: the one place that reads the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+logger = logging.getLogger(__name__)
+
+HandlerAuth = Literal["oidc", "appengine", "none"]
+GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
+
+
+class ConfigurationInvalid(Exception):
+    """The configuration cannot run safely; the message says what to set."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the app needs to run; tests build one directly."""
+
+    # Data
+    database_url: str | None = None
+    instance_connection_name: str | None = None  # Cloud SQL: "project:region:instance"
+    db_user: str | None = None
+    db_password: str | None = None
+    db_name: str = "postgres"
+    db_iam_auth: bool = False
+    db_pool_size: int = 5
+    db_max_overflow: int = 5
+
+    # Cloud Tasks
+    project: str = "local-project"
+    location: str = "us-central1"
+    emulator_host: str | None = None  # CLOUD_TASKS_EMULATOR_HOST, "host:port"
+    handler_base_url: str = "http://127.0.0.1:8080"
+    tasks_service_account: str | None = None  # the OIDC identity Cloud Tasks signs as
+    oidc_audience: str | None = None  # defaults to handler_base_url
+    queues_file: Path = Path("queues.yaml")
+
+    # Handler authentication (fail closed: None means "not configured")
+    handler_auth: HandlerAuth | None = None
+    oidc_certs_url: str = GOOGLE_CERTS_URL
+    on_app_engine: bool = False
+
+    # HTTP
+    max_request_bytes: int = 1024 * 1024
+    page_token_key: str = "cloudjobs-page-token"
+    job_modules: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def audience(self) -> str:
+        """The OIDC audience tasks carry and the handler expects."""
+        return self.oidc_audience or self.handler_base_url
+
+    def replace(self, **changes: object) -> Config:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def validate(self) -> None:
+        """Refuse a configuration that cannot run safely."""
+        if not self.database_url and not self.instance_connection_name:
+            raise ConfigurationInvalid(
+                "no database: set DATABASE_URL, or INSTANCE_CONNECTION_NAME for Cloud SQL"
+            )
+        if self.handler_auth is None:
+            raise ConfigurationInvalid(
+                "/handlers/* has no authentication: set HANDLER_AUTH=oidc with "
+                "TASKS_SERVICE_ACCOUNT (the service account Cloud Tasks signs as), or run on "
+                "App Engine, or set HANDLER_AUTH=none only behind another gate (Cloud Run IAM)"
+            )
+        if self.handler_auth == "oidc" and not self.tasks_service_account:
+            raise ConfigurationInvalid(
+                "HANDLER_AUTH=oidc needs TASKS_SERVICE_ACCOUNT, the email Cloud Tasks signs as"
+            )
+        if self.handler_auth == "appengine" and not self.on_app_engine:
+            raise ConfigurationInvalid(
+                "HANDLER_AUTH=appengine trusts X-AppEngine-QueueName, which only App Engine "
+                "strips from outside requests; it is refused elsewhere"
+            )
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Config:
+        """Build the configuration from environment variables."""
+        e = dict(os.environ if env is None else env)
+        on_app_engine = e.get("GAE_ENV", "").startswith("standard")
+        auth = e.get("HANDLER_AUTH") or ("appengine" if on_app_engine else None)
+        if auth is not None and auth not in ("oidc", "appengine", "none"):
+            raise ConfigurationInvalid(f"HANDLER_AUTH={auth!r}: use oidc, appengine or none")
+        project = e.get("GOOGLE_CLOUD_PROJECT") or e.get("CLOUDJOBS_PROJECT") or "local-project"
+        return cls(
+            database_url=e.get("DATABASE_URL") or None,
+            instance_connection_name=e.get("INSTANCE_CONNECTION_NAME") or None,
+            db_user=e.get("DB_USER") or None,
+            db_password=e.get("DB_PASS") or None,
+            db_name=e.get("DB_NAME", "postgres"),
+            db_iam_auth=_flag(e.get("DB_IAM_AUTH")),
+            db_pool_size=int(e.get("DB_POOL_SIZE", "5")),
+            db_max_overflow=int(e.get("DB_MAX_OVERFLOW", "5")),
+            project=project,
+            location=e.get("CLOUD_TASKS_LOCATION", "us-central1"),
+            emulator_host=e.get("CLOUD_TASKS_EMULATOR_HOST") or None,
+            handler_base_url=e.get("HANDLER_BASE_URL", "http://127.0.0.1:8080").rstrip("/"),
+            tasks_service_account=e.get("TASKS_SERVICE_ACCOUNT") or None,
+            oidc_audience=e.get("OIDC_AUDIENCE") or None,
+            queues_file=Path(e.get("QUEUES_FILE", "queues.yaml")),
+            handler_auth=auth,  # type: ignore[arg-type]
+            oidc_certs_url=e.get("OIDC_CERTS_URL", GOOGLE_CERTS_URL),
+            on_app_engine=on_app_engine,
+            max_request_bytes=int(e.get("MAX_REQUEST_BYTES", str(1024 * 1024))),
+            page_token_key=e.get("PAGE_TOKEN_KEY", "cloudjobs-page-token"),
+            job_modules=tuple(m for m in e.get("JOB_MODULES", "").split(",") if m.strip()),
+        )
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")

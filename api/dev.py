@@ -1,0 +1,76 @@
+"""`cloudjobs dev`: embedded PostgreSQL, migrations, the emulator, the queues, the app."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+DEV_SERVICE_ACCOUNT = "cloudjobs-tasks@local-project.iam.gserviceaccount.com"
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    """Run everything in this process until Ctrl-C."""
+    from werkzeug.serving import make_server
+
+    from api import create_app, migrate
+    from api.config import Config
+    from api.db import create_engine
+    from api.devdb import start_embedded_postgres
+    from api.queues import Queues
+    from api.tasks import make_client, sync_queues
+    from emulator import Emulator
+
+    pg: Any = None
+    database_url = os.environ.get("DATABASE_URL")
+    if not database_url:
+        database_url, pg = start_embedded_postgres(Path(args.data_dir) / "postgres")
+        print(f"  postgres   embedded, data in {Path(args.data_dir) / 'postgres'}")
+    base = Config.from_env()
+    engine = create_engine(base, url=database_url, pool_size=1)
+    migrate.upgrade(engine)
+    engine.dispose()
+
+    emu = Emulator(host=args.host, port=args.emulator_port, http_port=0).start()
+    try:
+        config = base.replace(
+            database_url=database_url,
+            emulator_host=emu.address,
+            handler_base_url=f"http://{args.host}:{args.port}",
+            handler_auth="oidc",
+            tasks_service_account=DEV_SERVICE_ACCOUNT,
+            oidc_audience=None,
+            oidc_certs_url=emu.certs_url,
+            queues_file=Path(args.queues),
+        )
+        queues = Queues.load(config.queues_file)
+        sync_queues(make_client(config), config, list(queues.specs.values()))
+        app = create_app(config)
+        server = make_server(args.host, args.port, app, threaded=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        url = f"http://{args.host}:{args.port}"
+        print(f"  emulator   {emu.address} (certs {emu.certs_url})")
+        print(f"  queues     {', '.join(queues.specs)}")
+        print(f"\ncloudjobs is running on {url}  (Ctrl-C stops everything)\n")
+        print(f"  curl -s -X POST {url}/v1/jobs -H 'Content-Type: application/json' \\")
+        print("       -d '{\"type\":\"sleep\",\"payload\":{\"worktime\":40}}'")
+        print(f"  curl -s {url}/v1/jobs/$ID\n", flush=True)
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        print("\nstopping...", flush=True)
+        server.shutdown()
+        app.extensions["cloudjobs"].engine.dispose()
+    finally:
+        emu.stop()
+        if pg is not None:
+            pg.cleanup()
+    return 0

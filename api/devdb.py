@@ -1,0 +1,28 @@
+"""An embedded PostgreSQL (pgserver) for `cloudjobs dev` and tests when no database is given."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
+    """Start (or reuse) a PostgreSQL in `data_dir`; returns its pg8000 URL and the server."""
+    try:
+        import pgserver
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise RuntimeError(
+            "no DATABASE_URL and no embedded PostgreSQL: pip install 'cloudjobs[dev]' "
+            "(pgserver has wheels for CPython 3.9-3.12) or set DATABASE_URL"
+        ) from e
+    if os.geteuid() == 0 and not os.environ.get("XDG_RUNTIME_DIR"):
+        # As root, pgserver runs PostgreSQL as a system user and opens permissions on
+        # XDG_RUNTIME_DIR's parents; a private folder keeps that away from /run.
+        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="cloudjobs-xdg-")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(str(data_dir.resolve()), cleanup_mode="stop")
+    socket = data_dir.resolve() / ".s.PGSQL.5432"
+    url = f"postgresql+pg8000://postgres@/postgres?unix_sock={socket}"
+    return url, server

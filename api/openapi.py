@@ -1,0 +1,171 @@
+"""The OpenAPI 3.1 document, from the same pydantic models that validate and serialise."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from api.resources import AttemptList, CreateJob, Job, JobList
+
+REF = "#/components/schemas/{model}"
+
+PROBLEM = {
+    "type": "object",
+    "description": "RFC 9457 problem details.",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "format": "uri"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+    "additionalProperties": True,
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(model=name)}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _problems(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "Malformed request",
+        401: "Not authenticated",
+        404: "No such job",
+        409: "Conflict",
+        413: "Request too large",
+        415: "Not JSON",
+        422: "Validation failed",
+        500: "Internal error",
+        503: "Database unavailable",
+    }
+    return {
+        str(c): {
+            "description": text[c],
+            "content": {"application/problem+json": {"schema": _ref("Problem")}},
+        }
+        for c in codes
+    }
+
+
+JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+def _query(name: str, description: str, schema: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    return {"name": name, "in": "query", "description": description, "schema": schema or {"type": "string"}, **kw}
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document."""
+    _, defs = models_json_schema(
+        [(m, "validation" if m is CreateJob else "serialization") for m in (CreateJob, Job, JobList, AttemptList)],
+        ref_template=REF,
+    )
+    schemas = dict(defs["$defs"])
+    schemas["Problem"] = PROBLEM
+    schemas["Health"] = {"type": "object", "properties": {"status": {"type": "string"}}}
+    array = {"type": "array", "items": {"type": "string"}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "cloudjobs",
+            "version": "1",
+            "description": "Jobs recorded in PostgreSQL and run through Google Cloud Tasks.",
+        },
+        "paths": {
+            "/v1/jobs": {
+                "post": {
+                    "operationId": "createJob",
+                    "summary": "Create a job",
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                            "description": "A replay with the same key and body returns the original job.",
+                        }
+                    ],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("CreateJob")}}},
+                    "responses": {
+                        "202": {**_json(_ref("Job"), "Created"), "headers": {"Location": {"schema": {"type": "string"}}}},
+                        "200": _json(_ref("Job"), "An idempotent replay: the original job"),
+                        **_problems(400, 409, 413, 415, 422, 503),
+                    },
+                },
+                "get": {
+                    "operationId": "listJobs",
+                    "summary": "List jobs, newest first",
+                    "parameters": [
+                        _query("state", "Comma-separated states", array, style="form", explode=True),
+                        _query("type", "Comma-separated job types", array, style="form", explode=True),
+                        _query("queue", "Comma-separated queues", array, style="form", explode=True),
+                        _query("label", "key:value, repeatable", array, style="form", explode=True),
+                        _query("created_after", "RFC 3339", {"type": "string", "format": "date-time"}),
+                        _query("created_before", "RFC 3339", {"type": "string", "format": "date-time"}),
+                        _query("page_size", "Default 50; above 500 is coerced to 500", {"type": "integer", "minimum": 0}),
+                        _query("page_token", "next_page_token of the previous page"),
+                    ],
+                    "responses": {"200": _json(_ref("JobList"), "A page of jobs"), **_problems(400, 503)},
+                },
+            },
+            "/v1/jobs/{job_id}": {
+                "get": {
+                    "operationId": "getJob",
+                    "summary": "Get a job",
+                    "parameters": [JOB_ID],
+                    "responses": {"200": _json(_ref("Job"), "The job"), **_problems(404, 503)},
+                }
+            },
+            "/v1/jobs/{job_id}/attempts": {
+                "get": {
+                    "operationId": "listAttempts",
+                    "summary": "A job's attempts, oldest first",
+                    "parameters": [JOB_ID],
+                    "responses": {"200": _json(_ref("AttemptList"), "The attempts"), **_problems(404, 503)},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "Liveness",
+                    "responses": {"200": _json(_ref("Health"), "Alive")},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "Readiness: the database answers",
+                    "responses": {"200": _json(_ref("Health"), "Ready"), **_problems(503)},
+                }
+            },
+        },
+        "components": {"schemas": schemas},
+    }

@@ -1,0 +1,172 @@
+"""The REST API (/v1): views parse, call, commit, enqueue and serialise."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Blueprint, Request, Response, request
+from werkzeug.exceptions import UnsupportedMediaType
+
+from api import jobs as jobs_service
+from api import paging, store
+from api.errors import InvalidRequest, JobNotFound
+from api.models import STATES
+from api.openapi import openapi_document
+from api.resources import attempt_resource, job_resource
+from api.state import current_state
+
+bp = Blueprint("api", __name__)
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A compact JSON response."""
+    resp = Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+def json_body(req: Request) -> Any:
+    """The request's JSON body: 415 when it is not JSON, 400 when it does not parse."""
+    if not req.mimetype or not (req.mimetype == "application/json" or req.mimetype.endswith("+json")):
+        raise UnsupportedMediaType("send the body as application/json")
+    try:
+        return json.loads(req.get_data(cache=False) or b"null")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidRequest(f"the body is not valid JSON: {e}") from None
+
+
+def parse_job_id(raw: str) -> uuid.UUID:
+    """A job id from the path; anything that is not a UUID is simply not found."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise JobNotFound(f"no job {raw!r}") from None
+
+
+@bp.post("/v1/jobs")
+def create_job() -> Response:
+    """Create a job: 202 and the job, or 200 and the original for an idempotent replay."""
+    state = current_state()
+    key = jobs_service.check_idempotency_key(request.headers.get("Idempotency-Key"))
+    req = jobs_service.parse_create(state, json_body(request))
+    row, created = jobs_service.create_job(state, req, idempotency_key=key)
+    return json_response(
+        job_resource(row),
+        status=202 if created else 200,
+        headers={"Location": f"/v1/jobs/{row.id}"},
+    )
+
+
+@bp.get("/v1/jobs/<job_id>")
+def get_job(job_id: str) -> Response:
+    """One job."""
+    state = current_state()
+    jid = parse_job_id(job_id)
+    with state.engine.connect() as conn:
+        row = store.get_job(conn, jid)
+    if row is None:
+        raise JobNotFound(f"no job {job_id}")
+    return json_response(job_resource(row))
+
+
+@bp.get("/v1/jobs/<job_id>/attempts")
+def list_attempts(job_id: str) -> Response:
+    """A job's attempts, oldest first."""
+    state = current_state()
+    jid = parse_job_id(job_id)
+    with state.engine.connect() as conn:
+        if store.get_job(conn, jid) is None:
+            raise JobNotFound(f"no job {job_id}")
+        rows = store.list_attempts(conn, jid)
+    return json_response({"attempts": [attempt_resource(r) for r in rows]})
+
+
+@bp.get("/v1/jobs")
+def list_jobs() -> Response:
+    """Jobs, newest first, filtered and paged by keyset."""
+    state = current_state()
+    flt = parse_filter(request.args)
+    size = paging.page_size(request.args.get("page_size"))
+    scope = _scope(flt)
+    after = None
+    if token := request.args.get("page_token"):
+        after = paging.decode(state.config.page_token_key, token, scope)
+    with state.engine.connect() as conn:
+        rows = store.list_jobs(conn, flt, limit=size + 1, after=after)
+    next_token = ""
+    if len(rows) > size:
+        rows = rows[:size]
+        last = rows[-1]
+        next_token = paging.encode(state.config.page_token_key, (last.created_time, last.id), scope)
+    return json_response({"jobs": [job_resource(r) for r in rows], "next_page_token": next_token})
+
+
+def parse_filter(args: Any) -> store.JobFilter:
+    """The filters of GET /v1/jobs; 400 for any that does not parse."""
+    states = tuple(_multi(args, "state"))
+    bad = [s for s in states if s not in STATES]
+    if bad:
+        raise InvalidRequest(f"unknown state {bad[0]!r}; use one of {', '.join(STATES)}")
+    labels = []
+    for raw in args.getlist("label"):
+        k, sep, v = raw.partition(":")
+        if not sep or not k:
+            raise InvalidRequest(f"label filter {raw!r} must be key:value")
+        labels.append((k, v))
+    return store.JobFilter(
+        states=states,
+        types=tuple(_multi(args, "type")),
+        queues=tuple(_multi(args, "queue")),
+        labels=tuple(labels),
+        created_after=_time(args, "created_after"),
+        created_before=_time(args, "created_before"),
+    )
+
+
+def _multi(args: Any, name: str) -> list[str]:
+    return [v for raw in args.getlist(name) for v in raw.split(",") if v]
+
+
+def _time(args: Any, name: str) -> datetime | None:
+    raw = args.get(name)
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an RFC 3339 time, not {raw!r}") from None
+    if value.tzinfo is None:
+        raise InvalidRequest(f"{name} needs a time zone (Z or +hh:mm)")
+    return value
+
+
+def _scope(flt: store.JobFilter) -> str:
+    raw = repr((flt.states, flt.types, flt.queues, flt.labels, flt.created_after, flt.created_before))
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 document of this API."""
+    return json_response(openapi_document())
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """Liveness: the process answers."""
+    return json_response({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Readiness: the database answers."""
+    state = current_state()
+    with state.engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+    return json_response({"status": "ok", "database": "ok"})

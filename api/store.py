@@ -1,0 +1,300 @@
+"""Every statement that changes a job, each a guarded transition. Callers own the transaction.
+
+A transition that matches no row is a duplicate or a race, and callers treat it so:
+`UPDATE … WHERE id = … AND state IN (…) RETURNING` makes each transition happen once.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Connection, Row
+
+from api.models import job_attempts, jobs
+
+# A lease outlives the job's timeout by this much, so a slow finish is not taken over.
+LEASE_MARGIN_S = 30
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job about to be inserted."""
+
+    id: uuid.UUID
+    type: str
+    queue: str
+    payload: dict[str, Any]
+    max_attempts: int
+    timeout_s: int
+    labels: dict[str, str]
+    task_name: str
+    scheduled_time: datetime | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What Cloud Tasks said about one delivery (its X-CloudTasks-* headers)."""
+
+    task_name: str | None = None
+    retry_count: int | None = None
+    execution_count: int | None = None
+    retry_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Finish:
+    """How one attempt ended: the job's next state and the attempt's outcome."""
+
+    job_id: uuid.UUID
+    attempt: int
+    state: str  # COMPLETED | FAILED | QUEUED (a retry) | CANCELLED
+    outcome: str  # COMPLETED | FAILED | RETRY | CANCELLED | TIMED_OUT
+    result: Any = None
+    error: dict[str, str] | None = None
+    delivery: Delivery = Delivery()
+
+
+def _row_values(job: NewJob) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "id": job.id,
+        "type": job.type,
+        "queue": job.queue,
+        "state": "CREATED",
+        "payload": job.payload,
+        "max_attempts": job.max_attempts,
+        "timeout_s": job.timeout_s,
+        "labels": job.labels,
+        "task_name": job.task_name,
+        "idempotency_key": job.idempotency_key,
+        "request_hash": job.request_hash,
+    }
+    if job.scheduled_time is not None:
+        values["scheduled_time"] = job.scheduled_time
+    return values
+
+
+def insert_job(conn: Connection, job: NewJob) -> Row[Any] | None:
+    """Insert a CREATED job; None when its idempotency key is already taken."""
+    stmt = (
+        pg_insert(jobs)
+        .values(_row_values(job))
+        .on_conflict_do_nothing(
+            index_elements=["idempotency_key"], index_where=jobs.c.idempotency_key.isnot(None)
+        )
+        .returning(*jobs.c)
+    )
+    return conn.execute(stmt).first()
+
+
+def job_by_idempotency_key(conn: Connection, key: str) -> Row[Any] | None:
+    """The job created under an idempotency key."""
+    return conn.execute(sa.select(jobs).where(jobs.c.idempotency_key == key)).first()
+
+
+def mark_queued(conn: Connection, job_ids: Sequence[uuid.UUID]) -> list[Row[Any]]:
+    """CREATED → QUEUED once the task exists in Cloud Tasks."""
+    stmt = (
+        sa.update(jobs)
+        .where(jobs.c.id.in_(job_ids), jobs.c.state == "CREATED")
+        .values(state="QUEUED", updated_time=sa.func.now())
+        .returning(*jobs.c)
+    )
+    return list(conn.execute(stmt))
+
+
+_CLAIM = sa.text(
+    """
+    WITH expired AS (
+        SELECT id, attempts, attempt_started_time, task_name
+        FROM jobs
+        WHERE id = ANY(CAST(:ids AS uuid[])) AND state = 'RUNNING'
+          AND lease_expires_time < now() AND attempts < max_attempts
+        -- No FOR UPDATE: the UPDATE below locks and re-checks the row, and a row this
+        -- statement modifies would be skipped by a lock here. Joined with `claimed`, these
+        -- snapshot values are those of the attempt that was taken over.
+    ), claimed AS (
+        UPDATE jobs SET
+            state = 'RUNNING',
+            attempts = attempts + 1,
+            started_time = coalesce(started_time, now()),
+            attempt_started_time = now(),
+            lease_expires_time = now() + make_interval(secs => timeout_s + :margin),
+            updated_time = now()
+        WHERE id = ANY(CAST(:ids AS uuid[]))
+          AND attempts < max_attempts
+          AND NOT cancel_requested
+          AND (state IN ('CREATED', 'QUEUED')
+               OR (state = 'RUNNING' AND lease_expires_time < now()))
+        RETURNING jobs.*
+    ), lost AS (
+        -- The attempt whose lease ran out never finished: record it before the next one.
+        INSERT INTO job_attempts (job_id, number, outcome, error, started_time, finished_time,
+                                  task_name)
+        SELECT e.id, e.attempts, 'TIMED_OUT',
+               '{"code": "LEASE_EXPIRED", "message": "the attempt outlived its lease"}'::jsonb,
+               e.attempt_started_time, now(), e.task_name
+        FROM expired e JOIN claimed c ON c.id = e.id
+        ON CONFLICT DO NOTHING
+    )
+    SELECT * FROM claimed
+    """
+)
+
+
+def claim_jobs(conn: Connection, job_ids: Sequence[uuid.UUID]) -> list[Row[Any]]:
+    """QUEUED (or CREATED, or RUNNING with an expired lease) → RUNNING, as a new attempt."""
+    rows = conn.execute(_CLAIM, {"ids": [str(i) for i in job_ids], "margin": LEASE_MARGIN_S})
+    return list(rows)
+
+
+_FINISH = sa.text(
+    """
+    WITH f AS (
+        SELECT * FROM unnest(
+            CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:states AS text[]),
+            CAST(:outcomes AS text[]), CAST(:results AS text[]), CAST(:errors AS text[]),
+            CAST(:task_names AS text[]), CAST(:retry_counts AS int[]),
+            CAST(:execution_counts AS int[]), CAST(:retry_reasons AS text[])
+        ) AS f(id, attempt, state, outcome, result, error, task_name, retry_count,
+               execution_count, retry_reason)
+    ), done AS (
+        UPDATE jobs j SET
+            state = f.state,
+            result = CAST(f.result AS jsonb),
+            error = CAST(f.error AS jsonb),
+            done_time = CASE WHEN f.state IN ('COMPLETED', 'FAILED', 'CANCELLED')
+                             THEN now() END,
+            progress = CASE WHEN f.state = 'COMPLETED'
+                            THEN jsonb_build_object('fraction', 1.0, 'message',
+                                                    j.progress -> 'message')
+                            ELSE j.progress END,
+            lease_expires_time = NULL,
+            updated_time = now()
+        FROM f
+        WHERE j.id = f.id AND j.state = 'RUNNING' AND j.attempts = f.attempt
+        RETURNING j.*, f.outcome AS f_outcome, f.task_name AS f_task_name,
+                  f.retry_count AS f_retry_count, f.execution_count AS f_execution_count,
+                  f.retry_reason AS f_retry_reason
+    ), history AS (
+        INSERT INTO job_attempts (job_id, number, outcome, error, started_time, finished_time,
+                                  task_name, retry_count, execution_count, retry_reason)
+        SELECT d.id, d.attempts, d.f_outcome, d.error, d.attempt_started_time, now(),
+               d.f_task_name, d.f_retry_count, d.f_execution_count, d.f_retry_reason
+        FROM done d
+        ON CONFLICT DO NOTHING
+    )
+    SELECT id, state FROM done
+    """
+)
+
+
+def finish_jobs(conn: Connection, finishes: Iterable[Finish]) -> set[uuid.UUID]:
+    """RUNNING → the attempt's outcome, with its attempt row; returns the ids that moved.
+
+    The guard on the attempt number keeps an attempt whose lease was taken over from
+    finishing the job under the attempt that replaced it.
+    """
+    fs = list(finishes)
+    if not fs:
+        return set()
+    params = {
+        "ids": [str(f.job_id) for f in fs],
+        "attempts": [f.attempt for f in fs],
+        "states": [f.state for f in fs],
+        "outcomes": [f.outcome for f in fs],
+        "results": [None if f.result is None else _json(f.result) for f in fs],
+        "errors": [None if f.error is None else _json(f.error) for f in fs],
+        "task_names": [f.delivery.task_name for f in fs],
+        "retry_counts": [f.delivery.retry_count for f in fs],
+        "execution_counts": [f.delivery.execution_count for f in fs],
+        "retry_reasons": [f.delivery.retry_reason for f in fs],
+    }
+    return {row.id for row in conn.execute(_FINISH, params)}
+
+
+def set_progress(
+    conn: Connection, job_id: uuid.UUID, attempt: int, fraction: float | None, message: str | None
+) -> bool:
+    """Record a running attempt's progress; False when that attempt no longer holds the job."""
+    stmt = (
+        sa.update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.state == "RUNNING", jobs.c.attempts == attempt)
+        .values(progress={"fraction": fraction, "message": message}, updated_time=sa.func.now())
+    )
+    return conn.execute(stmt).rowcount == 1
+
+
+def cancel_requested(conn: Connection, job_id: uuid.UUID) -> bool:
+    """Whether someone asked to cancel the job."""
+    value = conn.execute(
+        sa.select(jobs.c.cancel_requested).where(jobs.c.id == job_id)
+    ).scalar_one_or_none()
+    return bool(value)
+
+
+def get_job(conn: Connection, job_id: uuid.UUID) -> Row[Any] | None:
+    """One job by id."""
+    return conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+
+
+def list_attempts(conn: Connection, job_id: uuid.UUID) -> list[Row[Any]]:
+    """A job's attempts, oldest first."""
+    stmt = (
+        sa.select(job_attempts)
+        .where(job_attempts.c.job_id == job_id)
+        .order_by(job_attempts.c.number)
+    )
+    return list(conn.execute(stmt))
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """The filters of GET /v1/jobs."""
+
+    states: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    queues: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def list_jobs(
+    conn: Connection,
+    flt: JobFilter,
+    *,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None = None,
+) -> list[Row[Any]]:
+    """Jobs newest first, `limit` of them after the keyset position `after`."""
+    c = jobs.c
+    stmt = sa.select(jobs)
+    if flt.states:
+        stmt = stmt.where(c.state.in_(flt.states))
+    if flt.types:
+        stmt = stmt.where(c.type.in_(flt.types))
+    if flt.queues:
+        stmt = stmt.where(c.queue.in_(flt.queues))
+    if flt.labels:
+        stmt = stmt.where(c.labels.contains(dict(flt.labels)))
+    if flt.created_after is not None:
+        stmt = stmt.where(c.created_time > flt.created_after)
+    if flt.created_before is not None:
+        stmt = stmt.where(c.created_time < flt.created_before)
+    if after is not None:
+        stmt = stmt.where(sa.tuple_(c.created_time, c.id) < sa.tuple_(*after))
+    stmt = stmt.order_by(c.created_time.desc(), c.id.desc()).limit(limit)
+    return list(conn.execute(stmt))
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))

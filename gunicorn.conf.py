@@ -1,0 +1,22 @@
+"""gunicorn settings for Cloud Run and App Engine; each overridable from the environment."""
+
+import os
+
+bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
+# Threads serve many concurrent Cloud Tasks callbacks and pollers per process; job
+# functions mostly wait on I/O. One worker per vCPU.
+worker_class = "gthread"
+workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 1))
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+# A job runs inside its request: the timeout must outlast the longest dispatch deadline.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "1860"))
+graceful_timeout = 30
+keepalive = 75  # above Google's front end idle timeout, so it closes connections first
+accesslog = None
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "api.logs.JsonFormatter"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "root": {"level": os.environ.get("LOG_LEVEL", "INFO"), "handlers": ["stderr"]},
+}

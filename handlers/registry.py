@@ -1,0 +1,123 @@
+"""The job registry: `@job("type", schema=Model)` and what a job function receives."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+JobFunction = Callable[[Any, "JobContext"], Any]
+
+
+class JobSignal(Exception):
+    """Raised by a job function to say how its attempt ended."""
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class Retry(JobSignal):
+    """The attempt failed; try again if attempts remain."""
+
+
+class Permanent(JobSignal):
+    """The job failed for good; do not try again."""
+
+
+class UnknownJobType(Exception):
+    """No job function is registered under that type."""
+
+
+@dataclass(frozen=True)
+class JobType:
+    """A registered job function and its settings."""
+
+    name: str
+    fn: JobFunction
+    schema: type[BaseModel] | None = None
+    timeout_s: int = 300
+    max_attempts: int | None = None
+    queue: str | None = None
+
+    def parse(self, payload: dict[str, Any]) -> Any:
+        """The payload as the function receives it: validated by its schema, if any."""
+        if self.schema is None:
+            return payload
+        return self.schema.model_validate(payload)
+
+
+@dataclass
+class Registry:
+    """Job types by name."""
+
+    types: dict[str, JobType] = field(default_factory=dict)
+
+    def job(
+        self,
+        name: str,
+        *,
+        schema: type[BaseModel] | None = None,
+        timeout_s: int = 300,
+        max_attempts: int | None = None,
+        queue: str | None = None,
+    ) -> Callable[[JobFunction], JobFunction]:
+        """Register the decorated function as the job type `name`."""
+
+        def register(fn: JobFunction) -> JobFunction:
+            self.types[name] = JobType(name, fn, schema, timeout_s, max_attempts, queue)
+            return fn
+
+        return register
+
+    def __getitem__(self, name: str) -> JobType:
+        try:
+            return self.types[name]
+        except KeyError:
+            raise UnknownJobType(name) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.types
+
+
+registry = Registry()
+job = registry.job
+
+
+@dataclass
+class JobContext:
+    """What a running job can know and do: its id, attempt, deadline, progress, cancellation."""
+
+    job_id: uuid.UUID
+    attempt: int
+    deadline: datetime
+    _report: Callable[[float | None, str | None], None]
+    _check_cancel: Callable[[], bool]
+    # Cancellation is polled from the database; a job that asks in a tight loop should not
+    # cost a query each time.
+    _cancel_poll_s: float = 1.0
+    _cancelled: bool = False
+    _checked_at: float = float("-inf")
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def progress(self, fraction: float | None = None, message: str | None = None) -> None:
+        """Record how far the job has got (fraction 0..1) and what it is doing."""
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
+            raise ValueError("fraction must be between 0 and 1")
+        self._report(fraction, message)
+
+    def cancelled(self) -> bool:
+        """Whether the job was asked to stop; a job should return soon after this is True."""
+        with self._lock:
+            now = time.monotonic()
+            if not self._cancelled and now - self._checked_at >= self._cancel_poll_s:
+                self._checked_at = now
+                self._cancelled = self._check_cancel()
+            return self._cancelled

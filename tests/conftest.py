@@ -1,0 +1,76 @@
+"""Shared fixtures: a real PostgreSQL for the whole session, migrated to head."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from api.config import Config
+from api.db import create_engine, normalise_url
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server: TEST_DATABASE_URL's, or an embedded one for this session."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield normalise_url(url)
+        return
+    from api.devdb import start_embedded_postgres
+
+    url, server = start_embedded_postgres(tmp_path_factory.mktemp("pg"))
+    yield url
+    server.cleanup()
+
+
+def _admin(url: str) -> Engine:
+    return sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """A fresh database on that server, dropped at the end, so runs never share state."""
+    name = f"cloudjobs_test_{uuid.uuid4().hex[:12]}"
+    admin = _admin(server_url)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def migrated_url(database_url: str) -> str:
+    """The test database upgraded to head."""
+    from api import migrate
+
+    engine = create_engine(Config(), url=database_url, pool_size=1)
+    migrate.upgrade(engine)
+    engine.dispose()
+    return database_url
+
+
+@pytest.fixture(scope="session")
+def engine(migrated_url: str) -> Iterator[Engine]:
+    """An engine on the migrated test database."""
+    eng = create_engine(Config(), url=migrated_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def db(engine: Engine) -> Iterator[Engine]:
+    """The engine, with the job tables emptied after the test."""
+    yield engine
+    with engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE job_attempts, jobs"))

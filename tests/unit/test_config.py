@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+
+from api.config import Config, ConfigurationInvalid
+
+
+def test_from_env_reads_the_environment() -> None:
+    c = Config.from_env({
+        "DATABASE_URL": "postgresql://u@h/db", "HANDLER_AUTH": "oidc",
+        "TASKS_SERVICE_ACCOUNT": "t@p.iam.gserviceaccount.com", "GOOGLE_CLOUD_PROJECT": "p",
+        "HANDLER_BASE_URL": "https://svc/", "CLOUD_TASKS_EMULATOR_HOST": "127.0.0.1:8123",
+    })
+    assert c.database_url == "postgresql://u@h/db"
+    assert c.project == "p"
+    assert c.handler_base_url == "https://svc"
+    assert c.audience == "https://svc"
+    assert c.emulator_host == "127.0.0.1:8123"
+    c.validate()
+
+
+def test_without_handler_auth_the_app_refuses_to_start() -> None:
+    c = Config.from_env({"DATABASE_URL": "postgresql://u@h/db"})
+    with pytest.raises(ConfigurationInvalid, match="HANDLER_AUTH"):
+        c.validate()
+
+
+def test_oidc_needs_the_service_account() -> None:
+    c = Config.from_env({"DATABASE_URL": "postgresql://u@h/db", "HANDLER_AUTH": "oidc"})
+    with pytest.raises(ConfigurationInvalid, match="TASKS_SERVICE_ACCOUNT"):
+        c.validate()
+
+
+def test_app_engine_header_is_trusted_only_on_app_engine() -> None:
+    off = Config.from_env({"DATABASE_URL": "postgresql://u@h/db", "HANDLER_AUTH": "appengine"})
+    with pytest.raises(ConfigurationInvalid, match="App Engine"):
+        off.validate()
+    on = Config.from_env({"DATABASE_URL": "postgresql://u@h/db", "GAE_ENV": "standard"})
+    assert on.handler_auth == "appengine"
+    on.validate()
+
+
+def test_unknown_auth_mode_is_refused() -> None:
+    with pytest.raises(ConfigurationInvalid):
+        Config.from_env({"HANDLER_AUTH": "maybe"})
+
+
+def test_no_database_is_refused() -> None:
+    with pytest.raises(ConfigurationInvalid, match="DATABASE_URL"):
+        Config(handler_auth="none").validate()
