@@ -43,6 +43,11 @@ jobs = Table(
     Column("progress", JSONB),
     Column("labels", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("task_name", Text, nullable=False),
+    # Each :retry starts a run: a new task name, and a fresh max_attempts budget counted
+    # from attempts_base (attempts go on across runs).
+    Column("run", Integer, nullable=False, server_default=text("0")),
+    Column("attempts_base", Integer, nullable=False, server_default=text("0")),
+    Column("owner", Text),  # the principal that created the job
     Column("idempotency_key", Text),
     Column("request_hash", Text),
     Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),

@@ -117,7 +117,7 @@ _CLAIM = sa.text(
         SELECT id, attempts, attempt_started_time, task_name
         FROM jobs
         WHERE id = ANY(CAST(:ids AS uuid[])) AND state = 'RUNNING'
-          AND lease_expires_time < now() AND attempts < max_attempts
+          AND lease_expires_time < now() AND attempts - attempts_base < max_attempts
         -- No FOR UPDATE: the UPDATE below locks and re-checks the row, and a row this
         -- statement modifies would be skipped by a lock here. Joined with `claimed`, these
         -- snapshot values are those of the attempt that was taken over.
@@ -130,7 +130,7 @@ _CLAIM = sa.text(
             lease_expires_time = now() + make_interval(secs => timeout_s + :margin),
             updated_time = now()
         WHERE id = ANY(CAST(:ids AS uuid[]))
-          AND attempts < max_attempts
+          AND attempts - attempts_base < max_attempts
           AND NOT cancel_requested
           AND (state IN ('CREATED', 'QUEUED')
                OR (state = 'RUNNING' AND lease_expires_time < now()))

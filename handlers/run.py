@@ -179,7 +179,7 @@ def execute(state: AppState, row: Row[Any], delivery: store.Delivery) -> store.F
 
 def is_last_attempt(row: Row[Any], spec: Any, delivery: store.Delivery) -> bool:
     """Whether no attempt follows this one: the job's own limit, or the queue's retry config."""
-    if row.attempts >= row.max_attempts:
+    if row.attempts - row.attempts_base >= row.max_attempts:
         return True
     if spec is None or delivery.retry_count is None:
         return False

@@ -1,0 +1,229 @@
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask.testing import FlaskClient
+from google.cloud import tasks_v2
+from sqlalchemy.engine import Engine
+
+from api.config import Config
+from api.tasks import queue_path
+
+
+def post(client: FlaskClient, body: Any, **headers: str) -> Any:
+    return client.post("/v1/jobs", data=json.dumps(body), content_type="application/json", headers=headers)
+
+
+def count_jobs(db: Engine) -> int:
+    with db.connect() as conn:
+        return conn.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one()
+
+
+def test_create_returns_202_the_queued_job_and_its_location(client: FlaskClient, tasks_client: tasks_v2.CloudTasksClient) -> None:
+    resp = post(client, {"type": "sleep", "payload": {"worktime": 40}, "labels": {"team": "a"}})
+    assert resp.status_code == 202
+    job = resp.get_json()
+    assert resp.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert job["state"] == "QUEUED" and job["done"] is False
+    assert (job["type"], job["queue"], job["payload"], job["labels"]) == ("sleep", "slow", {"worktime": 40}, {"team": "a"})
+    assert job["attempts"] == 0 and job["max_attempts"] == 2 and job["result"] is None
+    assert job["created_time"].endswith("Z")
+    tasks = list(tasks_client.list_tasks(parent=queue_path(_config(client), "slow"), response_view=tasks_v2.Task.View.FULL))
+    [task] = tasks
+    assert task.name.endswith(f"job-{uuid.UUID(job['id']).hex}-0")
+    assert json.loads(task.http_request.body) == {"job_id": job["id"]}
+    assert task.http_request.oidc_token.service_account_email == "tasks@local-project.iam.gserviceaccount.com"
+
+
+def _config(client: FlaskClient) -> Config:
+    return client.application.extensions["cloudjobs"].config
+
+
+def test_get_returns_the_job(client: FlaskClient) -> None:
+    job = post(client, {"type": "echo", "payload": {"a": 1}}).get_json()
+    resp = client.get(f"/v1/jobs/{job['id']}")
+    assert resp.status_code == 200
+    assert resp.get_json()["id"] == job["id"]
+    assert resp.get_json()["payload"] == {"a": 1}
+
+
+@pytest.mark.parametrize("job_id", [str(uuid.uuid4()), "not-a-uuid", "1", "%00"])
+def test_get_unknown_or_malformed_id_is_404_problem(client: FlaskClient, job_id: str) -> None:
+    resp = client.get(f"/v1/jobs/{job_id}")
+    assert resp.status_code == 404
+    assert resp.content_type == "application/problem+json"
+    assert resp.get_json()["status"] == 404
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type", "status", "needle"),
+    [
+        ("{not json", "application/json", 400, "not valid JSON"),
+        ("[1, 2]", "application/json", 400, "JSON object"),
+        ('"text"', "application/json", 400, "JSON object"),
+        ("null", "application/json", 400, "JSON object"),
+        ('{"type": "echo"}', "text/plain", 415, "application/json"),
+        ('{"type": "echo"}', "", 415, "application/json"),
+    ],
+)
+def test_malformed_bodies_are_refused_and_nothing_is_stored(
+    client: FlaskClient, db: Engine, raw: str, content_type: str, status: int, needle: str
+) -> None:
+    resp = client.post("/v1/jobs", data=raw, content_type=content_type)
+    assert resp.status_code == status
+    assert resp.content_type == "application/problem+json"
+    assert needle in resp.get_json()["detail"]
+    assert count_jobs(db) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"type": "nope", "payload": {}}, "type"),
+        ({"payload": {}}, "type"),
+        ({"type": "sleep", "payload": {"seconds": "long"}}, "payload.seconds"),
+        ({"type": "sleep", "payload": {}}, "payload"),
+        ({"type": "flaky", "payload": {"failures": 1, "extra": 1}}, "payload.extra"),
+        ({"type": "echo", "payload": [1]}, "payload"),
+        ({"type": "echo", "queue": "nowhere"}, "queue"),
+        ({"type": "echo", "max_attempts": 50}, "max_attempts"),
+        ({"type": "echo", "max_attempts": 0}, "max_attempts"),
+        ({"type": "echo", "timeout_s": 100}, "timeout_s"),
+        ({"type": "echo", "labels": {"Bad Key": "x"}}, "labels"),
+        ({"type": "echo", "labels": {"k": 1}}, "labels.k"),
+        ({"type": "echo", "unknown": 1}, "unknown"),
+        ({"type": "echo", "run_at": "2020-01-01T00:00:00"}, "run_at"),
+    ],
+)
+def test_invalid_jobs_are_422_naming_the_field_and_nothing_is_stored(
+    client: FlaskClient, db: Engine, body: dict[str, Any], field: str
+) -> None:
+    resp = post(client, body)
+    assert resp.status_code == 422, resp.get_json()
+    problem = resp.get_json()
+    assert problem["title"] == "Validation failed"
+    assert field in [e["field"] for e in problem["errors"]], problem["errors"]
+    assert count_jobs(db) == 0
+
+
+def test_run_at_more_than_30_days_ahead_is_refused(client: FlaskClient) -> None:
+    later = (datetime.now(UTC) + timedelta(days=31)).isoformat()
+    resp = post(client, {"type": "echo", "run_at": later})
+    assert resp.status_code == 422
+    assert resp.get_json()["errors"][0]["field"] == "run_at"
+
+
+def test_run_at_becomes_the_tasks_schedule_time(client: FlaskClient, tasks_client: tasks_v2.CloudTasksClient) -> None:
+    when = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
+    job = post(client, {"type": "echo", "run_at": when.isoformat()}).get_json()
+    assert job["scheduled_time"].startswith(when.strftime("%Y-%m-%dT%H:%M:%S"))
+    [task] = tasks_client.list_tasks(parent=queue_path(_config(client), "default"))
+    assert task.schedule_time == when
+
+
+def test_an_idempotent_replay_returns_the_original_job(client: FlaskClient, db: Engine) -> None:
+    body = {"type": "echo", "payload": {"n": 1}}
+    first = post(client, body, **{"Idempotency-Key": "abc"})
+    again = post(client, body, **{"Idempotency-Key": "abc"})
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.get_json()["id"] == first.get_json()["id"]
+    other = post(client, {"type": "echo", "payload": {"n": 2}}, **{"Idempotency-Key": "abc"})
+    assert other.status_code == 409
+    assert other.get_json()["job_id"] == first.get_json()["id"]
+    assert count_jobs(db) == 1
+
+
+def test_an_overlong_idempotency_key_is_400(client: FlaskClient) -> None:
+    assert post(client, {"type": "echo"}, **{"Idempotency-Key": "k" * 300}).status_code == 400
+
+
+def test_when_the_enqueue_fails_the_job_is_kept_created_and_still_202(make_app: Any, db: Engine) -> None:
+    client = make_app(emulator_host="127.0.0.1:1").test_client()  # nothing listens there
+    resp = post(client, {"type": "echo"})
+    assert resp.status_code == 202
+    assert resp.get_json()["state"] == "CREATED"
+    assert client.get(resp.headers["Location"]).get_json()["state"] == "CREATED"
+    assert count_jobs(db) == 1
+
+
+def test_a_body_over_the_limit_is_413(make_app: Any, db: Engine) -> None:
+    client = make_app(max_request_bytes=1000).test_client()
+    resp = post(client, {"type": "echo", "payload": {"blob": "x" * 2000}})
+    assert resp.status_code == 413
+    assert resp.content_type == "application/problem+json"
+    assert count_jobs(db) == 0
+
+
+def test_list_filters_and_pages(client: FlaskClient) -> None:
+    made = [post(client, {"type": "echo" if i % 2 else "flaky", "payload": {} if i % 2 else {"failures": 0},
+                          "labels": {"i": str(i)}}).get_json()["id"] for i in range(7)]
+    seen, token = [], ""
+    while True:
+        page = client.get(f"/v1/jobs?page_size=3&page_token={token}").get_json()
+        assert len(page["jobs"]) <= 3
+        seen += [j["id"] for j in page["jobs"]]
+        token = page["next_page_token"]
+        if not token:
+            break
+    assert seen == list(reversed(made))
+    echo = client.get("/v1/jobs?type=echo").get_json()["jobs"]
+    assert {j["type"] for j in echo} == {"echo"} and len(echo) == 3
+    assert [j["id"] for j in client.get("/v1/jobs?label=i:4").get_json()["jobs"]] == [made[4]]
+    assert len(client.get("/v1/jobs?state=QUEUED,CREATED").get_json()["jobs"]) == 7
+    assert client.get("/v1/jobs?state=COMPLETED").get_json()["jobs"] == []
+    future = (datetime.now(UTC) + timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
+    assert client.get(f"/v1/jobs?created_after={future}").get_json()["jobs"] == []
+    assert len(client.get(f"/v1/jobs?created_before={future}").get_json()["jobs"]) == 7
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["page_size=-1", "page_size=abc", "page_token=garbage", "state=DONE", "label=nocolon",
+     "created_after=yesterday", "created_after=2026-01-01T00:00:00"],
+)
+def test_bad_list_parameters_are_400(client: FlaskClient, query: str) -> None:
+    resp = client.get(f"/v1/jobs?{query}")
+    assert resp.status_code == 400
+    assert resp.content_type == "application/problem+json"
+
+
+def test_a_page_token_from_other_filters_is_400(client: FlaskClient) -> None:
+    for _ in range(3):
+        post(client, {"type": "echo"})
+    token = client.get("/v1/jobs?page_size=1").get_json()["next_page_token"]
+    assert token
+    assert client.get(f"/v1/jobs?page_size=1&type=echo&page_token={token}").status_code == 400
+
+
+def test_attempts_of_a_new_job_are_empty_and_unknown_jobs_404(client: FlaskClient) -> None:
+    job = post(client, {"type": "echo"}).get_json()
+    assert client.get(f"/v1/jobs/{job['id']}/attempts").get_json() == {"attempts": []}
+    assert client.get(f"/v1/jobs/{uuid.uuid4()}/attempts").status_code == 404
+
+
+def test_health_and_readiness(client: FlaskClient) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/readyz").get_json()["database"] == "ok"
+
+
+def test_unknown_routes_and_methods_are_problems(client: FlaskClient) -> None:
+    resp = client.get("/v2/nothing")
+    assert resp.status_code == 404 and resp.content_type == "application/problem+json"
+    resp = client.delete("/v1/jobs")
+    assert resp.status_code == 405 and "GET" in resp.headers["Allow"]
+
+
+def test_openapi_is_a_valid_3_1_document_of_every_route(client: FlaskClient) -> None:
+    from openapi_spec_validator import validate
+
+    doc = client.get("/openapi.json").get_json()
+    validate(doc)
+    assert doc["openapi"].startswith("3.1")
+    rules = {r.rule.replace("<job_id>", "{job_id}") for r in client.application.url_map.iter_rules()
+             if not r.rule.startswith(("/static", "/handlers"))}
+    assert rules <= set(doc["paths"]), rules - set(doc["paths"])

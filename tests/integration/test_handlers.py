@@ -1,0 +1,154 @@
+"""/handlers/run through Flask's test client: claim, run, finish, and the reply to the queue."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask.testing import FlaskClient
+from sqlalchemy.engine import Engine
+
+from api import store
+
+
+@pytest.fixture
+def open_client(make_app: Any) -> FlaskClient:
+    """The app with handler authentication off, to exercise the run logic alone."""
+    return make_app(handler_auth="none").test_client()
+
+
+def create(client: FlaskClient, body: dict[str, Any]) -> dict[str, Any]:
+    resp = client.post("/v1/jobs", data=json.dumps(body), content_type="application/json")
+    assert resp.status_code == 202
+    return resp.get_json()
+
+
+def deliver(client: FlaskClient, job_id: str, retry_count: int = 0, **headers: str) -> Any:
+    return client.post(
+        "/handlers/run",
+        data=json.dumps({"job_id": job_id}),
+        content_type="application/json",
+        headers={"X-CloudTasks-TaskRetryCount": str(retry_count),
+                 "X-CloudTasks-TaskExecutionCount": str(retry_count),
+                 "X-CloudTasks-TaskName": f"task-{job_id}", **headers},
+    )
+
+
+def job(client: FlaskClient, job_id: str) -> dict[str, Any]:
+    return client.get(f"/v1/jobs/{job_id}").get_json()
+
+
+def attempts(client: FlaskClient, job_id: str) -> list[dict[str, Any]]:
+    return client.get(f"/v1/jobs/{job_id}/attempts").get_json()["attempts"]
+
+
+def test_a_delivery_runs_the_job_to_completed(open_client: FlaskClient) -> None:
+    j = create(open_client, {"type": "echo", "payload": {"hello": "world"}})
+    resp = deliver(open_client, j["id"])
+    assert resp.status_code == 200
+    done = job(open_client, j["id"])
+    assert done["state"] == "COMPLETED" and done["done"] is True
+    assert done["result"] == {"hello": "world"}
+    assert done["attempts"] == 1 and done["done_time"] and done["started_time"]
+    [a] = attempts(open_client, j["id"])
+    assert a["outcome"] == "COMPLETED" and a["retry_count"] == 0 and a["task_name"] == f"task-{j['id']}"
+
+
+def test_a_retryable_failure_answers_non_2xx_and_requeues(open_client: FlaskClient) -> None:
+    j = create(open_client, {"type": "flaky", "payload": {"failures": 1}})
+    first = deliver(open_client, j["id"], retry_count=0)
+    assert first.status_code == 500
+    assert first.content_type == "application/problem+json"
+    mid = job(open_client, j["id"])
+    assert mid["state"] == "QUEUED" and mid["error"]["code"] == "FLAKY" and mid["done"] is False
+    second = deliver(open_client, j["id"], retry_count=1, **{"X-CloudTasks-TaskRetryReason": "HTTP 500"})
+    assert second.status_code == 200
+    done = job(open_client, j["id"])
+    assert done["state"] == "COMPLETED" and done["result"] == {"succeeded_on_attempt": 2}
+    assert done["error"] is None
+    outcomes = [(a["number"], a["outcome"], a["retry_reason"]) for a in attempts(open_client, j["id"])]
+    assert outcomes == [(1, "RETRY", None), (2, "COMPLETED", "HTTP 500")]
+
+
+def test_the_last_attempt_fails_the_job_and_answers_2xx(open_client: FlaskClient) -> None:
+    # The default test queue allows 3 attempts: retry counts 0, 1, 2.
+    j = create(open_client, {"type": "flaky", "payload": {"failures": 10}})
+    assert [deliver(open_client, j["id"], retry_count=n).status_code for n in range(3)] == [500, 500, 200]
+    done = job(open_client, j["id"])
+    assert done["state"] == "FAILED" and done["error"]["code"] == "FLAKY" and done["attempts"] == 3
+    assert [a["outcome"] for a in attempts(open_client, j["id"])] == ["RETRY", "RETRY", "FAILED"]
+
+
+def test_the_queues_retry_config_decides_the_last_attempt(open_client: FlaskClient) -> None:
+    # The job allows 3 attempts, but Cloud Tasks says this is its third try of 3 (retry count 2).
+    j = create(open_client, {"type": "flaky", "payload": {"failures": 10}, "max_attempts": 3})
+    assert deliver(open_client, j["id"], retry_count=2).status_code == 200
+    assert job(open_client, j["id"])["state"] == "FAILED"
+
+
+def test_the_jobs_own_max_attempts_is_honoured(open_client: FlaskClient) -> None:
+    j = create(open_client, {"type": "flaky", "payload": {"failures": 10}, "max_attempts": 1})
+    assert deliver(open_client, j["id"]).status_code == 200
+    assert job(open_client, j["id"])["state"] == "FAILED"
+
+
+def test_permanent_failure_and_unexpected_exceptions(open_client: FlaskClient, app: Any) -> None:
+    j = create(open_client, {"type": "sleep", "payload": {"seconds": 0}})
+    assert deliver(open_client, j["id"]).status_code == 200
+    assert job(open_client, j["id"])["state"] == "COMPLETED"
+
+
+def test_a_duplicate_delivery_of_a_finished_job_changes_nothing(open_client: FlaskClient, db: Engine) -> None:
+    j = create(open_client, {"type": "echo", "payload": {"x": 1}})
+    assert deliver(open_client, j["id"]).status_code == 200
+    before = job(open_client, j["id"])
+    again = deliver(open_client, j["id"], retry_count=1)
+    assert again.status_code == 200
+    assert again.get_json()["jobs"] == {j["id"]: "COMPLETED"}
+    assert job(open_client, j["id"]) == before
+    assert len(attempts(open_client, j["id"])) == 1
+
+
+def test_a_delivery_while_another_attempt_holds_the_lease_is_409(open_client: FlaskClient, db: Engine) -> None:
+    j = create(open_client, {"type": "echo"})
+    with db.begin() as conn:
+        store.claim_jobs(conn, [uuid.UUID(j["id"])])
+    resp = deliver(open_client, j["id"])
+    assert resp.status_code == 409
+    assert resp.get_json()["title"].startswith("Job is running")
+    assert job(open_client, j["id"])["attempts"] == 1
+
+
+def test_a_task_for_an_unknown_job_is_acknowledged(open_client: FlaskClient) -> None:
+    ghost = str(uuid.uuid4())
+    resp = deliver(open_client, ghost)
+    assert resp.status_code == 200
+    assert resp.get_json()["jobs"] == {ghost: "UNKNOWN"}
+
+
+@pytest.mark.parametrize("body", ["{}", '{"job_id": "nope"}', "[]", '{"job_ids": []}', "garbage"])
+def test_a_malformed_callback_is_400(open_client: FlaskClient, body: str) -> None:
+    resp = open_client.post("/handlers/run", data=body, content_type="application/json")
+    assert resp.status_code == 400
+
+
+def test_a_job_type_no_longer_registered_fails_for_good(open_client: FlaskClient, db: Engine) -> None:
+    j = create(open_client, {"type": "echo"})
+    with db.begin() as conn:
+        conn.execute(sa.text("UPDATE jobs SET type = 'retired' WHERE id = :i"), {"i": j["id"]})
+    assert deliver(open_client, j["id"]).status_code == 200
+    assert job(open_client, j["id"])["error"]["code"] == "UNKNOWN_TYPE"
+
+
+def test_an_unsigned_callback_is_401(client: FlaskClient) -> None:
+    j = create(client, {"type": "echo"})
+    resp = deliver(client, j["id"])
+    assert resp.status_code == 401
+    assert resp.content_type == "application/problem+json"
+    assert job(client, j["id"])["state"] == "QUEUED"
+    resp = deliver(client, j["id"], Authorization="Bearer not-a-jwt")
+    assert resp.status_code == 401
+    assert "not-a-jwt" not in resp.get_data(as_text=True)
