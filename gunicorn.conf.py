@@ -19,4 +19,8 @@ logconfig_dict = {
     "formatters": {"json": {"()": "api.logs.JsonFormatter"}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
     "root": {"level": os.environ.get("LOG_LEVEL", "INFO"), "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"level": os.environ.get("LOG_LEVEL", "INFO"), "handlers": ["stderr"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+    },
 }

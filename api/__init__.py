@@ -18,16 +18,18 @@ def create_app(config: Config | None = None, **parts: object) -> Flask:
     from api import errors, routes
     from api.state import AppState
     from handlers.run import bp as handlers_bp
+    from handlers.sweep import bp as sweep_bp
 
     config = config or Config.from_env()
     config.validate()
     if config.handler_auth == "none":
         logger.warning("HANDLER_AUTH=none: /handlers/* accepts any caller; keep it behind IAM")
-    app = Flask("cloudjobs")
+    app = Flask("cloudjobs", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["cloudjobs"] = AppState.build(config, **parts)  # type: ignore[arg-type]
     errors.register(app)
     app.register_blueprint(routes.bp)
     app.register_blueprint(handlers_bp)
+    app.register_blueprint(sweep_bp)
     return app

@@ -27,6 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dev.add_argument("--queues", default="queues.yaml", help="the queues file")
 
     sub.add_parser("migrate", help="upgrade the database schema to the latest version")
+    sub.add_parser("sweep", help="enqueue jobs whose enqueue was lost; settle jobs whose task is gone")
 
     queues = sub.add_parser("queues", help="Cloud Tasks queues")
     qsub = queues.add_subparsers(dest="queues_command", required=True)
@@ -48,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_dev(args)
         if args.command == "migrate":
             return _migrate()
+        if args.command == "sweep":
+            return _sweep()
         if args.command == "queues":
             return _queues_sync()
         if args.command == "emulator":
@@ -74,6 +77,18 @@ def _migrate() -> int:
     finally:
         engine.dispose()
     print("database at head")
+    return 0
+
+
+def _sweep() -> int:
+    import json
+    from dataclasses import asdict
+
+    from api import create_app
+    from handlers.sweep import sweep
+
+    app = create_app(Config.from_env())
+    print(json.dumps(asdict(sweep(app.extensions["cloudjobs"]))))
     return 0
 
 

@@ -47,6 +47,12 @@ class Config:
     oidc_certs_url: str = GOOGLE_CERTS_URL
     on_app_engine: bool = False
 
+    # Delivery
+    lease_margin_s: int = 30  # a lease outlives the job's timeout by this much
+    sweep_created_after_s: int = 60  # a CREATED job this old lost its enqueue
+    sweep_queued_after_s: int = 600  # a QUEUED job this stale has its task checked
+    sweep_batch: int = 500  # jobs per kind per sweep
+
     # HTTP
     max_request_bytes: int = 1024 * 1024
     page_token_key: str = "cloudjobs-page-token"
@@ -111,6 +117,10 @@ class Config:
             handler_auth=auth,  # type: ignore[arg-type]
             oidc_certs_url=e.get("OIDC_CERTS_URL", GOOGLE_CERTS_URL),
             on_app_engine=on_app_engine,
+            lease_margin_s=int(e.get("LEASE_MARGIN_S", "30")),
+            sweep_created_after_s=int(e.get("SWEEP_CREATED_AFTER_S", "60")),
+            sweep_queued_after_s=int(e.get("SWEEP_QUEUED_AFTER_S", "600")),
+            sweep_batch=int(e.get("SWEEP_BATCH", "500")),
             max_request_bytes=int(e.get("MAX_REQUEST_BYTES", str(1024 * 1024))),
             page_token_key=e.get("PAGE_TOKEN_KEY", "cloudjobs-page-token"),
             job_modules=tuple(m for m in e.get("JOB_MODULES", "").split(",") if m.strip()),

@@ -78,6 +78,14 @@ class IdempotencyKeyReused(Problem):
     slug = "idempotency-key-reused"
 
 
+class JobStateConflict(Problem):
+    """The job's state does not allow that operation."""
+
+    status = 409
+    title = "Job state conflict"
+    slug = "job-state-conflict"
+
+
 class Unauthenticated(Problem):
     """The caller did not prove who it is."""
 

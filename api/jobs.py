@@ -14,11 +14,10 @@ from pydantic import ValidationError
 from sqlalchemy.engine import Row
 
 from api import store
-from api.errors import IdempotencyKeyReused, InvalidRequest, ValidationFailed
+from api.errors import IdempotencyKeyReused, InvalidRequest, JobStateConflict, ValidationFailed
 from api.resources import CreateJob
 from api.state import AppState
 from api.tasks import build_task, task_id_for, task_path
-from handlers.registry import UnknownJobType
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +50,8 @@ def parse_create(state: AppState, body: Any) -> CreateJob:
 
 def check_job(state: AppState, req: CreateJob) -> list[dict[str, str]]:
     """Field errors of a job that its model alone cannot see: type, payload, queue, limits."""
-    try:
-        jt = state.registry[req.type]
-    except UnknownJobType:
+    jt = state.registry.types.get(req.type)
+    if jt is None:
         known = ", ".join(sorted(state.registry.types))
         return [{"field": "type", "message": f"unknown job type {req.type!r}; known: {known}"}]
     errors: list[dict[str, str]] = []
@@ -141,20 +139,160 @@ def create_job(state: AppState, req: CreateJob, *, idempotency_key: str | None) 
     return enqueue(state, [row])[0], True
 
 
+MAX_BATCH = 500
+
+
+def parse_batch(state: AppState, body: Any) -> list[CreateJob]:
+    """Validate `{jobs: [...]}`: all or nothing, errors named by index (`jobs[3].payload.x`)."""
+    if not isinstance(body, dict) or not isinstance(body.get("jobs"), list):
+        raise InvalidRequest("the body must be a JSON object with a list `jobs`")
+    items = body["jobs"]
+    if not 1 <= len(items) <= MAX_BATCH:
+        raise ValidationFailed(
+            f"a batch holds 1 to {MAX_BATCH} jobs, not {len(items)}",
+            errors=[{"field": "jobs", "message": f"1 to {MAX_BATCH} jobs"}],
+        )
+    if set(body) - {"jobs"}:
+        extra = sorted(set(body) - {"jobs"})
+        raise ValidationFailed("unknown fields", errors=[{"field": k, "message": "unknown field"} for k in extra])
+    reqs, errors = [], []
+    for i, item in enumerate(items):
+        prefix = f"jobs[{i}]."
+        if not isinstance(item, dict):
+            errors.append({"field": f"jobs[{i}]", "message": "must be an object"})
+            continue
+        try:
+            req = CreateJob.model_validate(item)
+        except ValidationError as e:
+            errors += field_errors(e, prefix)
+            continue
+        errors += [{**err, "field": prefix + err["field"]} for err in check_job(state, req)]
+        reqs.append(req)
+    if errors:
+        first = errors[0]["field"].split(".")[0]
+        raise ValidationFailed(f"the batch is refused: {first} is not valid", errors=errors)
+    return reqs
+
+
+def create_jobs(
+    state: AppState, reqs: list[CreateJob], *, idempotency_key: str | None
+) -> tuple[list[Row[Any]], bool]:
+    """Insert a batch in one statement and one transaction, then enqueue it.
+
+    With an Idempotency-Key, job i takes the key `KEY:i`; a replay of the whole batch returns
+    the original jobs.
+    """
+    new = [
+        new_job(state, req, idempotency_key=f"{idempotency_key}:{i}" if idempotency_key else None)
+        for i, req in enumerate(reqs)
+    ]
+    with state.engine.begin() as conn:
+        if idempotency_key:
+            existing = [store.job_by_idempotency_key(conn, j.idempotency_key or "") for j in new]
+            if any(existing):
+                same = all(
+                    e is not None and e.request_hash == j.request_hash for e, j in zip(existing, new, strict=True)
+                )
+                if not same:
+                    raise IdempotencyKeyReused("this Idempotency-Key was used with a different batch")
+                return [e for e in existing if e is not None], False
+        rows = store.insert_jobs(conn, new)
+    return enqueue(state, rows), True
+
+
+def cancel_job(state: AppState, job_id: uuid.UUID) -> Row[Any] | None:
+    """Cancel a job: at once if it has not started, cooperatively if it runs. Idempotent.
+
+    Returns the job, or None if there is none; raises JobStateConflict for a finished job.
+    """
+    with state.engine.begin() as conn:
+        row = store.request_cancel(conn, job_id)
+        if row is None:
+            current = store.get_job(conn, job_id)
+            if current is None:
+                return None
+            if current.state in ("COMPLETED", "FAILED"):
+                raise JobStateConflict(f"the job is {current.state}; it cannot be cancelled", state=current.state)
+            return current  # already cancelled, or cancellation already requested
+    if row.state == "CANCELLED":
+        # Best effort: a task left behind finds the job CANCELLED and is acknowledged.
+        try:
+            state.tasks.delete_task(row.task_name)
+        except gexc.GoogleAPIError as e:
+            logger.warning("could not delete a cancelled job's task", extra={"job_id": str(job_id), "error": type(e).__name__})
+    return row
+
+
+def retry_job(state: AppState, job_id: uuid.UUID) -> Row[Any] | None:
+    """Run a FAILED or CANCELLED job again (same id, attempts go on). Idempotent.
+
+    Returns the job, or None if there is none; raises JobStateConflict for a COMPLETED job.
+    """
+    with state.engine.begin() as conn:
+        row = store.retry_job(conn, job_id)
+        if row is None:
+            current = store.get_job(conn, job_id)
+            if current is None:
+                return None
+            if current.state == "COMPLETED":
+                raise JobStateConflict("the job COMPLETED; there is nothing to retry", state=current.state)
+            return current  # already retried: it is on its way
+    return enqueue(state, [row])[0]
+
+
+# Cloud Tasks' BatchCreateTasks takes at most this many tasks, all for one queue.
+TASK_BATCH = 100
+
+
 def enqueue(state: AppState, rows: list[Row[Any]]) -> list[Row[Any]]:
-    """Create each job's task, then mark the enqueued ones QUEUED; returns the rows as they are."""
-    enqueued = []
+    """Create each job's task, then mark the enqueued ones QUEUED; returns the rows as they are.
+
+    One CreateTask per job, or one BatchCreateTasks per 100 jobs of a queue.
+    """
+    by_queue: dict[str, list[Row[Any]]] = {}
     for row in rows:
-        task = build_task(
+        by_queue.setdefault(row.queue, []).append(row)
+    enqueued: list[uuid.UUID] = []
+    for queue, group in by_queue.items():
+        for i in range(0, len(group), TASK_BATCH):
+            enqueued += _create_tasks(state, queue, group[i : i + TASK_BATCH])
+    if not enqueued:
+        return rows
+    with state.engine.begin() as conn:
+        moved = {r.id: r for r in store.mark_queued(conn, enqueued)}
+        # A job the handler already claimed moved on from CREATED; read it as it is now.
+        for job_id in set(enqueued) - set(moved):
+            current = store.get_job(conn, job_id)
+            if current is not None:
+                moved[job_id] = current
+    return [moved.get(r.id, r) for r in rows]
+
+
+def _create_tasks(state: AppState, queue: str, rows: list[Row[Any]]) -> list[uuid.UUID]:
+    now = datetime.now(UTC)
+    tasks = [
+        build_task(
             job_id=row.id,
             task_name=row.task_name,
             config=state.config,
             spec=state.queues[row.queue],
             timeout_s=row.timeout_s,
-            schedule_time=row.scheduled_time if row.scheduled_time > datetime.now(UTC) else None,
+            schedule_time=row.scheduled_time if row.scheduled_time > now else None,
         )
+        for row in rows
+    ]
+    if len(tasks) > 1:
         try:
-            state.tasks.create_task(task, queue=row.queue)  # ALREADY_EXISTS counts as enqueued
+            state.tasks.batch_create_tasks(tasks, queue=queue)
+            return [r.id for r in rows]
+        except gexc.GoogleAPIError as e:
+            # ALREADY_EXISTS for one task fails the batch; so may an outage. One by one
+            # tells them apart, and a task that exists counts as enqueued.
+            logger.info("batch enqueue fell back to one by one", extra={"error": type(e).__name__})
+    done = []
+    for row, task in zip(rows, tasks, strict=True):
+        try:
+            state.tasks.create_task(task, queue=queue)  # ALREADY_EXISTS counts as enqueued
         except gexc.GoogleAPIError as e:
             # Not lost: the row is committed as CREATED and the sweeper enqueues it later.
             logger.warning(
@@ -162,15 +300,5 @@ def enqueue(state: AppState, rows: list[Row[Any]]) -> list[Row[Any]]:
                 extra={"job_id": str(row.id), "error": type(e).__name__},
             )
             continue
-        enqueued.append(row.id)
-    if not enqueued:
-        return rows
-    with state.engine.begin() as conn:
-        moved = {r.id: r for r in store.mark_queued(conn, enqueued)}
-        missing = [r.id for r in rows if r.id in enqueued and r.id not in moved]
-        # A job the handler already claimed moved on from CREATED; read it as it is now.
-        for job_id in missing:
-            current = store.get_job(conn, job_id)
-            if current is not None:
-                moved[job_id] = current
-    return [moved.get(r.id, r) for r in rows]
+        done.append(row.id)
+    return done

@@ -62,6 +62,14 @@ def _problems(*codes: int) -> dict[str, Any]:
     }
 
 
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "description": "A replay with the same key and body returns the original job(s).",
+}
+
 JOB_ID = {
     "name": "job_id",
     "in": "path",
@@ -83,6 +91,17 @@ def openapi_document() -> dict[str, Any]:
     )
     schemas = dict(defs["$defs"])
     schemas["Problem"] = PROBLEM
+    schemas["BatchCreate"] = {
+        "type": "object",
+        "required": ["jobs"],
+        "additionalProperties": False,
+        "properties": {"jobs": {"type": "array", "minItems": 1, "maxItems": 500, "items": _ref("CreateJob")}},
+    }
+    schemas["BatchJobs"] = {
+        "type": "object",
+        "required": ["jobs"],
+        "properties": {"jobs": {"type": "array", "items": _ref("Job")}},
+    }
     schemas["Health"] = {"type": "object", "properties": {"status": {"type": "string"}}}
     array = {"type": "array", "items": {"type": "string"}}
     return {
@@ -97,15 +116,7 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "operationId": "createJob",
                     "summary": "Create a job",
-                    "parameters": [
-                        {
-                            "name": "Idempotency-Key",
-                            "in": "header",
-                            "required": False,
-                            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-                            "description": "A replay with the same key and body returns the original job.",
-                        }
-                    ],
+                    "parameters": [IDEMPOTENCY_KEY],
                     "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("CreateJob")}}},
                     "responses": {
                         "202": {**_json(_ref("Job"), "Created"), "headers": {"Location": {"schema": {"type": "string"}}}},
@@ -135,6 +146,35 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Get a job",
                     "parameters": [JOB_ID],
                     "responses": {"200": _json(_ref("Job"), "The job"), **_problems(404, 503)},
+                }
+            },
+            "/v1/jobs:batchCreate": {
+                "post": {
+                    "operationId": "batchCreateJobs",
+                    "summary": "Create up to 500 jobs, all or nothing",
+                    "parameters": [IDEMPOTENCY_KEY],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("BatchCreate")}}},
+                    "responses": {
+                        "202": _json(_ref("BatchJobs"), "Created, in the order given"),
+                        "200": _json(_ref("BatchJobs"), "An idempotent replay: the original jobs"),
+                        **_problems(400, 409, 413, 415, 422, 503),
+                    },
+                }
+            },
+            "/v1/jobs/{job_id}:cancel": {
+                "post": {
+                    "operationId": "cancelJob",
+                    "summary": "Cancel a job (idempotent); a running job stops cooperatively",
+                    "parameters": [JOB_ID],
+                    "responses": {"200": _json(_ref("Job"), "The job"), **_problems(404, 409, 503)},
+                }
+            },
+            "/v1/jobs/{job_id}:retry": {
+                "post": {
+                    "operationId": "retryJob",
+                    "summary": "Run a FAILED or CANCELLED job again (idempotent)",
+                    "parameters": [JOB_ID],
+                    "responses": {"200": _json(_ref("Job"), "The job"), **_problems(404, 409, 503)},
                 }
             },
             "/v1/jobs/{job_id}/attempts": {

@@ -63,6 +63,36 @@ def create_job() -> Response:
     )
 
 
+@bp.post("/v1/jobs:batchCreate")
+def batch_create() -> Response:
+    """Create up to 500 jobs, all or nothing, in order."""
+    state = current_state()
+    key = jobs_service.check_idempotency_key(request.headers.get("Idempotency-Key"))
+    reqs = jobs_service.parse_batch(state, json_body(request))
+    rows, created = jobs_service.create_jobs(state, reqs, idempotency_key=key)
+    return json_response({"jobs": [job_resource(r) for r in rows]}, status=202 if created else 200)
+
+
+@bp.post("/v1/jobs/<job_id>:cancel")
+def cancel_job(job_id: str) -> Response:
+    """Cancel a job; idempotent; 409 for a job that already COMPLETED or FAILED."""
+    state = current_state()
+    row = jobs_service.cancel_job(state, parse_job_id(job_id))
+    if row is None:
+        raise JobNotFound(f"no job {job_id}")
+    return json_response(job_resource(row))
+
+
+@bp.post("/v1/jobs/<job_id>:retry")
+def retry_job(job_id: str) -> Response:
+    """Run a FAILED or CANCELLED job again; idempotent; 409 for a COMPLETED job."""
+    state = current_state()
+    row = jobs_service.retry_job(state, parse_job_id(job_id))
+    if row is None:
+        raise JobNotFound(f"no job {job_id}")
+    return json_response(job_resource(row))
+
+
 @bp.get("/v1/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
     """One job."""

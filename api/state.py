@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flask import current_app
 from sqlalchemy.engine import Engine
@@ -12,7 +13,9 @@ from api.config import Config
 from api.db import create_engine
 from api.queues import Queues
 from api.tasks import TasksClient
-from handlers.registry import Registry
+
+if TYPE_CHECKING:
+    from handlers.registry import Registry
 
 
 @dataclass

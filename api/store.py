@@ -22,6 +22,8 @@ from api.models import job_attempts, jobs
 # A lease outlives the job's timeout by this much, so a slow finish is not taken over.
 LEASE_MARGIN_S = 30
 
+TERMINAL_SQL = "('COMPLETED', 'FAILED', 'CANCELLED')"
+
 
 @dataclass(frozen=True)
 class NewJob:
@@ -150,9 +152,11 @@ _CLAIM = sa.text(
 )
 
 
-def claim_jobs(conn: Connection, job_ids: Sequence[uuid.UUID]) -> list[Row[Any]]:
+def claim_jobs(
+    conn: Connection, job_ids: Sequence[uuid.UUID], *, lease_margin_s: int = LEASE_MARGIN_S
+) -> list[Row[Any]]:
     """QUEUED (or CREATED, or RUNNING with an expired lease) → RUNNING, as a new attempt."""
-    rows = conn.execute(_CLAIM, {"ids": [str(i) for i in job_ids], "margin": LEASE_MARGIN_S})
+    rows = conn.execute(_CLAIM, {"ids": [str(i) for i in job_ids], "margin": lease_margin_s})
     return list(rows)
 
 
@@ -167,11 +171,15 @@ _FINISH = sa.text(
         ) AS f(id, attempt, state, outcome, result, error, task_name, retry_count,
                execution_count, retry_reason)
     ), done AS (
+        -- A cancel requested while the attempt ran turns anything but success into
+        -- CANCELLED; the SET reads the row as it is when locked, so no request is missed.
         UPDATE jobs j SET
-            state = f.state,
+            state = CASE WHEN j.cancel_requested AND f.state <> 'COMPLETED'
+                         THEN 'CANCELLED' ELSE f.state END,
             result = CAST(f.result AS jsonb),
             error = CAST(f.error AS jsonb),
             done_time = CASE WHEN f.state IN ('COMPLETED', 'FAILED', 'CANCELLED')
+                                  OR (j.cancel_requested AND f.state <> 'COMPLETED')
                              THEN now() END,
             progress = CASE WHEN f.state = 'COMPLETED'
                             THEN jsonb_build_object('fraction', 1.0, 'message',
@@ -187,7 +195,9 @@ _FINISH = sa.text(
     ), history AS (
         INSERT INTO job_attempts (job_id, number, outcome, error, started_time, finished_time,
                                   task_name, retry_count, execution_count, retry_reason)
-        SELECT d.id, d.attempts, d.f_outcome, d.error, d.attempt_started_time, now(),
+        SELECT d.id, d.attempts,
+               CASE WHEN d.state = 'CANCELLED' THEN 'CANCELLED' ELSE d.f_outcome END,
+               d.error, d.attempt_started_time, now(),
                d.f_task_name, d.f_retry_count, d.f_execution_count, d.f_retry_reason
         FROM done d
         ON CONFLICT DO NOTHING
@@ -197,15 +207,15 @@ _FINISH = sa.text(
 )
 
 
-def finish_jobs(conn: Connection, finishes: Iterable[Finish]) -> set[uuid.UUID]:
-    """RUNNING → the attempt's outcome, with its attempt row; returns the ids that moved.
+def finish_jobs(conn: Connection, finishes: Iterable[Finish]) -> dict[uuid.UUID, str]:
+    """RUNNING → the attempt's outcome, with its attempt row; returns the new state of each that moved.
 
     The guard on the attempt number keeps an attempt whose lease was taken over from
     finishing the job under the attempt that replaced it.
     """
     fs = list(finishes)
     if not fs:
-        return set()
+        return {}
     params = {
         "ids": [str(f.job_id) for f in fs],
         "attempts": [f.attempt for f in fs],
@@ -218,7 +228,7 @@ def finish_jobs(conn: Connection, finishes: Iterable[Finish]) -> set[uuid.UUID]:
         "execution_counts": [f.delivery.execution_count for f in fs],
         "retry_reasons": [f.delivery.retry_reason for f in fs],
     }
-    return {row.id for row in conn.execute(_FINISH, params)}
+    return {row.id: row.state for row in conn.execute(_FINISH, params)}
 
 
 def set_progress(
@@ -239,6 +249,163 @@ def cancel_requested(conn: Connection, job_id: uuid.UUID) -> bool:
         sa.select(jobs.c.cancel_requested).where(jobs.c.id == job_id)
     ).scalar_one_or_none()
     return bool(value)
+
+
+def insert_jobs(conn: Connection, new: Sequence[NewJob]) -> list[Row[Any]]:
+    """Insert CREATED jobs in one statement (insertmanyvalues), in the order given."""
+    stmt = pg_insert(jobs).returning(*jobs.c, sort_by_parameter_order=True)
+    return list(conn.execute(stmt, [_row_values(j) for j in new]))
+
+
+def request_cancel(conn: Connection, job_id: uuid.UUID) -> Row[Any] | None:
+    """CREATED/QUEUED → CANCELLED; RUNNING → flagged, so the attempt ends CANCELLED.
+
+    None when the job is not in one of those states (or already flagged)."""
+    stmt = sa.text(
+        """
+        UPDATE jobs SET
+            state = CASE WHEN state = 'RUNNING' THEN state ELSE 'CANCELLED' END,
+            cancel_requested = true,
+            done_time = CASE WHEN state = 'RUNNING' THEN NULL ELSE now() END,
+            updated_time = now()
+        WHERE id = :id AND state IN ('CREATED', 'QUEUED', 'RUNNING') AND NOT cancel_requested
+        RETURNING *
+        """
+    )
+    return conn.execute(stmt, {"id": job_id}).first()
+
+
+_SETTLE_CANCELLED = sa.text(
+    """
+    WITH settled AS (
+        UPDATE jobs SET state = 'CANCELLED', done_time = now(), lease_expires_time = NULL,
+                        updated_time = now()
+        WHERE id = ANY(CAST(:ids AS uuid[])) AND cancel_requested
+          AND (state IN ('CREATED', 'QUEUED')
+               OR (state = 'RUNNING' AND lease_expires_time < now()))
+        RETURNING id, state, attempts, attempt_started_time, task_name, lease_expires_time
+    ), lost AS (
+        INSERT INTO job_attempts (job_id, number, outcome, error, started_time, finished_time,
+                                  task_name)
+        SELECT id, attempts, 'CANCELLED',
+               '{"code": "LEASE_EXPIRED", "message": "cancelled; the attempt never finished"}'::jsonb,
+               attempt_started_time, now(), task_name
+        FROM settled WHERE attempt_started_time IS NOT NULL AND attempts > 0
+        ON CONFLICT DO NOTHING
+    )
+    SELECT id FROM settled
+    """
+)
+
+
+def settle_cancelled(conn: Connection, job_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Cancel-requested jobs that no attempt holds any more → CANCELLED."""
+    return {r.id for r in conn.execute(_SETTLE_CANCELLED, {"ids": [str(i) for i in job_ids]})}
+
+
+_RETRY = sa.text(
+    """
+    UPDATE jobs SET
+        state = 'CREATED',
+        run = run + 1,
+        attempts_base = attempts,
+        task_name = regexp_replace(task_name, '-[0-9]+$', '-' || (run + 1)),
+        result = NULL,
+        error = NULL,
+        done_time = NULL,
+        progress = NULL,
+        cancel_requested = false,
+        lease_expires_time = NULL,
+        started_time = NULL,
+        scheduled_time = now(),
+        updated_time = now()
+    WHERE id = :id AND state IN ('FAILED', 'CANCELLED')
+    RETURNING *
+    """
+)
+
+
+def retry_job(conn: Connection, job_id: uuid.UUID) -> Row[Any] | None:
+    """FAILED/CANCELLED → CREATED as a new run: a new task name, a fresh attempt budget."""
+    return conn.execute(_RETRY, {"id": job_id}).first()
+
+
+def stale_created(conn: Connection, *, older_than_s: int, limit: int) -> list[Row[Any]]:
+    """CREATED jobs whose enqueue seems lost (the sweeper enqueues them again)."""
+    stmt = (
+        sa.select(jobs)
+        .where(jobs.c.state == "CREATED",
+               jobs.c.updated_time < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than_s))
+        .order_by(jobs.c.updated_time)
+        .limit(limit)
+    )
+    return list(conn.execute(stmt))
+
+
+def expired_leases(conn: Connection, *, limit: int) -> list[Row[Any]]:
+    """RUNNING jobs whose lease ran out: their attempt died, or is still overrunning."""
+    stmt = (
+        sa.select(jobs)
+        .where(jobs.c.state == "RUNNING", jobs.c.lease_expires_time < sa.func.now())
+        .order_by(jobs.c.lease_expires_time)
+        .limit(limit)
+    )
+    return list(conn.execute(stmt))
+
+
+def stale_queued(conn: Connection, *, older_than_s: int, limit: int) -> list[Row[Any]]:
+    """QUEUED jobs due long ago and untouched since: their task may be gone."""
+    cutoff = sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than_s)
+    stmt = (
+        sa.select(jobs)
+        .where(jobs.c.state == "QUEUED", jobs.c.updated_time < cutoff, jobs.c.scheduled_time < cutoff)
+        .order_by(jobs.c.updated_time)
+        .limit(limit)
+    )
+    return list(conn.execute(stmt))
+
+
+_ABANDON = sa.text(
+    """
+    WITH gone AS (
+        UPDATE jobs SET
+            state = CASE WHEN :requeue THEN 'CREATED' ELSE 'FAILED' END,
+            run = CASE WHEN :requeue THEN run + 1 ELSE run END,
+            task_name = CASE WHEN :requeue
+                             THEN regexp_replace(task_name, '-[0-9]+$', '-' || (run + 1))
+                             ELSE task_name END,
+            error = CAST(:error AS jsonb),
+            done_time = CASE WHEN :requeue THEN NULL ELSE now() END,
+            lease_expires_time = NULL,
+            updated_time = now()
+        WHERE id = :id AND state = :state AND attempts = :attempts
+          AND (state <> 'RUNNING' OR lease_expires_time < now())
+        RETURNING *
+    ), lost AS (
+        INSERT INTO job_attempts (job_id, number, outcome, error, started_time, finished_time,
+                                  task_name)
+        SELECT id, attempts, 'TIMED_OUT', CAST(:error AS jsonb), attempt_started_time, now(),
+               :old_task_name
+        FROM gone WHERE :state = 'RUNNING'
+        ON CONFLICT DO NOTHING
+    )
+    SELECT * FROM gone
+    """
+)
+
+
+def abandon_job(
+    conn: Connection, row: Row[Any], *, requeue: bool, error: dict[str, str]
+) -> Row[Any] | None:
+    """A job whose task Cloud Tasks no longer has: a new run (requeue) or FAILED.
+
+    Guarded on the state and attempt the sweeper saw, so a delivery that raced it wins.
+    """
+    params = {
+        "id": row.id, "state": row.state, "attempts": row.attempts, "requeue": requeue,
+        "error": _json(error), "old_task_name": row.task_name,
+    }
+    return conn.execute(_ABANDON, params).first()
 
 
 def get_job(conn: Connection, job_id: uuid.UUID) -> Row[Any] | None:

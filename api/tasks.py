@@ -113,6 +113,16 @@ class TasksClient:
             return False
         return True
 
+    def batch_create_tasks(self, tasks: list[tasks_v2.Task], *, queue: str, timeout: float = 30.0) -> None:
+        """Create up to 100 tasks of one queue in one call (all or nothing)."""
+        parent = queue_path(self._config, queue)
+        operation = self.client.batch_create_tasks(
+            parent=parent,
+            requests=[tasks_v2.CreateTaskRequest(parent=parent, task=t) for t in tasks],
+            timeout=timeout,
+        )
+        operation.result(timeout=timeout)
+
     def delete_task(self, name: str, *, timeout: float = 10.0) -> bool:
         """Delete a task; False when it is already gone."""
         try:

@@ -62,11 +62,32 @@ class TokenVerifier:
         return claims
 
 
+_REASONS = (
+    ("too late", "it has expired"),
+    ("expired", "it has expired"),
+    ("too early", "it is not valid yet"),
+    ("audience", "it is for another audience"),
+    ("signature", "its signature does not verify"),
+    ("segments", "it is not a JWT"),
+    ("certificate for key id", "it was signed by an unknown key"),
+)
+
+
 def _reason(e: Exception) -> str:
-    # google-auth's messages name the failed check (expired, audience, signature) without
-    # echoing the token itself; keep only the first line.
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return text[:200]
+    # google-auth's messages can quote the token; say which check failed, in our words.
+    text = str(e).lower()
+    for needle, reason in _REASONS:
+        if needle in text:
+            return reason
+    return "it could not be verified"
+
+
+def require_task_caller(req: Request, state: Any) -> str:
+    """Refuse a request to /handlers/* that is not from Cloud Tasks (or Cloud Scheduler)."""
+    verifier = state.__dict__.get("_token_verifier")
+    if verifier is None:
+        verifier = state.__dict__["_token_verifier"] = TokenVerifier(state.config)
+    return authenticate(req, state.config, verifier)
 
 
 def authenticate(req: Request, config: Config, verifier: TokenVerifier) -> str:

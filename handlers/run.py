@@ -17,7 +17,7 @@ from api import store
 from api.errors import InvalidRequest, LeaseHeld, Problem
 from api.routes import json_body, json_response
 from api.state import AppState, current_state
-from handlers.auth import TokenVerifier, authenticate
+from handlers.auth import require_task_caller
 from handlers.registry import JobContext, Permanent, Retry, UnknownJobType
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def job_ids_from(body: Any) -> list[uuid.UUID]:
 def run() -> Response:
     """Run the jobs a task names; 2xx when done for good, non-2xx to have the queue retry."""
     state = current_state()
-    authenticate(request, state.config, _verifier(state))
+    require_task_caller(request, state)
     ids = job_ids_from(json_body(request))
     outcome = run_jobs(state, ids, delivery_from(request))
     if outcome.retry:
@@ -82,14 +82,6 @@ def run() -> Response:
             jobs=[str(i) for i in outcome.lease_held],
         )
     return json_response({"jobs": outcome.states})
-
-
-def _verifier(state: AppState) -> TokenVerifier:
-    verifier = getattr(state, "_token_verifier", None)
-    if verifier is None:
-        verifier = TokenVerifier(state.config)
-        state._token_verifier = verifier  # type: ignore[attr-defined]
-    return verifier
 
 
 class RunOutcome:
@@ -105,8 +97,11 @@ def run_jobs(state: AppState, ids: Sequence[uuid.UUID], delivery: store.Delivery
     """Claim the jobs, run each claimed one, and finish them all in one statement."""
     outcome = RunOutcome()
     with state.engine.begin() as conn:
-        claimed = store.claim_jobs(conn, ids)
+        claimed = store.claim_jobs(conn, ids, lease_margin_s=state.config.lease_margin_s)
         unclaimed = [i for i in ids if i not in {r.id for r in claimed}]
+        if unclaimed:
+            # Cancelled while queued, or while an attempt that has since died held it.
+            store.settle_cancelled(conn, unclaimed)
         current = {i: store.get_job(conn, i) for i in unclaimed}
     for job_id, row in current.items():
         if row is None:
@@ -123,8 +118,10 @@ def run_jobs(state: AppState, ids: Sequence[uuid.UUID], delivery: store.Delivery
     with state.engine.begin() as conn:
         moved = store.finish_jobs(conn, finishes)
     for f in finishes:
-        outcome.states[str(f.job_id)] = f.state if f.job_id in moved else "SUPERSEDED"
-        if f.state == "QUEUED" and f.job_id in moved:
+        # A finish that moved nothing lost its lease to a later attempt, which now owns it.
+        new_state = moved.get(f.job_id, "SUPERSEDED")
+        outcome.states[str(f.job_id)] = new_state
+        if new_state == "QUEUED":
             outcome.retry.append(f.job_id)
     return outcome
 
@@ -137,11 +134,11 @@ def execute(state: AppState, row: Row[Any], delivery: store.Delivery) -> store.F
     def finish(job_state: str, outcome: str, **kw: Any) -> store.Finish:
         return store.Finish(row.id, attempt, job_state, outcome, delivery=delivery, **kw)
 
-    def failed(code: str, message: str, *, retryable: bool) -> store.Finish:
+    def failed(code: str, message: str, *, retryable: bool, outcome: str | None = None) -> store.Finish:
         error = {"code": code, "message": message[:2000]}
         if retryable and not is_last_attempt(row, spec, delivery):
-            return finish("QUEUED", "RETRY", error=error)
-        return finish("FAILED", "FAILED", error=error)
+            return finish("QUEUED", outcome or "RETRY", error=error)
+        return finish("FAILED", outcome or "FAILED", error=error)
 
     try:
         jt = state.registry[row.type]
@@ -174,6 +171,12 @@ def execute(state: AppState, row: Row[Any], delivery: store.Delivery) -> store.F
         json.dumps(result)
     except (TypeError, ValueError) as e:
         return failed("RESULT_NOT_JSON", f"the job's result is not JSON: {e}", retryable=False)
+    if datetime.now(UTC) > ctx.deadline:
+        # Its lease may already be another attempt's: an overrun is a timeout, whatever it returned.
+        return failed(
+            "TIMED_OUT", f"the attempt ran past its {row.timeout_s}s timeout",
+            retryable=True, outcome="TIMED_OUT",
+        )
     return finish("COMPLETED", "COMPLETED", result=result)
 
 

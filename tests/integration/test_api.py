@@ -33,7 +33,7 @@ def test_create_returns_202_the_queued_job_and_its_location(client: FlaskClient,
     assert (job["type"], job["queue"], job["payload"], job["labels"]) == ("sleep", "slow", {"worktime": 40}, {"team": "a"})
     assert job["attempts"] == 0 and job["max_attempts"] == 2 and job["result"] is None
     assert job["created_time"].endswith("Z")
-    tasks = list(tasks_client.list_tasks(parent=queue_path(_config(client), "slow"), response_view=tasks_v2.Task.View.FULL))
+    tasks = list(tasks_client.list_tasks(request={"parent": queue_path(_config(client), "slow"), "response_view": tasks_v2.Task.View.FULL}))
     [task] = tasks
     assert task.name.endswith(f"job-{uuid.UUID(job['id']).hex}-0")
     assert json.loads(task.http_request.body) == {"job_id": job["id"]}

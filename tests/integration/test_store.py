@@ -32,7 +32,7 @@ def claim(db: Engine, *ids: uuid.UUID) -> list[Any]:
         return store.claim_jobs(conn, list(ids))
 
 
-def finish(db: Engine, *fs: Finish) -> set[uuid.UUID]:
+def finish(db: Engine, *fs: Finish) -> dict[uuid.UUID, str]:
     with db.begin() as conn:
         return store.finish_jobs(conn, fs)
 
@@ -111,7 +111,7 @@ def test_an_expired_lease_is_taken_over_and_the_lost_attempt_recorded(db: Engine
     [lost] = attempts(db, row.id)
     assert (lost.number, lost.outcome, lost.error["code"]) == (1, "TIMED_OUT", "LEASE_EXPIRED")
     # The first attempt finishing late changes nothing: attempt 2 holds the job.
-    assert finish(db, Finish(row.id, 1, "COMPLETED", "COMPLETED", result={"late": True})) == set()
+    assert finish(db, Finish(row.id, 1, "COMPLETED", "COMPLETED", result={"late": True})) == {}
     assert get(db, row.id).state == "RUNNING"
 
 
@@ -128,7 +128,7 @@ def test_finish_completes_and_records_the_attempt(db: Engine) -> None:
     row = insert(db)
     claim(db, row.id)
     delivery = Delivery(task_name="t1", retry_count=0, execution_count=0, retry_reason=None)
-    assert finish(db, Finish(row.id, 1, "COMPLETED", "COMPLETED", result={"ok": True}, delivery=delivery)) == {row.id}
+    assert finish(db, Finish(row.id, 1, "COMPLETED", "COMPLETED", result={"ok": True}, delivery=delivery)) == {row.id: "COMPLETED"}
     job = get(db, row.id)
     assert (job.state, job.result, job.error) == ("COMPLETED", {"ok": True}, None)
     assert job.done_time is not None and job.lease_expires_time is None
@@ -142,9 +142,9 @@ def test_finish_happens_once(db: Engine) -> None:
     row = insert(db)
     claim(db, row.id)
     f = Finish(row.id, 1, "COMPLETED", "COMPLETED", result=1)
-    assert finish(db, f) == {row.id}
-    assert finish(db, f) == set()
-    assert finish(db, Finish(row.id, 1, "FAILED", "FAILED", error={"code": "X", "message": "m"})) == set()
+    assert finish(db, f) == {row.id: "COMPLETED"}
+    assert finish(db, f) == {}
+    assert finish(db, Finish(row.id, 1, "FAILED", "FAILED", error={"code": "X", "message": "m"})) == {}
     assert get(db, row.id).state == "COMPLETED"
     assert len(attempts(db, row.id)) == 1
 
@@ -165,7 +165,7 @@ def test_finish_is_set_based(db: Engine) -> None:
     claim(db, a.id, b.id)
     moved = finish(db, Finish(a.id, 1, "COMPLETED", "COMPLETED", result=1),
                    Finish(b.id, 1, "FAILED", "FAILED", error={"code": "E", "message": "m"}))
-    assert moved == {a.id, b.id}
+    assert moved == {a.id: "COMPLETED", b.id: "FAILED"}
     assert (get(db, a.id).state, get(db, b.id).state) == ("COMPLETED", "FAILED")
 
 

@@ -1,0 +1,103 @@
+"""The sweeper: enqueue jobs whose enqueue was lost, and settle jobs whose task is gone.
+
+Cloud Scheduler calls POST /handlers/sweep (authenticated like /handlers/run) every minute or
+so; `cloudjobs sweep` does the same from a shell. Its cost follows the number of live jobs,
+not the history: every query runs on the partial index over non-terminal states.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Response, request
+from google.api_core import exceptions as gexc
+from sqlalchemy.engine import Row
+
+from api import jobs as jobs_service
+from api import store
+from api.routes import json_response
+from api.state import AppState, current_state
+from handlers.auth import require_task_caller
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("sweep", __name__, url_prefix="/handlers")
+
+
+@dataclass
+class SweepReport:
+    """What one sweep did."""
+
+    enqueued: int = 0  # CREATED jobs whose task now exists
+    requeued: int = 0  # jobs whose task was gone, sent again as a new run
+    failed: int = 0  # jobs whose task was gone with no attempts left
+    cancelled: int = 0  # cancel-requested jobs nobody holds any more
+    still_owned: int = 0  # checked, and Cloud Tasks still has their task
+
+
+@bp.post("/sweep")
+def sweep_endpoint() -> Response:
+    """Run one sweep (for Cloud Scheduler)."""
+    state = current_state()
+    require_task_caller(request, state)
+    return json_response(asdict(sweep(state)))
+
+
+def sweep(state: AppState) -> SweepReport:
+    """One pass over the live jobs that need help."""
+    cfg = state.config
+    report = SweepReport()
+    with state.engine.connect() as conn:
+        created = store.stale_created(conn, older_than_s=cfg.sweep_created_after_s, limit=cfg.sweep_batch)
+    if created:
+        after = jobs_service.enqueue(state, created)
+        report.enqueued = sum(1 for r in after if r.state != "CREATED")
+
+    with state.engine.connect() as conn:
+        expired = store.expired_leases(conn, limit=cfg.sweep_batch)
+        queued = store.stale_queued(conn, older_than_s=cfg.sweep_queued_after_s, limit=cfg.sweep_batch)
+    with state.engine.begin() as conn:
+        report.cancelled = len(store.settle_cancelled(conn, [r.id for r in expired + queued]))
+    requeue: list[Row[Any]] = []
+    for row in expired + queued:
+        if row.cancel_requested or _task_exists(state, row.task_name):
+            report.still_owned += 0 if row.cancel_requested else 1
+            continue
+        # Cloud Tasks has no task for it: it gave up (retries exhausted) or lost it.
+        left = row.attempts - row.attempts_base < row.max_attempts
+        spec = state.queues.specs.get(row.queue)
+        if row.state == "QUEUED" and row.attempts > row.attempts_base and spec is not None:
+            age = (datetime.now(UTC) - row.started_time).total_seconds() if row.started_time else None
+            left = left and not spec.attempts_exhausted(row.attempts - row.attempts_base - 1, age)
+        error = (
+            {"code": "LEASE_EXPIRED", "message": "the attempt died and Cloud Tasks no longer has the task"}
+            if row.state == "RUNNING"
+            else {"code": "TASK_LOST", "message": "Cloud Tasks no longer has the job's task"}
+        )
+        if not left:
+            error = {"code": "RETRIES_EXHAUSTED", "message": error["message"] + "; no attempts left"}
+        with state.engine.begin() as conn:
+            moved = store.abandon_job(conn, row, requeue=left, error=error)
+        if moved is None:
+            continue  # a delivery got there first
+        if left:
+            requeue.append(moved)
+            report.requeued += 1
+        else:
+            report.failed += 1
+    if requeue:
+        jobs_service.enqueue(state, requeue)
+    if any(asdict(report).values()):
+        logger.info("sweep", extra=asdict(report))
+    return report
+
+
+def _task_exists(state: AppState, task_name: str) -> bool:
+    try:
+        state.tasks.client.get_task(name=task_name, timeout=10)
+    except gexc.NotFound:
+        return False
+    return True
