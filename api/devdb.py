@@ -23,6 +23,15 @@ def start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
         os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="cloudjobs-xdg-")
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(str(data_dir.resolve()), cleanup_mode="stop")
-    socket = data_dir.resolve() / ".s.PGSQL.5432"
-    url = f"postgresql+pg8000://postgres@/postgres?unix_sock={socket}"
-    return url, server
+    return pg8000_url(server.get_uri()), server
+
+
+def pg8000_url(libpq_uri: str) -> str:
+    """pgserver's libpq URI (`...?host=/socket/dir`) as a pg8000 URL (`?unix_sock=.../.s.PGSQL.5432`)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(libpq_uri)
+    socket_dir = parse_qs(parts.query)["host"][0]
+    database = parts.path.lstrip("/") or "postgres"
+    # The socket folder may not be the data folder: Unix socket paths are limited to ~100 bytes.
+    return f"postgresql+pg8000://postgres@/{database}?unix_sock={socket_dir}/.s.PGSQL.5432"

@@ -80,3 +80,9 @@ def app(make_app: Callable[..., Flask]) -> Flask:
 def client(app: Flask) -> FlaskClient:
     """Flask's test client for the app."""
     return app.test_client()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _test_job_types() -> None:
+    """Register the tests' own job types."""
+    import tests.jobs  # noqa: F401

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask.testing import FlaskClient
+from google.cloud import tasks_v2
+from sqlalchemy.engine import Engine
+
+from api.tasks import queue_path
+from tests.integration.test_api import count_jobs
+
+
+def batch(client: FlaskClient, body: Any, **headers: str) -> Any:
+    return client.post("/v1/jobs:batchCreate", data=json.dumps(body), content_type="application/json", headers=headers)
+
+
+def test_batch_creates_every_job_in_order_and_enqueues_them(
+    client: FlaskClient, tasks_client: tasks_v2.CloudTasksClient, db: Engine
+) -> None:
+    jobs = [{"type": "echo", "payload": {"i": i}} for i in range(250)] + [{"type": "sleep", "payload": {"seconds": 1}}]
+    resp = batch(client, {"jobs": jobs})
+    assert resp.status_code == 202
+    out = resp.get_json()["jobs"]
+    assert [j["payload"] for j in out] == [j["payload"] for j in jobs]
+    assert {j["state"] for j in out} == {"QUEUED"}
+    config = client.application.extensions["cloudjobs"].config
+    assert len(list(tasks_client.list_tasks(parent=queue_path(config, "default")))) == 250
+    assert len(list(tasks_client.list_tasks(parent=queue_path(config, "slow")))) == 1
+    assert count_jobs(db) == 251
+
+
+def test_one_invalid_job_refuses_the_batch_and_names_its_index(client: FlaskClient, db: Engine) -> None:
+    resp = batch(client, {"jobs": [{"type": "echo"}, {"type": "sleep", "payload": {"seconds": "x"}}, {"type": "nope"}]})
+    assert resp.status_code == 422
+    fields = [e["field"] for e in resp.get_json()["errors"]]
+    assert "jobs[1].payload.seconds" in fields and "jobs[2].type" in fields
+    assert "jobs[1]" in resp.get_json()["detail"]
+    assert count_jobs(db) == 0
+
+
+@pytest.mark.parametrize("body", [{"jobs": []}, {"jobs": [{"type": "echo"}] * 501}, {"jobs": [1]}, {"jobs": [], "x": 1}])
+def test_batch_limits(client: FlaskClient, db: Engine, body: Any) -> None:
+    assert batch(client, body).status_code == 422
+    assert count_jobs(db) == 0
+
+
+@pytest.mark.parametrize("body", [[], {"jobs": "many"}, {}])
+def test_malformed_batches_are_400(client: FlaskClient, body: Any) -> None:
+    assert batch(client, body).status_code == 400
+
+
+def test_a_batch_replay_with_the_same_key_returns_the_originals(client: FlaskClient, db: Engine) -> None:
+    body = {"jobs": [{"type": "echo", "payload": {"i": i}} for i in range(3)]}
+    first = batch(client, body, **{"Idempotency-Key": "b1"})
+    again = batch(client, body, **{"Idempotency-Key": "b1"})
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert [j["id"] for j in again.get_json()["jobs"]] == [j["id"] for j in first.get_json()["jobs"]]
+    other = batch(client, {"jobs": [{"type": "echo"}]}, **{"Idempotency-Key": "b1"})
+    assert other.status_code == 409
+    assert count_jobs(db) == 3
+
+
+def test_batch_insert_is_one_statement(client: FlaskClient, db: Engine) -> None:
+    engine = client.application.extensions["cloudjobs"].engine
+    inserts: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: inserts.append(a[2]) if a[2].lstrip().upper().startswith("INSERT") else None)
+    batch(client, {"jobs": [{"type": "echo"} for _ in range(100)]})
+    assert len(inserts) == 1

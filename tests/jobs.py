@@ -1,0 +1,28 @@
+"""Job types for the tests (JOB_MODULES=tests.jobs); they use only the public job API."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from handlers import JobContext, job
+
+
+@job("overrun", timeout_s=1)
+def overrun(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Run past the 1 s timeout on the first attempt, then finish in time."""
+    if ctx.attempt == 1:
+        time.sleep(float(payload.get("seconds", 1.3)))
+    return {"attempt": ctx.attempt}
+
+
+@job("not_json")
+def not_json(payload: dict[str, Any], ctx: JobContext) -> Any:
+    """Return something JSON cannot carry."""
+    return {1, 2, 3}
+
+
+@job("boom")
+def boom(payload: dict[str, Any], ctx: JobContext) -> Any:
+    """Raise an unexpected exception (a bug in a job function)."""
+    raise KeyError("missing")
