@@ -10,6 +10,10 @@ from typing import Any
 
 def start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
     """Start (or reuse) a PostgreSQL in `data_dir`; returns its pg8000 URL and the server."""
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        # pgserver may put its socket there, and as root it opens permissions on the
+        # folder's parents; a private folder keeps that away from /run. Set before import.
+        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="cloudjobs-xdg-")
     try:
         import pgserver
     except ImportError as e:  # pragma: no cover - depends on the install
@@ -17,10 +21,6 @@ def start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
             "no DATABASE_URL and no embedded PostgreSQL: pip install 'cloudjobs[dev]' "
             "(pgserver has wheels for CPython 3.9-3.12) or set DATABASE_URL"
         ) from e
-    if os.geteuid() == 0 and not os.environ.get("XDG_RUNTIME_DIR"):
-        # As root, pgserver runs PostgreSQL as a system user and opens permissions on
-        # XDG_RUNTIME_DIR's parents; a private folder keeps that away from /run.
-        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="cloudjobs-xdg-")
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(str(data_dir.resolve()), cleanup_mode="stop")
     return pg8000_url(server.get_uri()), server

@@ -73,9 +73,9 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0)
         if proc.poll() is not None:
             raise RuntimeError(f"gunicorn exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
         try:
-            if requests.get(url + "/healthz", timeout=1).ok:
+            if requests.get(url + "/healthz", timeout=5).ok:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or a worker still booting
             time.sleep(0.1)
     raise RuntimeError("gunicorn did not become healthy")
 
