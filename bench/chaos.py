@@ -1,0 +1,257 @@
+"""The chaos run: many mixed jobs, random failures, duplicate deliveries and worker kills.
+
+    python -m bench.chaos [--jobs 2000] [--database-url URL] [--seed S] [--quick]
+
+At the end every job must be terminal, each terminal transition must have happened exactly
+once, every attempt a claim started must have exactly one attempt row, and nothing may be
+stuck. Prints the tally; exits 1 on any violation. Everything runs on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import psutil
+import requests
+import sqlalchemy as sa
+from google.cloud import tasks_v2
+
+from api.tasks import make_client, queue_path
+from bench.stack import DEFAULT_SERVER, Stack, fresh_database, running_stack
+
+HERE = Path(__file__).resolve().parent
+
+# Transitions are recorded by a trigger that exists only in the chaos database.
+AUDIT = """
+CREATE TABLE chaos_transitions (
+    job_id uuid NOT NULL, old_state text, new_state text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE FUNCTION chaos_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO chaos_transitions (job_id, old_state, new_state) VALUES (NEW.id, NULL, NEW.state);
+    ELSIF OLD.state IS DISTINCT FROM NEW.state THEN
+        INSERT INTO chaos_transitions (job_id, old_state, new_state) VALUES (NEW.id, OLD.state, NEW.state);
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER chaos_audit AFTER INSERT OR UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION chaos_audit();
+"""
+
+
+def job_mix(rng: random.Random, n: int) -> list[dict[str, Any]]:
+    """N job requests: echo, sleep, flaky that succeeds, flaky that runs out of attempts."""
+    jobs = []
+    for i in range(n):
+        roll = rng.random()
+        if roll < 0.4:
+            body = {"type": "echo", "payload": {"i": i}}
+        elif roll < 0.6:
+            body = {"type": "sleep", "payload": {"seconds": round(rng.uniform(0.01, 0.3), 3)}}
+        elif roll < 0.9:
+            body = {"type": "flaky", "payload": {"failures": rng.randint(1, 2)}}
+        else:
+            body = {"type": "flaky", "payload": {"failures": 9}, "max_attempts": 3}
+        body["timeout_s"] = 2  # a killed attempt's lease ends soon after
+        jobs.append(body)
+    return jobs
+
+
+class Chaos:
+    """Creates the jobs, injects the faults, then checks the invariants."""
+
+    def __init__(self, stack: Stack, *, rng: random.Random, kill_every_s: float, dup_fraction: float) -> None:
+        self.stack = stack
+        self.rng = rng
+        self.kill_every_s = kill_every_s
+        self.dup_fraction = dup_fraction
+        self.kills = 0
+        self.duplicates = 0
+        self.sweeps = 0
+        self.stop = threading.Event()
+
+    def submit(self, bodies: list[dict[str, Any]]) -> list[str]:
+        """Half one by one, half in batches; returns the job ids.
+
+        A worker may die after committing a job but before answering; the retried request
+        carries the same Idempotency-Key, so it returns that job instead of making another.
+        """
+        ids: list[str] = []
+        half = len(bodies) // 2
+        session = requests.Session()
+        run = uuid.uuid4().hex[:8]
+        for n, body in enumerate(bodies[:half]):
+            key = {"Idempotency-Key": f"chaos-{run}-{n}"}
+            resp = _retrying(lambda b=body, k=key: session.post(self.stack.url + "/v1/jobs", json=b, headers=k, timeout=30))
+            assert resp.status_code in (200, 202), resp.text
+            ids.append(resp.json()["id"])
+        rest = bodies[half:]
+        for i in range(0, len(rest), 200):
+            key = {"Idempotency-Key": f"chaos-{run}-batch-{i}"}
+            resp = _retrying(lambda c=rest[i:i + 200], k=key: session.post(
+                self.stack.url + "/v1/jobs:batchCreate", json={"jobs": c}, headers=k, timeout=60))
+            assert resp.status_code in (200, 202), resp.text
+            ids += [j["id"] for j in resp.json()["jobs"]]
+        return ids
+
+    def duplicate(self, ids: list[str]) -> None:
+        """Deliver some jobs twice: a second task with the same body, as at-least-once may."""
+        client = make_client(self.stack.config)
+        parent = queue_path(self.stack.config, "default")
+        for job_id in self.rng.sample(ids, int(len(ids) * self.dup_fraction)):
+            client.create_task(parent=parent, task=tasks_v2.Task(
+                name=f"{parent}/tasks/dup-{uuid.uuid4().hex}",
+                http_request=tasks_v2.HttpRequest(
+                    http_method=tasks_v2.HttpMethod.POST,
+                    url=f"{self.stack.url}/handlers/run",
+                    headers={"Content-Type": "application/json"},
+                    body=json.dumps({"job_id": job_id}).encode(),
+                    oidc_token=tasks_v2.OidcToken(service_account_email=self.stack.config.tasks_service_account,
+                                                  audience=self.stack.config.audience),
+                ),
+            ))
+            self.duplicates += 1
+
+    def killer(self) -> None:
+        """SIGKILL a random gunicorn worker now and then; the master starts another."""
+        master = psutil.Process(self.stack.gunicorn.pid)
+        while not self.stop.wait(self.kill_every_s * self.rng.uniform(0.5, 1.5)):
+            workers = master.children()
+            if workers:
+                self.rng.choice(workers).send_signal(signal.SIGKILL)
+                self.kills += 1
+
+    def sweeper(self) -> None:
+        """What Cloud Scheduler would do: a sweep every second."""
+        from api import create_app
+        from api.config import Config
+        from handlers.sweep import sweep
+
+        app = create_app(Config.from_env(self.stack.env))
+        state = app.extensions["cloudjobs"]
+        while not self.stop.wait(1.0):
+            try:
+                sweep(state)
+                self.sweeps += 1
+            except Exception as e:  # a sweep that fails is retried next second, as Scheduler would
+                print(f"sweep failed: {type(e).__name__}: {e}", file=sys.stderr)
+        state.engine.dispose()
+
+
+def _retrying(call: Any, attempts: int = 20) -> requests.Response:
+    """A client retrying connection errors and 5xx (a worker may be killed under it)."""
+    for i in range(attempts):
+        try:
+            resp = call()
+            if resp.status_code < 500:
+                return resp
+        except requests.RequestException:
+            pass
+        time.sleep(min(0.05 * 2**i, 1.0))
+    raise RuntimeError("the API did not answer")
+
+
+def check(engine: sa.Engine, ids: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """The tally and the list of violated invariants."""
+    violations: list[str] = []
+    with engine.connect() as conn:
+        states = dict(conn.execute(sa.text("SELECT state, count(*) FROM jobs GROUP BY state")).all())
+        total = sum(states.values())
+        if total != len(ids):
+            violations.append(f"{len(ids)} jobs submitted, {total} in the table")
+        live = conn.execute(sa.text(
+            "SELECT count(*) FROM jobs WHERE state IN ('CREATED','QUEUED','RUNNING')")).scalar_one()
+        if live:
+            violations.append(f"{live} jobs are not terminal")
+        twice = conn.execute(sa.text("""
+            SELECT count(*) FROM (
+                SELECT job_id FROM chaos_transitions
+                WHERE new_state IN ('COMPLETED','FAILED','CANCELLED')
+                GROUP BY job_id HAVING count(*) <> 1) x""")).scalar_one()
+        if twice:
+            violations.append(f"{twice} jobs reached a terminal state other than exactly once")
+        bad_history = conn.execute(sa.text("""
+            SELECT count(*) FROM jobs j
+            WHERE j.attempts <> (SELECT count(*) FROM job_attempts a WHERE a.job_id = j.id)
+               OR j.attempts <> coalesce((SELECT max(number) FROM job_attempts a WHERE a.job_id = j.id), 0)
+            """)).scalar_one()
+        if bad_history:
+            violations.append(f"{bad_history} jobs whose attempt rows do not match their attempts")
+        leases = conn.execute(sa.text(
+            "SELECT count(*) FROM jobs WHERE lease_expires_time IS NOT NULL AND state <> 'RUNNING'")).scalar_one()
+        if leases:
+            violations.append(f"{leases} finished jobs still hold a lease")
+        outcomes = dict(conn.execute(sa.text("SELECT outcome, count(*) FROM job_attempts GROUP BY outcome")).all())
+        attempts = conn.execute(sa.text("SELECT count(*) FROM job_attempts")).scalar_one()
+    tally = {"jobs": total, "states": states, "attempt_rows": attempts, "attempt_outcomes": outcomes}
+    return tally, violations
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chaos run; 0 when every invariant holds."""
+    p = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.splitlines()[0])
+    p.add_argument("--jobs", type=int, default=2000)
+    p.add_argument("--database-url", default=DEFAULT_SERVER,
+                   help="a PostgreSQL server; a fresh database is made on it ('' for an embedded one)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--kill-every", type=float, default=2.0, help="seconds between worker kills")
+    p.add_argument("--duplicates", type=float, default=0.1, help="fraction of jobs delivered twice")
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--quick", action="store_true", help="a short run for the test suite")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.jobs = min(args.jobs, 200)
+        args.kill_every = min(args.kill_every, 1.0)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    rng = random.Random(seed)
+    started = time.monotonic()
+    with fresh_database(args.database_url or None) as url:
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(AUDIT)
+        extra = {"LEASE_MARGIN_S": "1", "SWEEP_CREATED_AFTER_S": "2", "SWEEP_QUEUED_AFTER_S": "5"}
+        with running_stack(url, queues_file=HERE / "chaos.queues.yaml", extra_env=extra) as stack:
+            chaos = Chaos(stack, rng=rng, kill_every_s=args.kill_every, dup_fraction=args.duplicates)
+            threads = [threading.Thread(target=chaos.killer, daemon=True),
+                       threading.Thread(target=chaos.sweeper, daemon=True)]
+            for t in threads:
+                t.start()
+            ids = chaos.submit(job_mix(rng, args.jobs))
+            chaos.duplicate(ids)
+            deadline = time.monotonic() + args.timeout
+            with engine.connect() as conn:
+                while time.monotonic() < deadline:
+                    live = conn.execute(sa.text(
+                        "SELECT count(*) FROM jobs WHERE state IN ('CREATED','QUEUED','RUNNING')")).scalar_one()
+                    conn.commit()
+                    if live == 0:
+                        break
+                    time.sleep(0.5)
+            chaos.stop.set()
+            for t in threads:
+                t.join(timeout=30)
+            time.sleep(1.0)  # let in-flight duplicate deliveries land before checking
+            tally, violations = check(engine, ids)
+        engine.dispose()
+    tally.update(seed=seed, worker_kills=chaos.kills, duplicate_deliveries=chaos.duplicates,
+                 sweeps=chaos.sweeps, seconds=round(time.monotonic() - started, 1))
+    print(json.dumps(tally, indent=2, sort_keys=True))
+    for v in violations:
+        print(f"VIOLATION: {v}", file=sys.stderr)
+    print("chaos run: " + ("clean" if not violations else f"{len(violations)} violation(s)"))
+    return 1 if violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

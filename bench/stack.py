@@ -1,0 +1,143 @@
+"""A whole local stack for benchmarks and the chaos run: database, emulator, gunicorn.
+
+Loopback only, bounded, and torn down on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from api import migrate
+from api.config import Config
+from api.db import create_engine, normalise_url
+from api.queues import Queues
+from api.tasks import make_client, sync_queues
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICE_ACCOUNT = "tasks@bench-project.iam.gserviceaccount.com"
+DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def fresh_database(server_url: str | None) -> Iterator[str]:
+    """A new, migrated database on `server_url` (or an embedded PostgreSQL), dropped afterwards."""
+    server = None
+    if server_url is None:
+        from api.devdb import start_embedded_postgres
+
+        server_url, server = start_embedded_postgres(Path(tempfile.mkdtemp(prefix="cloudjobs-bench-")) / "pg")
+    server_url = normalise_url(server_url)
+    name = f"cloudjobs_bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    engine = create_engine(Config(), url=url, pool_size=1)
+    migrate.upgrade(engine)
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+        if server is not None:
+            server.cleanup()
+
+
+@dataclass
+class Stack:
+    """A running stack."""
+
+    url: str
+    env: dict[str, str]
+    config: Config
+    emulator: Any
+    gunicorn: subprocess.Popen[bytes]
+    database_url: str
+
+    def engine(self) -> sa.Engine:
+        """An engine on the stack's database."""
+        return create_engine(self.config, url=self.database_url, pool_size=2)
+
+
+@contextmanager
+def running_stack(
+    database_url: str,
+    *,
+    queues_file: Path,
+    workers: int = 2,
+    extra_env: dict[str, str] | None = None,
+    gunicorn_args: list[str] | None = None,
+) -> Iterator[Stack]:
+    """The emulator in this process and gunicorn serving the app, as in production."""
+    from emulator import Emulator
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with Emulator(host="127.0.0.1", port=0, http_port=0) as emu:
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "GOOGLE_CLOUD_PROJECT": "bench-project",
+            "CLOUD_TASKS_EMULATOR_HOST": emu.address,
+            "HANDLER_BASE_URL": url,
+            "HANDLER_AUTH": "oidc",
+            "TASKS_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
+            "OIDC_CERTS_URL": emu.certs_url,
+            "QUEUES_FILE": str(queues_file),
+            "LOG_LEVEL": "ERROR",
+            **(extra_env or {}),
+        }
+        config = Config.from_env(env)
+        sync_queues(make_client(config), config, list(Queues.load(queues_file).specs.values()))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+             "--bind", f"127.0.0.1:{port}", "--workers", str(workers), *(gunicorn_args or []),
+             "api:create_app()"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait_healthy(url, proc)
+            yield Stack(url, env, config, emu, proc, database_url)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("gunicorn exited during start-up")
+        try:
+            if requests.get(url + "/healthz", timeout=5).ok:
+                return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise RuntimeError("gunicorn did not become healthy")
