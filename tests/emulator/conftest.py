@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from aiohttp import web
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
@@ -46,7 +48,9 @@ class Received:
     at: float  # time.monotonic() on arrival
 
 
-Responder = Callable[[Received, int], "int | tuple[int, float]"]
+# (request, index of the request on its path) -> status, (status, seconds to hang first), or
+# None to close the connection without answering.
+Responder = Callable[[Received, int], "int | tuple[int, float] | None"]
 
 
 @dataclass
@@ -55,10 +59,12 @@ class Target:
 
     server: ThreadingHTTPServer
     requests: list[Received] = field(default_factory=list)
-    # (request, index of the request on its path) -> status, or (status, seconds to wait)
     respond: Responder = lambda request, n: 200
     release: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    active: int = 0  # requests being handled now
+    max_active: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def base(self) -> str:
@@ -83,6 +89,9 @@ class Target:
 def _handler_class(target: Target) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in separate writes; without this, Nagle and delayed ACKs
+        # add 40 ms to every keep-alive request.
+        disable_nagle_algorithm = True
 
         def _handle(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -91,18 +100,29 @@ def _handler_class(target: Target) -> type[BaseHTTPRequestHandler]:
                                 {k.lower(): v for k, v in self.headers.items()}, body,
                                 time.monotonic())
             with target.lock:
-                n = sum(1 for r in target.requests if r.path == self.path)
+                n = target.counts.get(self.path, 0)
+                target.counts[self.path] = n + 1
                 target.requests.append(received)
-            answer = target.respond(received, n)
-            status, delay = answer if isinstance(answer, tuple) else (answer, 0.0)
-            if delay:
-                # Hang like a slow handler; released early at teardown.
-                target.release.wait(delay)
+                target.active += 1
+                target.max_active = max(target.max_active, target.active)
             try:
+                answer = target.respond(received, n)
+                if answer is None:
+                    self.close_connection = True
+                    return
+                status, delay = answer if isinstance(answer, tuple) else (answer, 0.0)
+                if delay:
+                    # Hang like a slow handler; released early at teardown.
+                    target.release.wait(delay)
+            finally:
+                with target.lock:
+                    target.active -= 1
+            try:
+                body = b"" if self.command == "HEAD" else b"ok"
                 self.send_response(status)
-                self.send_header("Content-Length", "2")
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(b"ok")
+                self.wfile.write(body)
             except OSError:
                 pass  # the emulator gave up on us (deadline or shutdown)
 
@@ -151,19 +171,39 @@ def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def emulator(key_file: Path, target: Target) -> Iterator[Emulator]:
+def make_emulator(key_file: Path, target: Target) -> Iterator[Callable[..., Emulator]]:
+    """Factory of running emulators (keyword arguments go to ``Emulator``); all stopped after."""
+    started: list[Emulator] = []
+
+    def make(**kwargs: Any) -> Emulator:
+        kwargs.setdefault("app_engine_host", target.base)
+        emu = Emulator(port=0, http_port=0, key_file=key_file, **kwargs).start()
+        started.append(emu)
+        return emu
+
+    yield make
+    for emu in started:
+        emu.stop()
+
+
+@pytest.fixture
+def emulator(make_emulator: Callable[..., Emulator]) -> Emulator:
     """A running emulator whose App Engine host is the ``target`` server."""
-    emu = Emulator(port=0, http_port=0, app_engine_host=target.base, key_file=key_file)
-    with emu:
-        yield emu
+    return make_emulator()
+
+
+def client_for(emu: Emulator) -> tasks_v2.CloudTasksClient:
+    """The real google-cloud-tasks client, over an insecure channel to ``emu``."""
+    channel = grpc.insecure_channel(emu.address)
+    return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
 
 
 @pytest.fixture
 def client(emulator: Emulator) -> Iterator[tasks_v2.CloudTasksClient]:
-    """The real google-cloud-tasks client, over an insecure channel to the emulator."""
-    channel = grpc.insecure_channel(emulator.address)
-    yield tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
-    channel.close()
+    """The real client, connected to ``emulator``."""
+    c = client_for(emulator)
+    yield c
+    c.transport.close()
 
 
 _names = itertools.count()
@@ -184,3 +224,41 @@ def make_queue(client: tasks_v2.CloudTasksClient) -> Callable[..., tasks_v2.Queu
 def queue(make_queue: Callable[..., tasks_v2.Queue]) -> tasks_v2.Queue:
     """A queue with Google's defaults."""
     return make_queue()
+
+
+@dataclass
+class CountingTarget:
+    """An aiohttp server on its own loop and thread that answers 200 and counts, for speed."""
+
+    url: str
+    count: Callable[[], int]
+
+
+@pytest.fixture
+def counting_target() -> Iterator[CountingTarget]:
+    """A fast no-op target: the threaded ``Target`` is too slow to measure throughput."""
+    loop = asyncio.new_event_loop()
+    hits = [0]
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        hits[0] += 1
+        return web.Response(text="ok")
+
+    async def serve() -> web.AppRunner:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return runner
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner = asyncio.run_coroutine_threadsafe(serve(), loop).result(5)
+    port = runner.addresses[0][1]
+    yield CountingTarget(f"http://127.0.0.1:{port}/run", lambda: hits[0])
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(5)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
