@@ -10,6 +10,8 @@ concurrency slots of its own queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -33,8 +35,8 @@ SWEEP_INTERVAL_S = 30.0
 # Headers Cloud Tasks computes or reserves; a task's own values for them are dropped.
 _COMPUTED = {"host", "content-length", "user-agent"}
 _RESERVED_PREFIXES = ("x-google-", "x-appengine-", "x-cloudtasks-")
-_IF_NOT_EXISTS = T.UriOverride.UriOverrideEnforceMode.IF_NOT_EXISTS.value
-_SCHEME_HTTP = T.UriOverride.Scheme.HTTP.value
+_IF_NOT_EXISTS = int(T.UriOverride.UriOverrideEnforceMode.IF_NOT_EXISTS)
+_SCHEME_HTTP = int(T.UriOverride.Scheme.HTTP)
 
 
 @dataclass(frozen=True)
@@ -165,10 +167,9 @@ class Dispatcher:
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
         if self._closing or self.loop is None:
             return
-        try:
+        # The loop may close under us during shutdown.
+        with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:
-            pass  # the loop closed under us during shutdown
 
     # On the loop.
 
@@ -212,7 +213,10 @@ class Dispatcher:
         q.event = asyncio.Event()
         task = asyncio.create_task(self._pump(q), name=f"pump {q.name}")
         self._pumps[q] = task
-        task.add_done_callback(lambda _t, q=q: self._pumps.pop(q, None))
+        task.add_done_callback(functools.partial(self._pump_done, q))
+
+    def _pump_done(self, q: QueueRecord, task: asyncio.Task[None]) -> None:
+        self._pumps.pop(q, None)
 
     async def _pump(self, q: QueueRecord) -> None:
         event: asyncio.Event = q.event

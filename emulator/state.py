@@ -43,8 +43,8 @@ BatchCreateTasksResponsePb = T.BatchCreateTasksResponse.pb()
 BatchCreateTasksMetadataPb = T.BatchCreateTasksMetadata.pb()
 BatchDeleteTasksMetadataPb = T.BatchDeleteTasksMetadata.pb()
 
-VIEW_BASIC = T.Task.View.BASIC.value
-VIEW_FULL = T.Task.View.FULL.value
+VIEW_BASIC = int(T.Task.View.BASIC)
+VIEW_FULL = int(T.Task.View.FULL)
 MAX_QUEUE_PAGE = 9800
 MAX_TASK_PAGE = 1000
 MAX_BATCH_CREATE = 100
@@ -393,7 +393,7 @@ class State:
             if not m or m.group(1).upper() not in T.Queue.State.__members__:
                 raise invalid(f"Unsupported filter {filter_!r}: the emulator filters on "
                               "state only, e.g. 'state: PAUSED'")
-            want = T.Queue.State[m.group(1).upper()].value
+            want = int(T.Queue.State.__members__[m.group(1).upper()])
         size = _page_size(page_size, MAX_QUEUE_PAGE)
         after = _decode_token(page_token, "queues", parent + "|" + filter_)
         with self.lock:
@@ -621,8 +621,8 @@ class State:
         set_timestamp(meta.start_time, start)
         set_timestamp(meta.end_time, self.clock())
         states = T.BatchCreateTasksMetadata.State
-        meta.state = (states.SUCCEEDED if not meta.failed_requests
-                      else states.FAILED if not tasks else states.PARTIALLY_SUCCEEDED).value
+        meta.state = int(states.SUCCEEDED if not meta.failed_requests
+                         else states.FAILED if not tasks else states.PARTIALLY_SUCCEEDED)
         response = BatchCreateTasksResponsePb()
         response.tasks.extend(tasks)
         return self._operation(qn, request_id, meta, response)
@@ -654,8 +654,8 @@ class State:
         set_timestamp(meta.end_time, self.clock())
         states = T.BatchDeleteTasksMetadata.State
         deleted = len(names) - len(meta.failed_requests)
-        meta.state = (states.SUCCEEDED if not meta.failed_requests
-                      else states.FAILED if not deleted else states.PARTIALLY_SUCCEEDED).value
+        meta.state = int(states.SUCCEEDED if not meta.failed_requests
+                         else states.FAILED if not deleted else states.PARTIALLY_SUCCEEDED)
         return self._operation(qn, request_id, meta, empty_pb2.Empty())
 
     def _operation(self, qn: v.QueueName, request_id: str, meta: Any,

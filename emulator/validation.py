@@ -60,8 +60,8 @@ METHOD_NAMES = {0: "POST", 1: "POST", 2: "GET", 3: "HEAD", 4: "PUT", 5: "DELETE"
 HTTP_BODY_METHODS = {"POST", "PUT", "PATCH"}
 APP_ENGINE_BODY_METHODS = {"POST", "PUT"}
 
-QUEUE_RUNNING = T.Queue.State.RUNNING.value
-QUEUE_PAUSED = T.Queue.State.PAUSED.value
+QUEUE_RUNNING = int(T.Queue.State.RUNNING)
+QUEUE_PAUSED = int(T.Queue.State.PAUSED)
 
 
 class ApiError(Exception):

@@ -9,10 +9,10 @@ import time
 from collections.abc import Callable
 
 import pytest
+from conftest import LOCATION, CountingTarget, Target, client_for, wait_until
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 
-from conftest import LOCATION, CountingTarget, Target, client_for, wait_until
 from emulator import Emulator
 
 Client = tasks_v2.CloudTasksClient
@@ -119,8 +119,8 @@ def test_exhausted_task_is_deleted(client: Client, make_queue: Callable[..., tas
                                                 "http_request": {"url": target.url()}})
 
 
-def test_unanswered_task_is_retried_until_exhausted(client: Client,
-                                                    make_queue: Callable[..., tasks_v2.Queue]) -> None:
+def test_unanswered_task_is_retried_until_exhausted(
+        client: Client, make_queue: Callable[..., tasks_v2.Queue]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]

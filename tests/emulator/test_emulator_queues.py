@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from conftest import LOCATION, Target
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 from google.protobuf import field_mask_pb2
-
-from conftest import LOCATION, Target
 
 Client = tasks_v2.CloudTasksClient
 

@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable
 
 import pytest
+from conftest import LOCATION, Target, client_for, wait_until
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 
-from conftest import LOCATION, Target, client_for, wait_until
 from emulator import Emulator
 
 Client = tasks_v2.CloudTasksClient
