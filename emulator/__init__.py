@@ -1,0 +1,18 @@
+"""A local Cloud Tasks v2 emulator: a real gRPC server the google-cloud-tasks client talks to.
+
+    from emulator import Emulator
+    with Emulator() as emu:
+        channel = grpc.insecure_channel(emu.address)
+
+It dispatches HTTP and App Engine tasks with Cloud Tasks' headers, honours rate limits,
+retry config, dispatch deadlines, schedule times and task-name de-duplication, and signs
+OIDC tokens that ``google.oauth2.id_token.verify_token(..., certs_url=emu.certs_url)``
+accepts. For development and tests only: the app never imports it.
+"""
+
+from __future__ import annotations
+
+from emulator.cli import main
+from emulator.runtime import Emulator
+
+__all__ = ["Emulator", "main"]

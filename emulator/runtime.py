@@ -1,0 +1,174 @@
+"""The ``Emulator``: a gRPC server and an asyncio loop (dispatcher + certs endpoint) in threads."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from aiohttp import web
+
+from emulator.dispatch import Dispatcher
+from emulator.oidc import CERTS_V1_PATH, CERTS_V3_PATH, SigningKey, TokenIssuer, certs_app
+from emulator.server import CloudTasksService
+from emulator.state import State
+from emulator.validation import DEFAULT_MAX_DISPATCHES_PER_SECOND
+
+logger = logging.getLogger("emulator")
+
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
+# A batch of 100 tasks of up to 1 MB each must fit in one request.
+MAX_MESSAGE_BYTES = 128 * 1024 * 1024
+
+
+class Emulator:
+    """A local Cloud Tasks v2 server: ``start()``, point a client at ``address``, ``stop()``."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        http_port: int = 0,
+        dedup_window_s: float = 3600.0,
+        app_engine_host: str = "http://127.0.0.1:8080",
+        *,
+        key_file: str | Path | None = None,
+        max_dispatch_rate: float | None = DEFAULT_MAX_DISPATCHES_PER_SECOND,
+        grpc_workers: int = 16,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.http_port = http_port
+        self.app_engine_host = app_engine_host
+        self.key = SigningKey.from_file(key_file) if key_file else SigningKey.generate()
+        self.issuer = TokenIssuer(self.key)
+        self.state = State(dedup_window_s=dedup_window_s, max_dispatch_rate=max_dispatch_rate,
+                           app_engine_host=app_engine_host)
+        self.dispatcher = Dispatcher(self.state, app_engine_host=app_engine_host,
+                                     id_token=self.issuer.id_token)
+        self.state.hooks = self.dispatcher
+        self._grpc_workers = grpc_workers
+        self._server: grpc.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._started = False
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the gRPC server, for ``grpc.insecure_channel``."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the emulator's HTTP endpoint (the certs)."""
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def certs_url(self) -> str:
+        """The PEM certificates, as ``https://www.googleapis.com/oauth2/v1/certs`` serves them."""
+        return self.http_url + CERTS_V1_PATH
+
+    @property
+    def jwks_url(self) -> str:
+        """The same keys as a JWKS document, like ``.../oauth2/v3/certs``."""
+        return self.http_url + CERTS_V3_PATH
+
+    def start(self) -> Emulator:
+        """Start the loop thread (dispatcher, certs endpoint) and the gRPC server; non-blocking."""
+        if self._started:
+            return self
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="emulator-loop", daemon=True)
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self._astart(), self._loop).result(START_TIMEOUT_S)
+            self._start_grpc()
+        except BaseException:
+            self._started = True
+            self.stop()
+            raise
+        self._started = True
+        logger.info("Cloud Tasks emulator on %s, certs at %s", self.address, self.certs_url)
+        return self
+
+    def _start_grpc(self) -> None:
+        server = grpc.server(
+            concurrent.futures.ThreadPoolExecutor(
+                max_workers=self._grpc_workers, thread_name_prefix="emulator-grpc"
+            ),
+            options=[
+                # Without this a second emulator could bind the same port and share traffic.
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        server.add_generic_rpc_handlers(CloudTasksService(self.state).generic_handlers())
+        try:
+            port = server.add_insecure_port(f"{self.host}:{self.port}")
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {self.host}:{self.port}: {exc}") from exc
+        if port == 0:
+            raise OSError(f"cannot listen on {self.host}:{self.port}")
+        self.port = port
+        server.start()
+        self._server = server
+
+    def _run_loop(self) -> None:
+        assert self._loop is not None
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+    async def _astart(self) -> None:
+        await self.dispatcher.start()
+        # Certificates are fetched rarely; a short shutdown wait keeps stop() prompt.
+        self._runner = web.AppRunner(certs_app(self.key), access_log=None,
+                                     shutdown_timeout=0.25)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.http_port)
+        await site.start()
+        sockets = self._runner.addresses
+        self.http_port = sockets[0][1]
+
+    async def _astop(self) -> None:
+        await self.dispatcher.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def stop(self) -> None:
+        """Stop accepting RPCs, cancel in-flight dispatches, close everything; returns promptly."""
+        if not self._started:
+            return
+        self._started = False
+        if self._server is not None:
+            # grace=None cancels RPCs in progress at once.
+            self._server.stop(grace=None).wait(STOP_TIMEOUT_S)
+            self._server = None
+        loop, thread = self._loop, self._thread
+        if loop is not None and loop.is_running():
+            try:
+                asyncio.run_coroutine_threadsafe(self._astop(), loop).result(STOP_TIMEOUT_S)
+            except (concurrent.futures.TimeoutError, RuntimeError):
+                logger.warning("emulator loop did not stop cleanly within %.0fs", STOP_TIMEOUT_S)
+            loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(STOP_TIMEOUT_S)
+        self._loop = None
+        self._thread = None
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
