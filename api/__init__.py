@@ -24,6 +24,8 @@ def create_app(config: Config | None = None, **parts: object) -> Flask:
     config.validate()
     if config.handler_auth == "none":
         logger.warning("HANDLER_AUTH=none: /handlers/* accepts any caller; keep it behind IAM")
+    if config.api_auth == "none":
+        logger.warning("AUTH=none: the API accepts any caller and scopes nothing; keep it behind IAM or IAP")
     app = Flask("cloudjobs", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]

@@ -29,6 +29,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("migrate", help="upgrade the database schema to the latest version")
     sub.add_parser("sweep", help="enqueue jobs whose enqueue was lost; settle jobs whose task is gone")
 
+    keys = sub.add_parser("keys", help="API keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    kcreate = ksub.add_parser("create", help="create a key; it is shown once")
+    kcreate.add_argument("name")
+    kcreate.add_argument("--admin", action="store_true", help="the key sees every job")
+    ksub.add_parser("list", help="list keys (never their secrets)")
+    krevoke = ksub.add_parser("revoke", help="revoke a key by id or name")
+    krevoke.add_argument("key")
+
     queues = sub.add_parser("queues", help="Cloud Tasks queues")
     qsub = queues.add_subparsers(dest="queues_command", required=True)
     qsub.add_parser("sync", help="create or update the queues of queues.yaml")
@@ -49,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_dev(args)
         if args.command == "migrate":
             return _migrate()
+        if args.command == "keys":
+            return _keys(args)
         if args.command == "sweep":
             return _sweep()
         if args.command == "queues":
@@ -78,6 +89,35 @@ def _migrate() -> int:
         engine.dispose()
     print("database at head")
     return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from api import auth
+    from api.db import create_engine
+
+    engine = create_engine(Config.from_env(), pool_size=1)
+    try:
+        with engine.begin() as conn:
+            if args.keys_command == "create":
+                key = auth.create_key(conn, args.name, admin=args.admin)
+                print(key)
+                print(f"# the key for {args.name!r}; it is not stored and will not be shown again",
+                      file=sys.stderr)
+                return 0
+            if args.keys_command == "list":
+                print(f"{'ID':<14}{'NAME':<24}{'ADMIN':<7}{'CREATED':<22}REVOKED")
+                for k in auth.list_keys(conn):
+                    created = k.created_time.strftime("%Y-%m-%d %H:%M:%S")
+                    revoked = k.revoked_time.strftime("%Y-%m-%d %H:%M:%S") if k.revoked_time else "-"
+                    print(f"{k.id:<14}{k.name:<24}{'yes' if k.admin else 'no':<7}{created:<22}{revoked}")
+                return 0
+            if auth.revoke_key(conn, args.key) == 0:
+                print(f"cloudjobs: no live key {args.key!r}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.key}")
+            return 0
+    finally:
+        engine.dispose()
 
 
 def _sweep() -> int:

@@ -11,7 +11,8 @@ from typing import Literal
 
 logger = logging.getLogger(__name__)
 
-HandlerAuth = Literal["oidc", "appengine", "none"]
+HandlerAuth = Literal["oidc", "hmac", "appengine", "none"]
+ApiAuth = Literal["keys", "google", "none"]
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 
 
@@ -46,6 +47,13 @@ class Config:
     handler_auth: HandlerAuth | None = None
     oidc_certs_url: str = GOOGLE_CERTS_URL
     on_app_engine: bool = False
+    handler_hmac_secrets: tuple[str, ...] = ()  # two at once during a rotation
+
+    # API authentication: keys (default), Google ID tokens, or none (behind IAM/IAP only)
+    api_auth: ApiAuth = "keys"
+    api_audience: str | None = None  # AUTH=google: the audience callers' tokens carry
+    api_service_accounts: tuple[str, ...] = ()  # AUTH=google: who may call
+    admin_service_accounts: tuple[str, ...] = ()  # AUTH=google: who sees every job
 
     # Delivery
     lease_margin_s: int = 30  # a lease outlives the job's timeout by this much
@@ -55,6 +63,7 @@ class Config:
 
     # HTTP
     max_request_bytes: int = 1024 * 1024
+    max_payload_bytes: int = 256 * 1024
     page_token_key: str = "cloudjobs-page-token"
     job_modules: tuple[str, ...] = field(default_factory=tuple)
 
@@ -83,6 +92,14 @@ class Config:
             raise ConfigurationInvalid(
                 "HANDLER_AUTH=oidc needs TASKS_SERVICE_ACCOUNT, the email Cloud Tasks signs as"
             )
+        if self.handler_auth == "hmac" and not self.handler_hmac_secrets:
+            raise ConfigurationInvalid("HANDLER_AUTH=hmac needs HANDLER_HMAC_SECRETS (comma-separated)")
+        if self.handler_auth == "hmac" and any(len(s) < 32 for s in self.handler_hmac_secrets):
+            raise ConfigurationInvalid("each HANDLER_HMAC_SECRETS secret needs at least 32 characters")
+        if self.api_auth == "google" and not self.api_service_accounts:
+            raise ConfigurationInvalid(
+                "AUTH=google needs ALLOWED_SERVICE_ACCOUNTS, the callers' service account emails"
+            )
         if self.handler_auth == "appengine" and not self.on_app_engine:
             raise ConfigurationInvalid(
                 "HANDLER_AUTH=appengine trusts X-AppEngine-QueueName, which only App Engine "
@@ -95,8 +112,11 @@ class Config:
         e = dict(os.environ if env is None else env)
         on_app_engine = e.get("GAE_ENV", "").startswith("standard")
         auth = e.get("HANDLER_AUTH") or ("appengine" if on_app_engine else None)
-        if auth is not None and auth not in ("oidc", "appengine", "none"):
-            raise ConfigurationInvalid(f"HANDLER_AUTH={auth!r}: use oidc, appengine or none")
+        if auth is not None and auth not in ("oidc", "hmac", "appengine", "none"):
+            raise ConfigurationInvalid(f"HANDLER_AUTH={auth!r}: use oidc, hmac, appengine or none")
+        api_auth = e.get("AUTH", "keys")
+        if api_auth not in ("keys", "google", "none"):
+            raise ConfigurationInvalid(f"AUTH={api_auth!r}: use keys, google or none")
         project = e.get("GOOGLE_CLOUD_PROJECT") or e.get("CLOUDJOBS_PROJECT") or "local-project"
         return cls(
             database_url=e.get("DATABASE_URL") or None,
@@ -117,6 +137,12 @@ class Config:
             handler_auth=auth,  # type: ignore[arg-type]
             oidc_certs_url=e.get("OIDC_CERTS_URL", GOOGLE_CERTS_URL),
             on_app_engine=on_app_engine,
+            handler_hmac_secrets=_list(e.get("HANDLER_HMAC_SECRETS")),
+            api_auth=api_auth,  # type: ignore[arg-type]
+            api_audience=e.get("API_AUDIENCE") or None,
+            api_service_accounts=_list(e.get("ALLOWED_SERVICE_ACCOUNTS")),
+            admin_service_accounts=_list(e.get("ADMIN_SERVICE_ACCOUNTS")),
+            max_payload_bytes=int(e.get("MAX_PAYLOAD_BYTES", str(256 * 1024))),
             lease_margin_s=int(e.get("LEASE_MARGIN_S", "30")),
             sweep_created_after_s=int(e.get("SWEEP_CREATED_AFTER_S", "60")),
             sweep_queued_after_s=int(e.get("SWEEP_QUEUED_AFTER_S", "600")),
@@ -125,6 +151,10 @@ class Config:
             page_token_key=e.get("PAGE_TOKEN_KEY", "cloudjobs-page-token"),
             job_modules=tuple(m for m in e.get("JOB_MODULES", "").split(",") if m.strip()),
         )
+
+
+def _list(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
 
 
 def _flag(value: str | None) -> bool:

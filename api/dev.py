@@ -41,6 +41,8 @@ def run_dev(args: argparse.Namespace) -> int:
             emulator_host=emu.address,
             handler_base_url=f"http://{args.host}:{args.port}",
             handler_auth="oidc",
+            # The tutorial's curl has no key: locally the API is open (the callback is not).
+            api_auth="none",
             tasks_service_account=DEV_SERVICE_ACCOUNT,
             oidc_audience=None,
             oidc_certs_url=emu.certs_url,

@@ -55,6 +55,9 @@ def check_job(state: AppState, req: CreateJob) -> list[dict[str, str]]:
         known = ", ".join(sorted(state.registry.types))
         return [{"field": "type", "message": f"unknown job type {req.type!r}; known: {known}"}]
     errors: list[dict[str, str]] = []
+    size = len(json.dumps(req.payload, separators=(",", ":")))
+    if size > state.config.max_payload_bytes:
+        return [{"field": "payload", "message": f"{size} bytes; at most {state.config.max_payload_bytes}"}]
     try:
         jt.parse(req.payload)
     except ValidationError as e:
@@ -79,7 +82,9 @@ def check_job(state: AppState, req: CreateJob) -> list[dict[str, str]]:
     return errors
 
 
-def new_job(state: AppState, req: CreateJob, *, idempotency_key: str | None = None) -> store.NewJob:
+def new_job(
+    state: AppState, req: CreateJob, *, idempotency_key: str | None = None, owner: str | None = None
+) -> store.NewJob:
     """The row for a validated request, with its defaults resolved."""
     jt = state.registry[req.type]
     queue = req.queue or jt.queue or state.queues.route(req.type)
@@ -100,6 +105,7 @@ def new_job(state: AppState, req: CreateJob, *, idempotency_key: str | None = No
         scheduled_time=req.run_at,
         idempotency_key=idempotency_key,
         request_hash=request_hash(req) if idempotency_key else None,
+        owner=owner,
     )
 
 
@@ -118,17 +124,19 @@ def check_idempotency_key(key: str | None) -> str | None:
     return key
 
 
-def create_job(state: AppState, req: CreateJob, *, idempotency_key: str | None) -> tuple[Row[Any], bool]:
+def create_job(
+    state: AppState, req: CreateJob, *, idempotency_key: str | None, owner: str | None
+) -> tuple[Row[Any], bool]:
     """Insert and commit the job, then enqueue it; returns the job and whether it is new.
 
     Commit first, then enqueue: a task must never reach the handler before its row exists.
     If the enqueue fails the job stays CREATED, durable, and the sweeper enqueues it later.
     """
-    new = new_job(state, req, idempotency_key=idempotency_key)
+    new = new_job(state, req, idempotency_key=idempotency_key, owner=owner)
     with state.engine.begin() as conn:
         row = store.insert_job(conn, new)
         if row is None:
-            existing = store.job_by_idempotency_key(conn, idempotency_key or "")
+            existing = store.job_by_idempotency_key(conn, idempotency_key or "", owner=owner)
             if existing is None:  # deleted between the two statements; treat as a conflict
                 raise IdempotencyKeyReused("the Idempotency-Key is in use; try again")
             if existing.request_hash != new.request_hash:
@@ -175,7 +183,7 @@ def parse_batch(state: AppState, body: Any) -> list[CreateJob]:
 
 
 def create_jobs(
-    state: AppState, reqs: list[CreateJob], *, idempotency_key: str | None
+    state: AppState, reqs: list[CreateJob], *, idempotency_key: str | None, owner: str | None
 ) -> tuple[list[Row[Any]], bool]:
     """Insert a batch in one statement and one transaction, then enqueue it.
 
@@ -183,12 +191,12 @@ def create_jobs(
     the original jobs.
     """
     new = [
-        new_job(state, req, idempotency_key=f"{idempotency_key}:{i}" if idempotency_key else None)
+        new_job(state, req, idempotency_key=f"{idempotency_key}:{i}" if idempotency_key else None, owner=owner)
         for i, req in enumerate(reqs)
     ]
     with state.engine.begin() as conn:
         if idempotency_key:
-            existing = [store.job_by_idempotency_key(conn, j.idempotency_key or "") for j in new]
+            existing = [store.job_by_idempotency_key(conn, j.idempotency_key or "", owner=owner) for j in new]
             if any(existing):
                 same = all(
                     e is not None and e.request_hash == j.request_hash for e, j in zip(existing, new, strict=True)
@@ -200,15 +208,15 @@ def create_jobs(
     return enqueue(state, rows), True
 
 
-def cancel_job(state: AppState, job_id: uuid.UUID) -> Row[Any] | None:
+def cancel_job(state: AppState, job_id: uuid.UUID, *, scope: str | None) -> Row[Any] | None:
     """Cancel a job: at once if it has not started, cooperatively if it runs. Idempotent.
 
     Returns the job, or None if there is none; raises JobStateConflict for a finished job.
     """
     with state.engine.begin() as conn:
-        row = store.request_cancel(conn, job_id)
+        row = store.request_cancel(conn, job_id, owner=scope)
         if row is None:
-            current = store.get_job(conn, job_id)
+            current = store.get_job(conn, job_id, owner=scope)
             if current is None:
                 return None
             if current.state in ("COMPLETED", "FAILED"):
@@ -223,15 +231,15 @@ def cancel_job(state: AppState, job_id: uuid.UUID) -> Row[Any] | None:
     return row
 
 
-def retry_job(state: AppState, job_id: uuid.UUID) -> Row[Any] | None:
+def retry_job(state: AppState, job_id: uuid.UUID, *, scope: str | None) -> Row[Any] | None:
     """Run a FAILED or CANCELLED job again (same id, attempts go on). Idempotent.
 
     Returns the job, or None if there is none; raises JobStateConflict for a COMPLETED job.
     """
     with state.engine.begin() as conn:
-        row = store.retry_job(conn, job_id)
+        row = store.retry_job(conn, job_id, owner=scope)
         if row is None:
-            current = store.get_job(conn, job_id)
+            current = store.get_job(conn, job_id, owner=scope)
             if current is None:
                 return None
             if current.state == "COMPLETED":

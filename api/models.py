@@ -77,12 +77,15 @@ jobs = Table(
         "updated_time",
         postgresql_where=text("state IN ('CREATED','QUEUED','RUNNING')"),
     ),
+    # An Idempotency-Key belongs to its caller.
     Index(
-        "jobs_idempotency_key_idx",
+        "jobs_owner_idempotency_key_idx",
+        text("coalesce(owner, '')"),
         "idempotency_key",
         unique=True,
         postgresql_where=text("idempotency_key IS NOT NULL"),
     ),
+    Index("jobs_owner_created_idx", "owner", "created_time", "id"),
     Index("jobs_done_time_idx", "done_time"),
 )
 
@@ -105,4 +108,16 @@ job_attempts = Table(
         name="job_attempts_outcome_valid",
     ),
     Index("job_attempts_finished_idx", "finished_time"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Text, primary_key=True),  # the public part of the key: cj_<id>_<secret>
+    Column("name", Text, nullable=False),
+    Column("secret_hash", Text, nullable=False),  # SHA-256 of the secret; the key is shown once
+    Column("admin", Boolean, nullable=False, server_default=text("false")),
+    Column("created_time", DateTime(timezone=True), nullable=False, server_default=_now),
+    Column("revoked_time", DateTime(timezone=True)),
+    Index("api_keys_name_idx", "name", unique=True, postgresql_where=text("revoked_time IS NULL")),
 )

@@ -9,11 +9,12 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, Request, Response, request
+from flask import Blueprint, Request, Response, g, request
 from werkzeug.exceptions import UnsupportedMediaType
 
 from api import jobs as jobs_service
 from api import paging, store
+from api.auth import Principal
 from api.errors import InvalidRequest, JobNotFound
 from api.models import STATES
 from api.openapi import openapi_document
@@ -21,6 +22,23 @@ from api.resources import attempt_resource, job_resource
 from api.state import current_state
 
 bp = Blueprint("api", __name__)
+
+# Open to anyone: liveness, readiness, and the API's description.
+PUBLIC = {"api.openapi", "api.healthz", "api.readyz"}
+MAX_FILTER_VALUES = 50
+MAX_FILTER_LENGTH = 200
+
+
+@bp.before_request
+def _authenticate() -> None:
+    if request.endpoint in PUBLIC:
+        return
+    g.principal = current_state().authenticator.principal(request)
+
+
+def principal() -> Principal:
+    """The caller of this request."""
+    return g.principal  # type: ignore[no-any-return]
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -55,7 +73,7 @@ def create_job() -> Response:
     state = current_state()
     key = jobs_service.check_idempotency_key(request.headers.get("Idempotency-Key"))
     req = jobs_service.parse_create(state, json_body(request))
-    row, created = jobs_service.create_job(state, req, idempotency_key=key)
+    row, created = jobs_service.create_job(state, req, idempotency_key=key, owner=principal().owner)
     return json_response(
         job_resource(row),
         status=202 if created else 200,
@@ -69,7 +87,7 @@ def batch_create() -> Response:
     state = current_state()
     key = jobs_service.check_idempotency_key(request.headers.get("Idempotency-Key"))
     reqs = jobs_service.parse_batch(state, json_body(request))
-    rows, created = jobs_service.create_jobs(state, reqs, idempotency_key=key)
+    rows, created = jobs_service.create_jobs(state, reqs, idempotency_key=key, owner=principal().owner)
     return json_response({"jobs": [job_resource(r) for r in rows]}, status=202 if created else 200)
 
 
@@ -77,7 +95,7 @@ def batch_create() -> Response:
 def cancel_job(job_id: str) -> Response:
     """Cancel a job; idempotent; 409 for a job that already COMPLETED or FAILED."""
     state = current_state()
-    row = jobs_service.cancel_job(state, parse_job_id(job_id))
+    row = jobs_service.cancel_job(state, parse_job_id(job_id), scope=principal().scope)
     if row is None:
         raise JobNotFound(f"no job {job_id}")
     return json_response(job_resource(row))
@@ -87,7 +105,7 @@ def cancel_job(job_id: str) -> Response:
 def retry_job(job_id: str) -> Response:
     """Run a FAILED or CANCELLED job again; idempotent; 409 for a COMPLETED job."""
     state = current_state()
-    row = jobs_service.retry_job(state, parse_job_id(job_id))
+    row = jobs_service.retry_job(state, parse_job_id(job_id), scope=principal().scope)
     if row is None:
         raise JobNotFound(f"no job {job_id}")
     return json_response(job_resource(row))
@@ -99,7 +117,7 @@ def get_job(job_id: str) -> Response:
     state = current_state()
     jid = parse_job_id(job_id)
     with state.engine.connect() as conn:
-        row = store.get_job(conn, jid)
+        row = store.get_job(conn, jid, owner=principal().scope)
     if row is None:
         raise JobNotFound(f"no job {job_id}")
     return json_response(job_resource(row))
@@ -111,7 +129,7 @@ def list_attempts(job_id: str) -> Response:
     state = current_state()
     jid = parse_job_id(job_id)
     with state.engine.connect() as conn:
-        if store.get_job(conn, jid) is None:
+        if store.get_job(conn, jid, owner=principal().scope) is None:
             raise JobNotFound(f"no job {job_id}")
         rows = store.list_attempts(conn, jid)
     return json_response({"attempts": [attempt_resource(r) for r in rows]})
@@ -121,7 +139,7 @@ def list_attempts(job_id: str) -> Response:
 def list_jobs() -> Response:
     """Jobs, newest first, filtered and paged by keyset."""
     state = current_state()
-    flt = parse_filter(request.args)
+    flt = parse_filter(request.args, owner=principal().scope)
     size = paging.page_size(request.args.get("page_size"))
     scope = _scope(flt)
     after = None
@@ -137,13 +155,15 @@ def list_jobs() -> Response:
     return json_response({"jobs": [job_resource(r) for r in rows], "next_page_token": next_token})
 
 
-def parse_filter(args: Any) -> store.JobFilter:
+def parse_filter(args: Any, *, owner: str | None = None) -> store.JobFilter:
     """The filters of GET /v1/jobs; 400 for any that does not parse."""
     states = tuple(_multi(args, "state"))
     bad = [s for s in states if s not in STATES]
     if bad:
         raise InvalidRequest(f"unknown state {bad[0]!r}; use one of {', '.join(STATES)}")
     labels = []
+    if len(args.getlist("label")) > MAX_FILTER_VALUES:
+        raise InvalidRequest(f"label: at most {MAX_FILTER_VALUES} filters")
     for raw in args.getlist("label"):
         k, sep, v = raw.partition(":")
         if not sep or not k:
@@ -156,11 +176,15 @@ def parse_filter(args: Any) -> store.JobFilter:
         labels=tuple(labels),
         created_after=_time(args, "created_after"),
         created_before=_time(args, "created_before"),
+        owner=owner,
     )
 
 
 def _multi(args: Any, name: str) -> list[str]:
-    return [v for raw in args.getlist(name) for v in raw.split(",") if v]
+    values = [v for raw in args.getlist(name) for v in raw.split(",") if v]
+    if len(values) > MAX_FILTER_VALUES or any(len(v) > MAX_FILTER_LENGTH for v in values):
+        raise InvalidRequest(f"{name}: at most {MAX_FILTER_VALUES} values of {MAX_FILTER_LENGTH} characters")
+    return values
 
 
 def _time(args: Any, name: str) -> datetime | None:
@@ -169,7 +193,8 @@ def _time(args: Any, name: str) -> datetime | None:
         return None
     try:
         value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+        value.astimezone()  # out-of-range years fail here rather than in the database
+    except (ValueError, OverflowError):
         raise InvalidRequest(f"{name} must be an RFC 3339 time, not {raw!r}") from None
     if value.tzinfo is None:
         raise InvalidRequest(f"{name} needs a time zone (Z or +hh:mm)")
@@ -179,6 +204,18 @@ def _time(args: Any, name: str) -> datetime | None:
 def _scope(flt: store.JobFilter) -> str:
     raw = repr((flt.states, flt.types, flt.queues, flt.labels, flt.created_after, flt.created_before))
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+@bp.after_app_request
+def _security_headers(resp: Response) -> Response:
+    h = resp.headers
+    h.setdefault("X-Content-Type-Options", "nosniff")
+    h.setdefault("X-Frame-Options", "DENY")
+    h.setdefault("Referrer-Policy", "no-referrer")
+    h.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+    h.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+    h.setdefault("Cache-Control", "no-store")
+    return resp
 
 
 @bp.get("/openapi.json")

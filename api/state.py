@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from flask import current_app
 from sqlalchemy.engine import Engine
 
+from api.auth import ApiAuthenticator
 from api.config import Config
 from api.db import create_engine
 from api.queues import Queues
@@ -27,6 +28,7 @@ class AppState:
     queues: Queues
     registry: Registry
     tasks: TasksClient
+    authenticator: ApiAuthenticator
 
     @classmethod
     def build(
@@ -40,12 +42,14 @@ class AppState:
             registry = default_registry
         for module in config.job_modules:
             importlib.import_module(module.strip())
+        engine = create_engine(config)
         return cls(
             config=config,
-            engine=create_engine(config),
+            engine=engine,
             queues=queues or Queues.load(config.queues_file),
             registry=registry,
             tasks=TasksClient(config),
+            authenticator=ApiAuthenticator(config, engine),
         )
 
 

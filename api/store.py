@@ -40,6 +40,7 @@ class NewJob:
     scheduled_time: datetime | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def _row_values(job: NewJob) -> dict[str, Any]:
         "task_name": job.task_name,
         "idempotency_key": job.idempotency_key,
         "request_hash": job.request_hash,
+        "owner": job.owner,
     }
     if job.scheduled_time is not None:
         values["scheduled_time"] = job.scheduled_time
@@ -90,16 +92,20 @@ def insert_job(conn: Connection, job: NewJob) -> Row[Any] | None:
         pg_insert(jobs)
         .values(_row_values(job))
         .on_conflict_do_nothing(
-            index_elements=["idempotency_key"], index_where=jobs.c.idempotency_key.isnot(None)
+            index_elements=[sa.func.coalesce(jobs.c.owner, ""), jobs.c.idempotency_key],
+            index_where=jobs.c.idempotency_key.isnot(None),
         )
         .returning(*jobs.c)
     )
     return conn.execute(stmt).first()
 
 
-def job_by_idempotency_key(conn: Connection, key: str) -> Row[Any] | None:
-    """The job created under an idempotency key."""
-    return conn.execute(sa.select(jobs).where(jobs.c.idempotency_key == key)).first()
+def job_by_idempotency_key(conn: Connection, key: str, *, owner: str | None) -> Row[Any] | None:
+    """The job a caller created under an idempotency key."""
+    stmt = sa.select(jobs).where(
+        sa.func.coalesce(jobs.c.owner, "") == (owner or ""), jobs.c.idempotency_key == key
+    )
+    return conn.execute(stmt).first()
 
 
 def mark_queued(conn: Connection, job_ids: Sequence[uuid.UUID]) -> list[Row[Any]]:
@@ -257,7 +263,7 @@ def insert_jobs(conn: Connection, new: Sequence[NewJob]) -> list[Row[Any]]:
     return list(conn.execute(stmt, [_row_values(j) for j in new]))
 
 
-def request_cancel(conn: Connection, job_id: uuid.UUID) -> Row[Any] | None:
+def request_cancel(conn: Connection, job_id: uuid.UUID, *, owner: str | None = None) -> Row[Any] | None:
     """CREATED/QUEUED → CANCELLED; RUNNING → flagged, so the attempt ends CANCELLED.
 
     None when the job is not in one of those states (or already flagged)."""
@@ -269,10 +275,11 @@ def request_cancel(conn: Connection, job_id: uuid.UUID) -> Row[Any] | None:
             done_time = CASE WHEN state = 'RUNNING' THEN NULL ELSE now() END,
             updated_time = now()
         WHERE id = :id AND state IN ('CREATED', 'QUEUED', 'RUNNING') AND NOT cancel_requested
+          AND (CAST(:owner AS text) IS NULL OR owner = :owner)
         RETURNING *
         """
     )
-    return conn.execute(stmt, {"id": job_id}).first()
+    return conn.execute(stmt, {"id": job_id, "owner": owner}).first()
 
 
 _SETTLE_CANCELLED = sa.text(
@@ -320,14 +327,15 @@ _RETRY = sa.text(
         scheduled_time = now(),
         updated_time = now()
     WHERE id = :id AND state IN ('FAILED', 'CANCELLED')
+      AND (CAST(:owner AS text) IS NULL OR owner = :owner)
     RETURNING *
     """
 )
 
 
-def retry_job(conn: Connection, job_id: uuid.UUID) -> Row[Any] | None:
+def retry_job(conn: Connection, job_id: uuid.UUID, *, owner: str | None = None) -> Row[Any] | None:
     """FAILED/CANCELLED → CREATED as a new run: a new task name, a fresh attempt budget."""
-    return conn.execute(_RETRY, {"id": job_id}).first()
+    return conn.execute(_RETRY, {"id": job_id, "owner": owner}).first()
 
 
 def stale_created(conn: Connection, *, older_than_s: int, limit: int) -> list[Row[Any]]:
@@ -408,9 +416,12 @@ def abandon_job(
     return conn.execute(_ABANDON, params).first()
 
 
-def get_job(conn: Connection, job_id: uuid.UUID) -> Row[Any] | None:
-    """One job by id."""
-    return conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+def get_job(conn: Connection, job_id: uuid.UUID, *, owner: str | None = None) -> Row[Any] | None:
+    """One job by id; with `owner`, only if that principal owns it."""
+    stmt = sa.select(jobs).where(jobs.c.id == job_id)
+    if owner is not None:
+        stmt = stmt.where(jobs.c.owner == owner)
+    return conn.execute(stmt).first()
 
 
 def list_attempts(conn: Connection, job_id: uuid.UUID) -> list[Row[Any]]:
@@ -433,6 +444,7 @@ class JobFilter:
     labels: tuple[tuple[str, str], ...] = ()
     created_after: datetime | None = None
     created_before: datetime | None = None
+    owner: str | None = None  # None: every owner (admins, AUTH=none)
 
 
 def list_jobs(
@@ -445,6 +457,8 @@ def list_jobs(
     """Jobs newest first, `limit` of them after the keyset position `after`."""
     c = jobs.c
     stmt = sa.select(jobs)
+    if flt.owner is not None:
+        stmt = stmt.where(c.owner == flt.owner)
     if flt.states:
         stmt = stmt.where(c.state.in_(flt.states))
     if flt.types:

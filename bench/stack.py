@@ -105,6 +105,7 @@ def running_stack(
             "CLOUD_TASKS_EMULATOR_HOST": emu.address,
             "HANDLER_BASE_URL": url,
             "HANDLER_AUTH": "oidc",
+            "AUTH": "none",
             "TASKS_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
             "OIDC_CERTS_URL": emu.certs_url,
             "QUEUES_FILE": str(queues_file),

@@ -1,114 +1,84 @@
-"""Who may call /handlers/*: Cloud Tasks with an OIDC token, or App Engine's queue header."""
+"""Who may call /handlers/*: Cloud Tasks (or Cloud Scheduler) and nobody else. Fails closed.
+
+- oidc: a Google-signed ID token for our audience, from the configured service account,
+  with a verified email (signature, issuer, audience and expiry checked by google-auth).
+- hmac: `X-CloudJobs-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "t." + raw body>`,
+  within 5 minutes, under any of the configured secrets (two during a rotation).
+- appengine: App Engine's `X-AppEngine-QueueName`, trusted only on App Engine, which strips
+  X-AppEngine-* headers from outside requests.
+"""
 
 from __future__ import annotations
 
-import logging
-import threading
+import hashlib
+import hmac
+import time
 from typing import Any
 
 from flask import Request
 
+from api.auth import TokenVerifier, bearer_token
 from api.config import Config
 from api.errors import Unauthenticated
 
-logger = logging.getLogger(__name__)
-
-ISSUERS = ("accounts.google.com", "https://accounts.google.com")
-
-
-class TokenVerifier:
-    """Verifies Google-signed ID tokens; the certs are fetched through an HTTP cache."""
-
-    def __init__(self, config: Config) -> None:
-        self._config = config
-        self._request: Any = None
-        self._lock = threading.Lock()
-
-    def _transport(self) -> Any:
-        if self._request is None:
-            with self._lock:
-                if self._request is None:
-                    import cachecontrol
-                    import google.auth.transport.requests
-                    import requests
-
-                    # Google's certs say how long they may be cached; CacheControl obeys, so
-                    # a verification costs no fetch until they expire.
-                    session = cachecontrol.CacheControl(requests.Session())
-                    self._request = google.auth.transport.requests.Request(session=session)
-        return self._request
-
-    def verify(self, token: str, *, audience: str, email: str) -> dict[str, Any]:
-        """The token's claims, if Google (or the emulator) signed it for `audience` as `email`."""
-        from google.auth import exceptions as gauth_exc
-        from google.oauth2 import id_token
-
-        try:
-            claims: dict[str, Any] = id_token.verify_token(
-                token,
-                self._transport(),
-                audience=audience,
-                certs_url=self._config.oidc_certs_url,
-                clock_skew_in_seconds=10,
-            )
-        except (ValueError, gauth_exc.GoogleAuthError) as e:
-            raise Unauthenticated(f"the bearer token is not valid: {_reason(e)}") from None
-        if claims.get("iss") not in ISSUERS:
-            raise Unauthenticated("the bearer token was not issued by Google")
-        if claims.get("email") != email:
-            raise Unauthenticated("the bearer token belongs to another service account")
-        if claims.get("email_verified") is not True:
-            raise Unauthenticated("the bearer token's email is not verified")
-        return claims
+SIGNATURE_HEADER = "X-CloudJobs-Signature"
+HMAC_TOLERANCE_S = 300
 
 
-_REASONS = (
-    ("too late", "it has expired"),
-    ("expired", "it has expired"),
-    ("too early", "it is not valid yet"),
-    ("audience", "it is for another audience"),
-    ("signature", "its signature does not verify"),
-    ("segments", "it is not a JWT"),
-    ("certificate for key id", "it was signed by an unknown key"),
-)
+def sign(secret: str, body: bytes, *, at: int | None = None) -> str:
+    """The X-CloudJobs-Signature value for a body (for callers that sign their requests)."""
+    t = int(time.time()) if at is None else at
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
 
 
-def _reason(e: Exception) -> str:
-    # google-auth's messages can quote the token; say which check failed, in our words.
-    text = str(e).lower()
-    for needle, reason in _REASONS:
-        if needle in text:
-            return reason
-    return "it could not be verified"
+def verify_signature(header: str, body: bytes, secrets: tuple[str, ...], *, now: float | None = None) -> None:
+    """Accept a signature made within the tolerance under any of `secrets`; 401 otherwise."""
+    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+    try:
+        t = int(fields["t"])
+        given = fields["v1"]
+    except (KeyError, ValueError):
+        raise Unauthenticated(f"{SIGNATURE_HEADER} must be t=<unix time>,v1=<hex>") from None
+    current = time.time() if now is None else now
+    if abs(current - t) > HMAC_TOLERANCE_S:
+        raise Unauthenticated("the signature's timestamp is more than 5 minutes off")
+    signed = f"{t}.".encode() + body
+    # Check every secret, so the time taken says nothing about which one matched.
+    ok = False
+    for secret in secrets:
+        expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+        ok |= hmac.compare_digest(expected, given)
+    if not ok:
+        raise Unauthenticated("the signature does not match")
 
 
 def require_task_caller(req: Request, state: Any) -> str:
     """Refuse a request to /handlers/* that is not from Cloud Tasks (or Cloud Scheduler)."""
     verifier = state.__dict__.get("_token_verifier")
     if verifier is None:
-        verifier = state.__dict__["_token_verifier"] = TokenVerifier(state.config)
+        verifier = state.__dict__["_token_verifier"] = TokenVerifier(state.config.oidc_certs_url)
     return authenticate(req, state.config, verifier)
 
 
 def authenticate(req: Request, config: Config, verifier: TokenVerifier) -> str:
-    """Refuse a request to /handlers/* that is not from the configured caller; returns who it is."""
+    """Check the caller as the configured mode says; returns who it is."""
     mode = config.handler_auth
     if mode == "none":
         return "anonymous"
     if mode == "appengine":
-        # App Engine removes X-AppEngine-* headers from requests that come from outside.
-        if not req.headers.get("X-AppEngine-QueueName"):
+        if not config.on_app_engine or not req.headers.get("X-AppEngine-QueueName"):
             raise Unauthenticated("only App Engine's task queue may call this endpoint")
         return "appengine"
+    if mode == "hmac":
+        header = req.headers.get(SIGNATURE_HEADER)
+        if not header:
+            raise Unauthenticated(f"send a {SIGNATURE_HEADER} header")
+        verify_signature(header, req.get_data(cache=True), config.handler_hmac_secrets)
+        return "hmac"
     if mode == "oidc":
-        header = req.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated(
-                "send an OIDC token as Authorization: Bearer", headers={"WWW-Authenticate": "Bearer"}
-            )
         claims = verifier.verify(
-            token.strip(), audience=config.audience, email=config.tasks_service_account or ""
+            bearer_token(req), audience=config.audience, emails=(config.tasks_service_account or "",)
         )
         return str(claims.get("email"))
     raise Unauthenticated("handler authentication is not configured")

@@ -93,6 +93,7 @@ def stack(migrated_url: str) -> Iterator[Stack]:
             "CLOUD_TASKS_EMULATOR_HOST": emu.address,
             "HANDLER_BASE_URL": url,
             "HANDLER_AUTH": "oidc",
+            "AUTH": "none",
             "TASKS_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
             "OIDC_CERTS_URL": emu.certs_url,
             "QUEUES_FILE": str(TEST_QUEUES),

@@ -128,6 +128,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
         "CLOUD_TASKS_EMULATOR_HOST": f"127.0.0.1:{emu_port}",
         "HANDLER_BASE_URL": url,
         "HANDLER_AUTH": "oidc",
+        "AUTH": "none",
         "TASKS_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
         "OIDC_CERTS_URL": f"http://127.0.0.1:{emu_http_port}/oauth2/v1/certs",
         "QUEUES_FILE": str(TEST_QUEUES),

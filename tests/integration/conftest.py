@@ -37,6 +37,7 @@ def config(migrated_url: str, emulator: Emulator) -> Config:
         emulator_host=emulator.address,
         handler_base_url="http://127.0.0.1:9",  # nothing listens: the queues are paused anyway
         handler_auth="oidc",
+        api_auth="none",  # the API's own authentication is tested in test_security.py
         tasks_service_account=SERVICE_ACCOUNT,
         oidc_certs_url=emulator.certs_url,
         queues_file=TEST_QUEUES,

@@ -58,7 +58,7 @@ def test_idempotency_key_insert_returns_none_for_a_taken_key(db: Engine) -> None
     first = insert(db, idempotency_key="k1", request_hash="h")
     assert insert(db, idempotency_key="k1", request_hash="h") is None
     with db.connect() as conn:
-        assert store.job_by_idempotency_key(conn, "k1").id == first.id
+        assert store.job_by_idempotency_key(conn, "k1", owner=None).id == first.id
 
 
 def test_mark_queued_moves_only_created_jobs(db: Engine) -> None:
