@@ -51,8 +51,17 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+class KeyNameTaken(Exception):
+    """A live key already has that name."""
+
+
 def create_key(conn: Connection, name: str, *, admin: bool = False) -> str:
     """Store a new key and return it: the only time the whole key is ever shown."""
+    taken = conn.execute(
+        sa.select(api_keys.c.id).where(api_keys.c.name == name, api_keys.c.revoked_time.is_(None))
+    ).first()
+    if taken is not None:
+        raise KeyNameTaken(f"a live key is named {name!r}; revoke it or choose another name")
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     conn.execute(sa.insert(api_keys).values(id=key_id, name=name, secret_hash=_hash(secret), admin=admin))

@@ -99,7 +99,11 @@ def _keys(args: argparse.Namespace) -> int:
     try:
         with engine.begin() as conn:
             if args.keys_command == "create":
-                key = auth.create_key(conn, args.name, admin=args.admin)
+                try:
+                    key = auth.create_key(conn, args.name, admin=args.admin)
+                except auth.KeyNameTaken as e:
+                    print(f"cloudjobs: {e}", file=sys.stderr)
+                    return 1
                 print(key)
                 print(f"# the key for {args.name!r}; it is not stored and will not be shown again",
                       file=sys.stderr)

@@ -102,7 +102,8 @@ def new_job(
         timeout_s=timeout_s,
         labels=req.labels,
         task_name=task_path(state.config, queue, task_id_for(job_id)),
-        scheduled_time=req.run_at,
+        # A run_at in the past means now; it must not skew queue-wait history.
+        scheduled_time=req.run_at if req.run_at and req.run_at > datetime.now(UTC) else None,
         idempotency_key=idempotency_key,
         request_hash=request_hash(req) if idempotency_key else None,
         owner=owner,

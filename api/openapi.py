@@ -83,13 +83,22 @@ def _query(name: str, description: str, schema: dict[str, Any] | None = None, **
 
 
 @cache
-def openapi_document() -> dict[str, Any]:
-    """The whole OpenAPI 3.1 document."""
+def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document; `types` and `queues` make the job fields exact."""
     _, defs = models_json_schema(
         [(m, "validation" if m is CreateJob else "serialization") for m in (CreateJob, Job, JobList, AttemptList)],
         ref_template=REF,
     )
     schemas = dict(defs["$defs"])
+    create = schemas["CreateJob"]
+    if types:
+        create["properties"]["type"]["enum"] = list(types)
+    if queues:
+        create["properties"]["queue"] = {
+            "anyOf": [{"type": "string", "enum": list(queues)}, {"type": "null"}],
+            "default": None,
+            "description": create["properties"]["queue"].get("description", ""),
+        }
     schemas["Problem"] = PROBLEM
     schemas["BatchCreate"] = {
         "type": "object",
@@ -187,25 +196,35 @@ def openapi_document() -> dict[str, Any]:
             },
             "/openapi.json": {
                 "get": {
-                    "operationId": "openapi",
+                    "operationId": "openapi", "security": [],
                     "summary": "This document",
                     "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
                 }
             },
             "/healthz": {
                 "get": {
-                    "operationId": "healthz",
+                    "operationId": "healthz", "security": [],
                     "summary": "Liveness",
                     "responses": {"200": _json(_ref("Health"), "Alive")},
                 }
             },
             "/readyz": {
                 "get": {
-                    "operationId": "readyz",
+                    "operationId": "readyz", "security": [],
                     "summary": "Readiness: the database answers",
                     "responses": {"200": _json(_ref("Health"), "Ready"), **_problems(503)},
                 }
             },
         },
-        "components": {"schemas": schemas},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key (cj_…) or, with AUTH=google, a Google-signed ID token.",
+                }
+            },
+        },
+        "security": [{"bearer": []}],
     }

@@ -221,7 +221,9 @@ def _security_headers(resp: Response) -> Response:
 @bp.get("/openapi.json")
 def openapi() -> Response:
     """The OpenAPI 3.1 document of this API."""
-    return json_response(openapi_document())
+    state = current_state()
+    types = tuple(sorted(state.registry.types))
+    return json_response(openapi_document(types, tuple(state.queues.specs)))
 
 
 @bp.get("/healthz")

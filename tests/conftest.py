@@ -73,4 +73,4 @@ def db(engine: Engine) -> Iterator[Engine]:
     """The engine, with the job tables emptied after the test."""
     yield engine
     with engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE job_attempts, jobs"))
+        conn.execute(sa.text("TRUNCATE job_attempts, jobs, api_keys"))
