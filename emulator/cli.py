@@ -33,6 +33,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"port of the OIDC certs endpoint (default {DEFAULT_HTTP_PORT})")
     p.add_argument("--dedup-window", type=float, default=3600.0, metavar="SECONDS",
                    help="how long a finished or deleted task's name stays taken (default 3600)")
+    p.add_argument("--queue-tombstone", type=float, default=0.0, metavar="SECONDS",
+                   help="how long a deleted queue's name cannot be reused (Google: up to 3 "
+                        "days; default 0)")
     p.add_argument("--app-engine-host", default="http://127.0.0.1:8080", metavar="URL",
                    help="where App Engine tasks are sent (default http://127.0.0.1:8080)")
     p.add_argument("--key-file", default=None, metavar="PEM",
@@ -56,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         dedup_window_s=args.dedup_window,
         app_engine_host=args.app_engine_host,
         key_file=args.key_file,
+        queue_tombstone_s=args.queue_tombstone,
         max_dispatch_rate=args.max_dispatch_rate,
     )
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import json
 import time
@@ -58,7 +59,9 @@ class SigningKey:
             serialization.NoEncryption(),
         ).decode("ascii")
         self.certificate_pem = self._self_signed_certificate()
-        self.signer = crypt.RSASigner.from_string(self.private_pem, key_id=self.kid)
+        # The signer RSASigner.from_string(private_pem) would build, without parsing and
+        # re-validating the key we already hold (about 0.1 s per start).
+        self.signer = crypt.RSASigner(private_key, key_id=self.kid)
 
     @classmethod
     def generate(cls) -> SigningKey:
@@ -68,10 +71,9 @@ class SigningKey:
     @classmethod
     def from_file(cls, path: str | Path) -> SigningKey:
         """Load a PEM private key (PKCS#1 or PKCS#8, unencrypted)."""
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise ValueError(f"{path} does not hold an RSA private key")
-        return cls(key)
+        resolved = Path(path).resolve()
+        stat = resolved.stat()
+        return _load_key(resolved, stat.st_mtime_ns, stat.st_size)
 
     def _self_signed_certificate(self) -> str:
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cloud-tasks-emulator")])
@@ -107,6 +109,16 @@ class SigningKey:
                 }
             ]
         }
+
+
+@functools.lru_cache(maxsize=16)
+def _load_key(path: Path, mtime_ns: int, size: int) -> SigningKey:
+    # Validating an RSA key on load takes about 0.1 s; tests start many emulators with one
+    # key file, so a file that has not changed is loaded once per process.
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError(f"{path} does not hold an RSA private key")
+    return SigningKey(key)
 
 
 class TokenIssuer:

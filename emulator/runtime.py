@@ -38,6 +38,7 @@ class Emulator:
         app_engine_host: str = "http://127.0.0.1:8080",
         *,
         key_file: str | Path | None = None,
+        queue_tombstone_s: float = 0.0,
         max_dispatch_rate: float | None = DEFAULT_MAX_DISPATCHES_PER_SECOND,
         grpc_workers: int = 16,
     ) -> None:
@@ -47,8 +48,8 @@ class Emulator:
         self.app_engine_host = app_engine_host
         self.key = SigningKey.from_file(key_file) if key_file else SigningKey.generate()
         self.issuer = TokenIssuer(self.key)
-        self.state = State(dedup_window_s=dedup_window_s, max_dispatch_rate=max_dispatch_rate,
-                           app_engine_host=app_engine_host)
+        self.state = State(dedup_window_s=dedup_window_s, queue_tombstone_s=queue_tombstone_s,
+                           max_dispatch_rate=max_dispatch_rate, app_engine_host=app_engine_host)
         self.dispatcher = Dispatcher(self.state, app_engine_host=app_engine_host,
                                      id_token=self.issuer.id_token)
         self.state.hooks = self.dispatcher

@@ -317,6 +317,7 @@ class State:
         self,
         *,
         dedup_window_s: float = 3600.0,
+        queue_tombstone_s: float = 0.0,
         max_dispatch_rate: float | None = v.DEFAULT_MAX_DISPATCHES_PER_SECOND,
         app_engine_host: str = "http://127.0.0.1:8080",
         hooks: Hooks | None = None,
@@ -326,6 +327,9 @@ class State:
         self.lock = threading.Lock()
         self.queues: dict[str, QueueRecord] = {}
         self.dedup_window_s = dedup_window_s
+        self.queue_tombstone_s = queue_tombstone_s
+        # Deleted queue name -> time it may be created again (only with queue_tombstone_s).
+        self.deleted_queues: dict[str, float] = {}
         self.max_rate = math.inf if max_dispatch_rate is None else max_dispatch_rate
         self.app_engine_netloc = urlsplit(app_engine_host).netloc
         self.hooks: Hooks = hooks or NullHooks()
@@ -343,6 +347,16 @@ class State:
         if q is None:
             raise not_found(name)
         return q
+
+    def _check_recreate(self, name: str) -> None:
+        until = self.deleted_queues.get(name)
+        if until is None:
+            return
+        if until > self.clock():
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                           "The queue cannot be created because a queue with this name existed "
+                           "too recently.")
+        del self.deleted_queues[name]
 
     def _new_queue_pb(self, qn: v.QueueName, src: Any, paths: Sequence[str] | None) -> Any:
         base = QueuePb(name=qn.name)
@@ -372,6 +386,7 @@ class State:
             if qn.name in self.queues:
                 raise ApiError(grpc.StatusCode.ALREADY_EXISTS,
                                f"Requested entity already exists: {qn.name}")
+            self._check_recreate(qn.name)
             q = QueueRecord(qn, pb, self.monotonic())
             self.queues[qn.name] = q
             self.hooks.queue_added(q)
@@ -414,6 +429,7 @@ class State:
         with self.lock:
             q = self.queues.get(qn.name)
             if q is None:
+                self._check_recreate(qn.name)
                 pb = self._new_queue_pb(qn, queue, paths)
                 q = QueueRecord(qn, pb, self.monotonic())
                 self.queues[qn.name] = q
@@ -427,11 +443,15 @@ class State:
             return self._queue_out(q)
 
     def delete_queue(self, name: str) -> empty_pb2.Empty:
-        """DeleteQueue: the queue and all its tasks go; the name may be reused at once."""
+        """DeleteQueue: the queue and its tasks go; the name is reusable after queue_tombstone_s."""
         v.parse_queue_name(name)
         with self.lock:
             q = self._queue(name)
             del self.queues[name]
+            if self.queue_tombstone_s > 0:
+                now = self.clock()
+                self.deleted_queues = {n: t for n, t in self.deleted_queues.items() if t > now}
+                self.deleted_queues[name] = now + self.queue_tombstone_s
             q.deleted = True
             for rec in q.tasks.values():
                 rec.deleted = True

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
-from conftest import LOCATION, Target
+from conftest import LOCATION, Target, client_for
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 from google.protobuf import field_mask_pb2
+
+from emulator import Emulator
 
 Client = tasks_v2.CloudTasksClient
 
@@ -204,3 +207,18 @@ def test_purge_deletes_tasks_and_keeps_names(client: Client, queue: tasks_v2.Que
     client.create_task(parent=queue.name, task={"http_request": {"url": target.url("/after")}})
     target.wait_for(1, "/after")
     assert target.on("/run") == []
+
+
+def test_queue_tombstone_is_failed_precondition(make_emulator: Callable[..., Emulator]) -> None:
+    emu = make_emulator(queue_tombstone_s=0.3)
+    client = client_for(emu)
+    name = f"{LOCATION}/queues/recycled"
+    client.create_queue(parent=LOCATION, queue={"name": name})
+    client.delete_queue(name=name)
+    with pytest.raises(exceptions.FailedPrecondition):
+        client.create_queue(parent=LOCATION, queue={"name": name})
+    with pytest.raises(exceptions.FailedPrecondition):
+        client.update_queue(queue={"name": name})
+    time.sleep(0.35)
+    client.create_queue(parent=LOCATION, queue={"name": name})
+    client.transport.close()

@@ -96,6 +96,8 @@ def test_command_line_runs_until_interrupted() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def test_main_reports_a_busy_port(make_emulator: Callable[..., Emulator],
