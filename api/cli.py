@@ -15,6 +15,12 @@ logger = logging.getLogger(__name__)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a cloudjobs command."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["emulator"]:
+        # The emulator owns its flags (--host, --port, --http-port, --key-file, ...).
+        from emulator import main as emulator_main
+
+        return emulator_main(args_list[1:])
     parser = argparse.ArgumentParser(prog="cloudjobs", description="A job orchestrator for Google Cloud.")
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -42,12 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     qsub = queues.add_subparsers(dest="queues_command", required=True)
     qsub.add_parser("sync", help="create or update the queues of queues.yaml")
 
-    emu = sub.add_parser("emulator", help="run the local Cloud Tasks emulator alone")
-    emu.add_argument("--host", default="127.0.0.1")
-    emu.add_argument("--port", type=int, default=8123)
-    emu.add_argument("--http-port", type=int, default=0, help="the certs endpoint's port (0: any)")
-    emu.add_argument("--dedup-window", type=float, default=3600.0)
-    emu.add_argument("--app-engine-host", default="http://127.0.0.1:8080")
+    sub.add_parser("emulator", help="run the local Cloud Tasks emulator alone (see --help)", add_help=False)
 
     args = parser.parse_args(argv)
     logs.configure(args.log_level, json_logs=args.command not in ("dev", "emulator"))
@@ -64,13 +65,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sweep()
         if args.command == "queues":
             return _queues_sync()
-        if args.command == "emulator":
-            from emulator import main as emulator_main
-
-            return emulator_main([
-                "--host", args.host, "--port", str(args.port), "--http-port", str(args.http_port),
-                "--dedup-window", str(args.dedup_window), "--app-engine-host", args.app_engine_host,
-            ])
     except ConfigurationInvalid as e:
         print(f"cloudjobs: configuration: {e}", file=sys.stderr)
         return 2
