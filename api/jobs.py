@@ -25,6 +25,29 @@ MAX_SCHEDULE_AHEAD = timedelta(days=30)
 MAX_IDEMPOTENCY_KEY = 255
 
 
+def unstorable(value: Any, path: str = "payload") -> str | None:
+    """The path of the first string PostgreSQL's JSONB cannot hold (NUL, lone surrogates)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return path
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            bad = unstorable(k, path) or unstorable(v, f"{path}.{k}")
+            if bad:
+                return bad
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            bad = unstorable(v, f"{path}[{i}]")
+            if bad:
+                return bad
+    return None
+
+
 def field_errors(e: ValidationError, prefix: str = "") -> list[dict[str, str]]:
     """Pydantic's errors as problem+json `errors` entries: a dotted field and a message."""
     out = []
@@ -55,6 +78,9 @@ def check_job(state: AppState, req: CreateJob) -> list[dict[str, str]]:
         known = ", ".join(sorted(state.registry.types))
         return [{"field": "type", "message": f"unknown job type {req.type!r}; known: {known}"}]
     errors: list[dict[str, str]] = []
+    for name, value in (("payload", req.payload), ("labels", req.labels)):
+        if bad := unstorable(value, name):
+            return [{"field": bad, "message": "text may not hold NUL characters or unpaired surrogates"}]
     size = len(json.dumps(req.payload, separators=(",", ":")))
     if size > state.config.max_payload_bytes:
         return [{"field": "payload", "message": f"{size} bytes; at most {state.config.max_payload_bytes}"}]

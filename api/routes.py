@@ -166,6 +166,8 @@ def parse_filter(args: Any, *, owner: str | None = None) -> store.JobFilter:
         raise InvalidRequest(f"label: at most {MAX_FILTER_VALUES} filters")
     for raw in args.getlist("label"):
         k, sep, v = raw.partition(":")
+        if "\x00" in raw or len(raw) > MAX_FILTER_LENGTH:
+            raise InvalidRequest("label filters may not hold NUL characters or exceed 200 characters")
         if not sep or not k:
             raise InvalidRequest(f"label filter {raw!r} must be key:value")
         labels.append((k, v))
@@ -182,6 +184,8 @@ def parse_filter(args: Any, *, owner: str | None = None) -> store.JobFilter:
 
 def _multi(args: Any, name: str) -> list[str]:
     values = [v for raw in args.getlist(name) for v in raw.split(",") if v]
+    if any("\x00" in v for v in values):
+        raise InvalidRequest(f"{name} may not hold NUL characters")
     if len(values) > MAX_FILTER_VALUES or any(len(v) > MAX_FILTER_LENGTH for v in values):
         raise InvalidRequest(f"{name}: at most {MAX_FILTER_VALUES} values of {MAX_FILTER_LENGTH} characters")
     return values

@@ -122,7 +122,7 @@ def mark_queued(conn: Connection, job_ids: Sequence[uuid.UUID]) -> list[Row[Any]
 _CLAIM = sa.text(
     """
     WITH expired AS (
-        SELECT id, attempts, attempt_started_time, task_name
+        SELECT id, attempts, attempt_started_time, task_name, type, queue, owner
         FROM jobs
         WHERE id = ANY(CAST(:ids AS uuid[])) AND state = 'RUNNING'
           AND lease_expires_time < now() AND attempts - attempts_base < max_attempts
@@ -146,10 +146,10 @@ _CLAIM = sa.text(
     ), lost AS (
         -- The attempt whose lease ran out never finished: record it before the next one.
         INSERT INTO job_attempts (job_id, number, outcome, error, started_time, finished_time,
-                                  task_name)
+                                  task_name, type, queue, owner)
         SELECT e.id, e.attempts, 'TIMED_OUT',
                '{"code": "LEASE_EXPIRED", "message": "the attempt outlived its lease"}'::jsonb,
-               e.attempt_started_time, now(), e.task_name
+               e.attempt_started_time, now(), e.task_name, e.type, e.queue, e.owner
         FROM expired e JOIN claimed c ON c.id = e.id
         ON CONFLICT DO NOTHING
     )
@@ -200,11 +200,13 @@ _FINISH = sa.text(
                   f.retry_reason AS f_retry_reason
     ), history AS (
         INSERT INTO job_attempts (job_id, number, outcome, error, started_time, finished_time,
-                                  task_name, retry_count, execution_count, retry_reason)
+                                  task_name, retry_count, execution_count, retry_reason,
+                                  type, queue, owner)
         SELECT d.id, d.attempts,
                CASE WHEN d.state = 'CANCELLED' THEN 'CANCELLED' ELSE d.f_outcome END,
                d.error, d.attempt_started_time, now(),
-               d.f_task_name, d.f_retry_count, d.f_execution_count, d.f_retry_reason
+               d.f_task_name, d.f_retry_count, d.f_execution_count, d.f_retry_reason,
+               d.type, d.queue, d.owner
         FROM done d
         ON CONFLICT DO NOTHING
     )
@@ -290,13 +292,14 @@ _SETTLE_CANCELLED = sa.text(
         WHERE id = ANY(CAST(:ids AS uuid[])) AND cancel_requested
           AND (state IN ('CREATED', 'QUEUED')
                OR (state = 'RUNNING' AND lease_expires_time < now()))
-        RETURNING id, state, attempts, attempt_started_time, task_name, lease_expires_time
+        RETURNING id, state, attempts, attempt_started_time, task_name, lease_expires_time,
+                  type, queue, owner
     ), lost AS (
         INSERT INTO job_attempts (job_id, number, outcome, error, started_time, finished_time,
-                                  task_name)
+                                  task_name, type, queue, owner)
         SELECT id, attempts, 'CANCELLED',
                '{"code": "LEASE_EXPIRED", "message": "cancelled; the attempt never finished"}'::jsonb,
-               attempt_started_time, now(), task_name
+               attempt_started_time, now(), task_name, type, queue, owner
         FROM settled WHERE attempt_started_time IS NOT NULL AND attempts > 0
         ON CONFLICT DO NOTHING
     )
@@ -391,9 +394,9 @@ _ABANDON = sa.text(
         RETURNING *
     ), lost AS (
         INSERT INTO job_attempts (job_id, number, outcome, error, started_time, finished_time,
-                                  task_name)
+                                  task_name, type, queue, owner)
         SELECT id, attempts, 'TIMED_OUT', CAST(:error AS jsonb), attempt_started_time, now(),
-               :old_task_name
+               :old_task_name, type, queue, owner
         FROM gone WHERE :state = 'RUNNING'
         ON CONFLICT DO NOTHING
     )

@@ -227,3 +227,16 @@ def test_openapi_is_a_valid_3_1_document_of_every_route(client: FlaskClient) -> 
     rules = {r.rule.replace("<job_id>", "{job_id}") for r in client.application.url_map.iter_rules()
              if not r.rule.startswith(("/static", "/handlers"))}
     assert rules <= set(doc["paths"]), rules - set(doc["paths"])
+
+
+@pytest.mark.parametrize("payload", [{"a": "x\u0000y"}, {"k\u0000": 1}, {"a": ["ok", "\udbf3"]}])
+def test_text_postgres_cannot_store_is_422_not_500(client: FlaskClient, db: Engine, payload: dict[str, Any]) -> None:
+    resp = post(client, {"type": "echo", "payload": payload})
+    assert resp.status_code == 422
+    assert resp.get_json()["errors"][0]["field"].startswith("payload")
+    assert count_jobs(db) == 0
+
+
+@pytest.mark.parametrize("query", ["queue=a%00b", "type=%00", "label=k:v%00", "state=QUEUED%00"])
+def test_nul_in_filters_is_400(client: FlaskClient, query: str) -> None:
+    assert client.get(f"/v1/jobs?{query}").status_code == 400
