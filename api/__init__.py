@@ -15,7 +15,7 @@ __all__ = ["Config", "create_app"]
 
 def create_app(config: Config | None = None, **parts: object) -> Flask:
     """Build the Flask app; `parts` may replace the registry or queues (tests)."""
-    from api import errors, routes
+    from api import errors, reports, routes
     from api.state import AppState
     from handlers.run import bp as handlers_bp
     from handlers.sweep import bp as sweep_bp
@@ -32,6 +32,7 @@ def create_app(config: Config | None = None, **parts: object) -> Flask:
     app.extensions["cloudjobs"] = AppState.build(config, **parts)  # type: ignore[arg-type]
     errors.register(app)
     app.register_blueprint(routes.bp)
+    app.register_blueprint(reports.bp)
     app.register_blueprint(handlers_bp)
     app.register_blueprint(sweep_bp)
     return app

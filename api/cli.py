@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from api import logs
 from api.config import Config, ConfigurationInvalid
@@ -35,6 +36,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("migrate", help="upgrade the database schema to the latest version")
     sub.add_parser("sweep", help="enqueue jobs whose enqueue was lost; settle jobs whose task is gone")
 
+    rep = sub.add_parser("report", help="reports over job history")
+    rep.add_argument("name", choices=["summary", "timeseries", "failures"])
+    rep.add_argument("--since", default="24h", help="the window: 90m, 24h, 7d (default 24h)")
+    rep.add_argument("--from", dest="start", help="RFC 3339; overrides --since")
+    rep.add_argument("--to", dest="end", help="RFC 3339 (default now)")
+    rep.add_argument("--by", choices=["type", "queue", "none"], default="none")
+    rep.add_argument("--type")
+    rep.add_argument("--queue")
+    rep.add_argument("--bucket", choices=["minute", "hour", "day"], default="hour")
+    rep.add_argument("--limit", type=int, default=20)
+    rep.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    seed = sub.add_parser("seed-history", help="generate realistic job history (for trying reports)")
+    seed.add_argument("--jobs", type=int, required=True)
+    seed.add_argument("--days", type=float, default=30.0)
+
+    purge = sub.add_parser("purge", help="delete finished jobs older than a cutoff, in batches")
+    purge.add_argument("--older-than", required=True, help="e.g. 90d")
+    purge.add_argument("--batch-size", type=int, default=10_000)
+
     keys = sub.add_parser("keys", help="API keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     kcreate = ksub.add_parser("create", help="create a key; it is shown once")
@@ -59,6 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_dev(args)
         if args.command == "migrate":
             return _migrate()
+        if args.command == "report":
+            return _report(args)
+        if args.command == "seed-history":
+            return _seed(args)
+        if args.command == "purge":
+            return _purge(args)
         if args.command == "keys":
             return _keys(args)
         if args.command == "sweep":
@@ -82,6 +109,112 @@ def _migrate() -> int:
     finally:
         engine.dispose()
     print("database at head")
+    return 0
+
+
+def _engine(reporting: bool = False) -> Any:
+    from api.db import create_engine
+
+    config = Config.from_env()
+    url = config.reporting_database_url if reporting else None
+    return create_engine(config, url=url, pool_size=1)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from api import reports
+    from api.errors import InvalidRequest
+    from api.queues import parse_duration
+
+    def when(raw: str) -> datetime:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    end = when(args.end) if args.end else datetime.now(UTC)
+    start = when(args.start) if args.start else end - timedelta(seconds=parse_duration(args.since))
+    q = reports.ReportQuery(start=start, end=end, type=args.type, queue=args.queue, group_by=args.by,
+                            bucket=args.bucket, limit=args.limit)
+    engine = _engine(reporting=True)
+    try:
+        rows = reports.run_report(engine, args.name, q)
+    except InvalidRequest as e:
+        print(f"cloudjobs: {e.detail}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    print(format_rows(rows, args.format), end="")
+    return 0
+
+
+def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
+    """Rows as an aligned table, CSV or JSON."""
+    import csv
+    import io
+    import json
+
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    if not rows:
+        return "" if fmt == "csv" else "(no rows)\n"
+    columns = list(rows[0])
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return out.getvalue()
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        return str(v)
+
+    table = [columns] + [[cell(r[c]) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    lines = []
+    for n, row in enumerate(table):
+        lines.append("  ".join(v.rjust(w) if n and _numeric(v) else v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n"
+
+
+def _numeric(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _seed(args: argparse.Namespace) -> int:
+    from api.history import seed_history
+
+    engine = _engine()
+    try:
+        seconds = seed_history(engine, jobs=args.jobs, days=args.days)
+    finally:
+        engine.dispose()
+    print(f"seeded {args.jobs} jobs over {args.days:g} days in {seconds:.1f}s")
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from api.history import purge
+    from api.queues import parse_duration
+
+    cutoff = datetime.now(UTC) - timedelta(seconds=parse_duration(args.older_than))
+    engine = _engine()
+    try:
+        n = purge(engine, cutoff=cutoff, batch=args.batch_size)
+    finally:
+        engine.dispose()
+    print(f"purged {n} jobs finished before {cutoff.isoformat()}")
     return 0
 
 

@@ -26,6 +26,7 @@ class Config:
 
     # Data
     database_url: str | None = None
+    reporting_database_url: str | None = None  # a read replica for reports
     instance_connection_name: str | None = None  # Cloud SQL: "project:region:instance"
     db_user: str | None = None
     db_password: str | None = None
@@ -120,6 +121,7 @@ class Config:
         project = e.get("GOOGLE_CLOUD_PROJECT") or e.get("CLOUDJOBS_PROJECT") or "local-project"
         return cls(
             database_url=e.get("DATABASE_URL") or None,
+            reporting_database_url=e.get("REPORTING_DATABASE_URL") or None,
             instance_connection_name=e.get("INSTANCE_CONNECTION_NAME") or None,
             db_user=e.get("DB_USER") or None,
             db_password=e.get("DB_PASS") or None,

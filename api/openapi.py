@@ -100,6 +100,18 @@ def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) 
             "description": create["properties"]["queue"].get("description", ""),
         }
     schemas["Problem"] = PROBLEM
+    schemas["Report"] = {
+        "type": "object",
+        "required": ["report", "from", "to", "group_by", "rows"],
+        "properties": {
+            "report": {"type": "string"},
+            "from": {"type": "string", "format": "date-time"},
+            "to": {"type": "string", "format": "date-time"},
+            "group_by": {"type": "string"},
+            "bucket": {"type": "string"},
+            "rows": {"type": "array", "items": {"type": "object"}},
+        },
+    }
     schemas["BatchCreate"] = {
         "type": "object",
         "required": ["jobs"],
@@ -113,7 +125,7 @@ def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) 
     }
     schemas["Health"] = {"type": "object", "properties": {"status": {"type": "string"}}}
     array = {"type": "array", "items": {"type": "string"}}
-    return {
+    doc = {
         "openapi": "3.1.0",
         "info": {
             "title": "cloudjobs",
@@ -194,6 +206,24 @@ def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) 
                     "responses": {"200": _json(_ref("AttemptList"), "The attempts"), **_problems(404, 503)},
                 }
             },
+            "/v1/reports/{name}": {
+                "get": {
+                    "operationId": "getReport",
+                    "summary": "A report over job history (the caller's jobs; an admin's: all)",
+                    "parameters": [
+                        {"name": "name", "in": "path", "required": True,
+                         "schema": {"type": "string", "enum": ["summary", "timeseries", "failures"]}},
+                        _query("from", "RFC 3339; default 24 h before `to`", {"type": "string", "format": "date-time"}),
+                        _query("to", "RFC 3339; default now", {"type": "string", "format": "date-time"}),
+                        _query("type", "Only this job type"),
+                        _query("queue", "Only this queue"),
+                        _query("group_by", "Rows per type, per queue, or one row", {"type": "string", "enum": ["type", "queue", "none"]}),
+                        _query("bucket", "timeseries: bucket size", {"type": "string", "enum": ["minute", "hour", "day"]}),
+                        _query("limit", "failures: rows, 1 to 100", {"type": "integer", "minimum": 1, "maximum": 100}),
+                    ],
+                    "responses": {"200": _json(_ref("Report"), "The report"), **_problems(400, 401, 404, 503)},
+                }
+            },
             "/openapi.json": {
                 "get": {
                     "operationId": "openapi", "security": [],
@@ -228,3 +258,8 @@ def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) 
         },
         "security": [{"bearer": []}],
     }
+    for path, ops in doc["paths"].items():  # every /v1 operation needs credentials
+        if path.startswith("/v1/"):
+            for op in ops.values():
+                op["responses"].update(_problems(401))
+    return doc

@@ -29,6 +29,7 @@ class AppState:
     registry: Registry
     tasks: TasksClient
     authenticator: ApiAuthenticator
+    reporting_engine: Engine
 
     @classmethod
     def build(
@@ -50,6 +51,11 @@ class AppState:
             registry=registry,
             tasks=TasksClient(config),
             authenticator=ApiAuthenticator(config, engine),
+            # Reports may read a replica; everything else reads and writes the primary.
+            reporting_engine=(
+                create_engine(config, url=config.reporting_database_url, pool_size=2)
+                if config.reporting_database_url else engine
+            ),
         )
 
 
