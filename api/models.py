@@ -5,9 +5,9 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Boolean,
-    Computed,
     CheckConstraint,
     Column,
+    Computed,
     DateTime,
     ForeignKey,
     Index,

@@ -17,8 +17,6 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 

@@ -10,7 +10,6 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
-from google.api_core.exceptions import NotFound
 from google.cloud import tasks_v2
 from sqlalchemy.engine import Engine
 
