@@ -295,3 +295,34 @@ def test_an_unexpected_error_shows_no_stack_trace_or_sql(app: Flask) -> None:
                                    "&".join(["label=a:b"] * 60), "created_after=99999-01-01T00:00:00Z"])
 def test_query_parameters_are_bounded(client: FlaskClient, query: str) -> None:
     assert client.get(f"/v1/jobs?{query}").status_code == 400
+
+
+def test_signing_certs_are_cached_as_their_headers_say(emulator: Emulator) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    hits = []
+    body = json.dumps(emulator.key.certs_v1()).encode()
+
+    class Certs(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Cache-Control", "public, max-age=3600")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Certs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        verifier = auth.TokenVerifier(f"http://127.0.0.1:{server.server_address[1]}/certs")
+        for _ in range(5):
+            verifier.verify(token(emulator), audience=AUDIENCE, emails=(SERVICE_ACCOUNT,))
+    finally:
+        server.shutdown()
+    assert len(hits) == 1
