@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from api import logs
+from api import doctor, logs
 from api.config import Config, ConfigurationInvalid
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     emu.add_argument("--dedup-window", type=float, default=3600.0)
     emu.add_argument("--app-engine-host", default="http://127.0.0.1:8080")
 
+    doctor.register(sub)
+
     args = parser.parse_args(argv)
     logs.configure(args.log_level, json_logs=args.command not in ("dev", "emulator"))
     try:
@@ -47,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from api.dev import run_dev
 
             return run_dev(args)
+        if args.command == "doctor":
+            return doctor.run(args)
         if args.command == "migrate":
             return _migrate()
         if args.command == "sweep":
