@@ -21,6 +21,8 @@ logconfig_dict = {
     "root": {"level": os.environ.get("LOG_LEVEL", "INFO"), "handlers": ["stderr"]},
     "loggers": {
         "gunicorn.error": {"level": os.environ.get("LOG_LEVEL", "INFO"), "handlers": ["stderr"], "propagate": False},
-        "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+        # The app logs each request itself (api/observability.py: httpRequest, trace, no query
+        # string); gunicorn's access line would repeat it, query string and all.
+        "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
     },
 }

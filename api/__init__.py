@@ -15,7 +15,7 @@ __all__ = ["Config", "create_app"]
 
 def create_app(config: Config | None = None, **parts: object) -> Flask:
     """Build the Flask app; `parts` may replace the registry or queues (tests)."""
-    from api import errors, reports, routes
+    from api import errors, observability, reports, routes
     from api.state import AppState
     from handlers.run import bp as handlers_bp
     from handlers.sweep import bp as sweep_bp
@@ -30,6 +30,7 @@ def create_app(config: Config | None = None, **parts: object) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["cloudjobs"] = AppState.build(config, **parts)  # type: ignore[arg-type]
+    observability.install(app, app.extensions["cloudjobs"])
     errors.register(app)
     app.register_blueprint(routes.bp)
     app.register_blueprint(reports.bp)

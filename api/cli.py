@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from api import logs
+from api import doctor, logs
 from api.config import Config, ConfigurationInvalid
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sub.add_parser("emulator", help="run the local Cloud Tasks emulator alone (see --help)", add_help=False)
 
+    doctor.register(sub)
+
     args = parser.parse_args(argv)
     logs.configure(args.log_level, json_logs=args.command not in ("dev", "emulator"))
     try:
@@ -78,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from api.dev import run_dev
 
             return run_dev(args)
+        if args.command == "doctor":
+            return doctor.run(args)
         if args.command == "migrate":
             return _migrate()
         if args.command == "report":

@@ -68,6 +68,9 @@ class Config:
     page_token_key: str = "cloudjobs-page-token"
     job_modules: tuple[str, ...] = field(default_factory=tuple)
 
+    # Observability
+    otel_enabled: bool = False  # OpenTelemetry traces to Cloud Trace (needs the otel extra)
+
     @property
     def audience(self) -> str:
         """The OIDC audience tasks carry and the handler expects."""
@@ -152,6 +155,7 @@ class Config:
             max_request_bytes=int(e.get("MAX_REQUEST_BYTES", str(1024 * 1024))),
             page_token_key=e.get("PAGE_TOKEN_KEY", "cloudjobs-page-token"),
             job_modules=tuple(m for m in e.get("JOB_MODULES", "").split(",") if m.strip()),
+            otel_enabled=_flag(e.get("OTEL_ENABLED")),
         )
 
 

@@ -13,7 +13,7 @@ from google.api_core import exceptions as gexc
 from pydantic import ValidationError
 from sqlalchemy.engine import Row
 
-from api import store
+from api import observability, store
 from api.errors import IdempotencyKeyReused, InvalidRequest, JobStateConflict, ValidationFailed
 from api.resources import CreateJob
 from api.state import AppState
@@ -313,6 +313,7 @@ def _create_tasks(state: AppState, queue: str, rows: list[Row[Any]]) -> list[uui
             spec=state.queues[row.queue],
             timeout_s=row.timeout_s,
             schedule_time=row.scheduled_time if row.scheduled_time > now else None,
+            headers=observability.trace_headers(),  # the attempt logs under the creator's trace
         )
         for row in rows
     ]

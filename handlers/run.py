@@ -13,7 +13,7 @@ from flask import Blueprint, Request, Response, request
 from pydantic import ValidationError
 from sqlalchemy.engine import Row
 
-from api import store
+from api import observability, store
 from api.errors import InvalidRequest, LeaseHeld, Problem
 from api.routes import json_body, json_response
 from api.state import AppState, current_state
@@ -114,12 +114,21 @@ def run_jobs(state: AppState, ids: Sequence[uuid.UUID], delivery: store.Delivery
         else:
             # A duplicate of a finished job, or one cancelled before it ran.
             outcome.states[str(job_id)] = row.state
-    finishes = [execute(state, row, delivery) for row in claimed]
+    finishes: list[store.Finish] = []
+    timed: dict[uuid.UUID, tuple[Row[Any], observability.AttemptClock]] = {}
+    for row in claimed:
+        with observability.attempt(job_id=row.id, attempt=row.attempts, queue=row.queue) as clock:
+            finishes.append(execute(state, row, delivery))
+        timed[row.id] = (row, clock)
     with state.engine.begin() as conn:
         moved = store.finish_jobs(conn, finishes)
     for f in finishes:
         # A finish that moved nothing lost its lease to a later attempt, which now owns it.
         new_state = moved.get(f.job_id, "SUPERSEDED")
+        ran, clock = timed[f.job_id]
+        observability.log_attempt(
+            job_type=ran.type, queue=ran.queue, finish=f, state=new_state, seconds=clock.seconds
+        )
         outcome.states[str(f.job_id)] = new_state
         if new_state == "QUEUED":
             outcome.retry.append(f.job_id)

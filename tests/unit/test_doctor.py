@@ -1,0 +1,144 @@
+"""`cloudjobs doctor`'s checks of the variables, and how it compares queues (no network)."""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+
+import pytest
+
+from api.config import Config
+from api.doctor import Check, check_config, is_local, queue_differences, report
+from api.queues import QueueSpec, RetryConfig
+from api.tasks import build_queue
+
+URL = "https://cloudjobs-123456789.europe-west1.run.app"
+SA = "cloudjobs-tasks@proj-1.iam.gserviceaccount.com"
+
+# What deploy/deploy.sh sets on Cloud Run.
+DEPLOYED = Config(
+    instance_connection_name="proj-1:europe-west1:cloudjobs",
+    db_user="cloudjobs-runtime@proj-1.iam",
+    db_name="cloudjobs",
+    db_iam_auth=True,
+    project="proj-1",
+    location="europe-west1",
+    handler_base_url=URL,
+    handler_auth="oidc",
+    tasks_service_account=SA,
+    page_token_key="a-random-secret",
+)
+
+
+def problems(config: Config) -> dict[str, Check]:
+    return {c.name: c for c in check_config(config) if c.status != "ok"}
+
+
+def test_a_deployed_configuration_passes() -> None:
+    assert problems(DEPLOYED) == {}
+    assert problems(DEPLOYED.replace(oidc_audience=URL + "/")) == {}
+
+
+def test_a_local_configuration_passes_over_http() -> None:
+    local = Config(database_url="postgresql://u@127.0.0.1/db", handler_auth="none")
+    assert problems(local) == {}
+
+
+@pytest.mark.parametrize(
+    ("changes", "name", "says"),
+    [
+        ({"handler_auth": None}, "handler authentication", "HANDLER_AUTH is not set"),
+        (
+            {"tasks_service_account": None},
+            "handler authentication",
+            "without TASKS_SERVICE_ACCOUNT",
+        ),
+        (
+            {"tasks_service_account": "me@example.com"},
+            "handler authentication",
+            "not a service account",
+        ),
+        ({"handler_auth": "appengine"}, "handler authentication", "outside App Engine"),
+        ({"handler_base_url": "http://jobs.example.com"}, "handler URL", "is not https"),
+        ({"handler_base_url": URL + "/handlers/run"}, "handler URL", "tasks add /handlers/run"),
+        ({"handler_base_url": "jobs.example.com"}, "handler URL", "not an http(s) URL"),
+        (
+            {"oidc_audience": "https://elsewhere.example.com"},
+            "OIDC audience",
+            "differs from HANDLER_BASE_URL",
+        ),
+        ({"emulator_host": "127.0.0.1:8123"}, "Cloud Tasks endpoint", "local emulator"),
+        ({"project": "local-project"}, "project", "GOOGLE_CLOUD_PROJECT is not set"),
+        ({"instance_connection_name": None}, "database variables", "no database"),
+        (
+            {"instance_connection_name": "cloudjobs"},
+            "database variables",
+            "PROJECT:REGION:INSTANCE",
+        ),
+        ({"db_user": None}, "database variables", "DB_USER is not"),
+        ({"db_password": "pw"}, "database variables", "no password"),
+        ({"db_user": SA}, "database variables", "without '.gserviceaccount.com'"),
+        ({"db_iam_auth": False}, "database variables", "without DB_PASS"),
+    ],
+)
+def test_each_problem_is_named_with_a_fix(changes: dict[str, object], name: str, says: str) -> None:
+    found = problems(DEPLOYED.replace(**changes))
+    assert name in found, found
+    assert found[name].status == "fail"
+    assert says in found[name].detail
+    assert found[name].fix
+
+
+def test_warnings_do_not_fail() -> None:
+    found = problems(DEPLOYED.replace(page_token_key="cloudjobs-page-token", handler_auth="none"))
+    assert {n: c.status for n, c in found.items()} == {
+        "page tokens": "warn",
+        "handler authentication": "warn",
+    }
+    out = io.StringIO()
+    assert report(check_config(DEPLOYED.replace(handler_auth="none")), out) == 0
+    assert "WARN" in out.getvalue() and "fix:" in out.getvalue()
+
+
+def test_the_report_prints_each_problem_with_its_fix_and_fails() -> None:
+    out = io.StringIO()
+    status = report(check_config(DEPLOYED.replace(handler_base_url="http://jobs.example.com")), out)
+    assert status == 1
+    text = out.getvalue()
+    assert "FAIL  handler URL: HANDLER_BASE_URL='http://jobs.example.com' is not https" in text
+    assert "fix: set HANDLER_BASE_URL to the service's https URL" in text
+    assert text.rstrip().endswith("1 problem(s), 0 warning(s)")
+
+
+@pytest.mark.parametrize(
+    ("url", "local"),
+    [
+        ("http://127.0.0.1:8080", True),
+        ("http://localhost:8080", True),
+        ("http://[::1]:8080", True),
+        ("http://127.0.0.2", True),
+        ("http://api.localhost", True),
+        ("https://svc.run.app", False),
+        ("http://10.0.0.5", False),
+    ],
+)
+def test_production_is_a_handler_url_off_this_machine(url: str, local: bool) -> None:
+    assert is_local(url) is local
+
+
+def test_queue_differences_name_each_setting() -> None:
+    config = Config(project="p", location="l")
+    spec = QueueSpec(
+        "q", retry=RetryConfig(max_attempts=5, min_backoff=1, max_backoff=60, max_doublings=4)
+    )
+    wanted = build_queue(config, spec)
+    assert queue_differences(build_queue(config, spec), wanted) == []
+    actual = build_queue(config, spec)
+    actual.retry_config.max_attempts = 3
+    actual.retry_config.min_backoff = timedelta(milliseconds=100)
+    actual.rate_limits.max_concurrent_dispatches = 10
+    assert queue_differences(actual, wanted) == [
+        "rate_limits.max_concurrent_dispatches is 10 in Cloud Tasks, 1000 in queues.yaml",
+        "retry_config.max_attempts is 3 in Cloud Tasks, 5 in queues.yaml",
+        "retry_config.min_backoff is 0.1 in Cloud Tasks, 1 in queues.yaml",
+    ]
