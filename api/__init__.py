@@ -36,4 +36,7 @@ def create_app(config: Config | None = None, **parts: object) -> Flask:
     app.register_blueprint(reports.bp)
     app.register_blueprint(handlers_bp)
     app.register_blueprint(sweep_bp)
+    from api.ui import bp as ui_bp  # the dashboard (/ui)
+
+    app.register_blueprint(ui_bp)
     return app
