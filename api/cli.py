@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from api import logs
+from api import cli_client, logs
 from api.config import Config, ConfigurationInvalid
 
 logger = logging.getLogger(__name__)
@@ -40,9 +40,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     emu.add_argument("--dedup-window", type=float, default=3600.0)
     emu.add_argument("--app-engine-host", default="http://127.0.0.1:8080")
 
+    cli_client.register(sub)  # submit, get, list, watch, attempts, cancel, retry
+
     args = parser.parse_args(argv)
     logs.configure(args.log_level, json_logs=args.command not in ("dev", "emulator"))
     try:
+        if args.command in cli_client.COMMANDS:
+            return cli_client.run(args)
         if args.command == "dev":
             from api.dev import run_dev
 
