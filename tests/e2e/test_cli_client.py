@@ -8,10 +8,14 @@ import subprocess
 import sys
 import uuid
 
+import pytest
 from sqlalchemy.engine import Engine
 
 from tests.conftest import ROOT
 from tests.e2e.conftest import Stack
+from tests.e2e.test_client import settled  # noqa: F401  (the fixture, used below)
+
+pytestmark = pytest.mark.usefixtures("settled")
 
 
 def cloudjobs(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
