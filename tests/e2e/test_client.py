@@ -73,6 +73,14 @@ def test_submit_then_wait_returns_the_completed_job_typed(client: Client, db: En
     assert attempt.number == 1 and attempt.outcome == "COMPLETED" and attempt.duration_s >= 0
 
 
+def test_under_gunicorn_a_waiter_is_woken_by_the_notification(client: Client, db: Engine) -> None:
+    job = client.submit("sleep", {"seconds": 1})
+    done = client.wait(job.id, timeout=30)
+    assert done.state == "COMPLETED" and done.done_time is not None
+    # The fallback would answer up to 5 s after the job ended; the NOTIFY answers at once.
+    assert (datetime.now(UTC) - done.done_time).total_seconds() < 2.5
+
+
 def test_wait_returns_the_job_as_it_is_when_the_timeout_passes(client: Client, db: Engine) -> None:
     job = client.submit("echo", run_at=later())
     start = time.monotonic()
