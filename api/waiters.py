@@ -49,6 +49,7 @@ _EXTENSION = "cloudjobs.waiters"
 _LISTENER_ERRORS = (OSError, pg8000.InterfaceError, pg8000.DatabaseError, SQLAlchemyError)
 
 Read = Callable[[Connection], "Row[Any] | None"]
+_create_lock = threading.Lock()  # one JobWaiters per app, even when two requests race
 
 
 def wait_seconds(raw: str | None) -> float | None:
@@ -93,9 +94,6 @@ def waiters_for(state: AppState) -> JobWaiters:
                 )
                 app.extensions[_EXTENSION] = waiters
     return waiters  # type: ignore[no-any-return]
-
-
-_create_lock = threading.Lock()
 
 
 class JobWaiters:
