@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from api import doctor, logs
+from api import cli_client, doctor, logs
 from api.config import Config, ConfigurationInvalid
 
 logger = logging.getLogger(__name__)
@@ -73,9 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     doctor.register(sub)
 
+    cli_client.register(sub)  # submit, get, list, watch, attempts, cancel, retry
+
     args = parser.parse_args(argv)
     logs.configure(args.log_level, json_logs=args.command not in ("dev", "emulator"))
     try:
+        if args.command in cli_client.COMMANDS:
+            return cli_client.run(args)
         if args.command == "dev":
             from api.dev import run_dev
 

@@ -62,6 +62,10 @@ class Config:
     sweep_queued_after_s: int = 600  # a QUEUED job this stale has its task checked
     sweep_batch: int = 500  # jobs per kind per sweep
 
+    # GET /v1/jobs/{id}?wait=S
+    wait_fallback_s: float = 5.0  # a waiter re-reads its job this often, in case a NOTIFY was lost
+    wait_max_per_process: int = 4  # beyond this many waiters a ?wait= returns at once
+
     # HTTP
     max_request_bytes: int = 1024 * 1024
     max_payload_bytes: int = 256 * 1024
@@ -152,6 +156,8 @@ class Config:
             sweep_created_after_s=int(e.get("SWEEP_CREATED_AFTER_S", "60")),
             sweep_queued_after_s=int(e.get("SWEEP_QUEUED_AFTER_S", "600")),
             sweep_batch=int(e.get("SWEEP_BATCH", "500")),
+            wait_fallback_s=float(e.get("WAIT_FALLBACK_S", "5")),
+            wait_max_per_process=int(e.get("WAIT_MAX_PER_PROCESS", "4")),
             max_request_bytes=int(e.get("MAX_REQUEST_BYTES", str(1024 * 1024))),
             page_token_key=e.get("PAGE_TOKEN_KEY", "cloudjobs-page-token"),
             job_modules=tuple(m for m in e.get("JOB_MODULES", "").split(",") if m.strip()),

@@ -78,6 +78,16 @@ JOB_ID = {
 }
 
 
+WAIT = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 60},
+    "description": "Hold the request until the job is done or this many seconds pass, then "
+    "answer the job as it is (done or not). The server may answer sooner.",
+}
+
+
 def _query(name: str, description: str, schema: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
     return {"name": name, "in": "query", "description": description, "schema": schema or {"type": "string"}, **kw}
 
@@ -164,9 +174,9 @@ def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) 
             "/v1/jobs/{job_id}": {
                 "get": {
                     "operationId": "getJob",
-                    "summary": "Get a job",
-                    "parameters": [JOB_ID],
-                    "responses": {"200": _json(_ref("Job"), "The job"), **_problems(404, 503)},
+                    "summary": "Get a job; with wait, once it is done or the wait has passed",
+                    "parameters": [JOB_ID, WAIT],
+                    "responses": {"200": _json(_ref("Job"), "The job"), **_problems(400, 404, 503)},
                 }
             },
             "/v1/jobs:batchCreate": {

@@ -13,7 +13,7 @@ from flask import Blueprint, Request, Response, g, request
 from werkzeug.exceptions import UnsupportedMediaType
 
 from api import jobs as jobs_service
-from api import paging, store
+from api import paging, store, waiters
 from api.auth import Principal
 from api.errors import InvalidRequest, JobNotFound
 from api.models import STATES
@@ -116,10 +116,16 @@ def get_job(job_id: str) -> Response:
     """One job."""
     state = current_state()
     jid = parse_job_id(job_id)
+    wait_s = waiters.wait_seconds(request.args.get("wait"))
     with state.engine.connect() as conn:
         row = store.get_job(conn, jid, owner=principal().scope)
     if row is None:
         raise JobNotFound(f"no job {job_id}")
+    if wait_s is not None:  # the re-read below must filter as the read above does
+        scope = principal().scope
+        row = waiters.wait_until_done(state, row, wait_s, lambda c: store.get_job(c, jid, owner=scope))
+        if row is None:
+            raise JobNotFound(f"no job {job_id}")
     return json_response(job_resource(row))
 
 

@@ -1,0 +1,84 @@
+"""`cloudjobs submit|get|list|watch|…` as a subprocess against gunicorn and the emulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from tests.conftest import ROOT
+from tests.e2e.conftest import Stack
+from tests.e2e.test_client import settled  # noqa: F401  (the fixture, used below)
+
+pytestmark = pytest.mark.usefixtures("settled")
+
+
+def cloudjobs(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CLOUDJOBS_URL": stack.url}
+    env.pop("CLOUDJOBS_API_KEY", None)
+    return subprocess.run(
+        [sys.executable, "-m", "api.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_submit_wait_output_json_prints_the_completed_job(stack: Stack, db: Engine) -> None:
+    proc = cloudjobs(stack, "submit", "echo", "--payload", '{"a":1}', "--wait", "--output", "json")
+    assert proc.returncode == 0, proc.stderr
+    job = json.loads(proc.stdout)
+    assert job["state"] == "COMPLETED" and job["result"] == {"a": 1}
+    watched = cloudjobs(stack, "watch", job["id"], "-o", "json")
+    assert watched.returncode == 0 and json.loads(watched.stdout)["id"] == job["id"]
+
+
+def test_submit_wait_without_a_terminal_prints_a_line_per_change(stack: Stack, db: Engine) -> None:
+    proc = cloudjobs(stack, "submit", "sleep", "--payload", '{"seconds": 1.5}', "--wait")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "\r" not in proc.stdout and "\x1b" not in proc.stdout  # not a TTY: plain lines
+    states = [line.split()[1] for line in lines if line.count(" ") > 2 and "[" in line]
+    assert states[-1] == "COMPLETED" and "RUNNING" in states
+    assert any("%" in line and "slept" in line for line in lines)  # the progress bar and message
+    assert "#" * 20 in lines[-2] and lines[-1].startswith("result: ")
+
+
+def test_list_prints_an_aligned_table(stack: Stack, db: Engine) -> None:
+    run = uuid.uuid4().hex[:8]
+    ids = []
+    for i in range(2):
+        proc = cloudjobs(
+            stack, "submit", "echo", "--payload", json.dumps({"i": i}), "--label", f"run={run}"
+        )
+        assert proc.returncode == 0, proc.stderr
+        ids.append(proc.stdout.strip())
+    table = cloudjobs(stack, "list", "--label", f"run={run}", "--limit", "5")
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == [
+        "ID",
+        "TYPE",
+        "QUEUE",
+        "STATE",
+        "ATTEMPTS",
+        "CREATED",
+        "PROGRESS",
+        "LABELS",
+    ]
+    assert sorted(r.split()[0] for r in rows) == sorted(ids)
+    column = header.index("STATE")
+    assert all(r[column - 2 : column] == "  " and r[column] != " " for r in rows)  # aligned
+
+
+def test_get_of_an_unknown_job_exits_2_with_the_problem(stack: Stack, db: Engine) -> None:
+    proc = cloudjobs(stack, "get", str(uuid.uuid4()))
+    assert proc.returncode == 2
+    assert "Job not found" in proc.stderr and proc.stdout == ""
