@@ -1,7 +1,7 @@
 """notify cloudjobs_job_done when a job reaches a terminal state
 
-Revision ID: 0002w
-Revises: 0001
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-11-22
 
 `GET /v1/jobs/{id}?wait=S` listens on this channel (api/waiters.py). A trigger, rather than a
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0002w"
-down_revision = "0001"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
