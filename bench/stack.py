@@ -41,15 +41,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def fresh_database(server_url: str | None) -> Iterator[str]:
-    """A new, migrated database on `server_url` (or an embedded PostgreSQL), dropped afterwards."""
+def fresh_database(server_url: str | None, *, prefix: str = "cloudjobs_bench_") -> Iterator[str]:
+    """A new, migrated database on `server_url` (or an embedded PostgreSQL), dropped afterwards.
+
+    `prefix` names it, so a run's databases can be told from another's on a shared server."""
     server = None
     if server_url is None:
         from api.devdb import start_embedded_postgres
 
         server_url, server = start_embedded_postgres(Path(tempfile.mkdtemp(prefix="cloudjobs-bench-")) / "pg")
     server_url = normalise_url(server_url)
-    name = f"cloudjobs_bench_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))

@@ -1,0 +1,52 @@
+"""The benchmark's smoke mode runs end to end and prints every figure of the table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+# The figures --smoke measures (the peers and the round-trip count are left to --quick).
+ROWS = {
+    "floor.hello": "floor: bare Flask, GET /hello",
+    "floor.insert": "floor: Flask + one INSERT … RETURNING",
+    "floor.select": "floor: Flask + one SELECT by primary key",
+    "floor.update": "floor: Flask + one UPDATE",
+    "ceiling": "push ceiling: dispatcher → Flask claim + finish + attempt",
+    "cj.create": "cloudjobs POST /v1/jobs (enqueue included)",
+    "cj.get": "cloudjobs GET /v1/jobs/{id}",
+    "cj.run": "cloudjobs POST /handlers/run, no-op job, OIDC",
+    "cj.batch": "cloudjobs POST /v1/jobs:batchCreate ×500",
+    "cj.e2e.one": "cloudjobs end to end, one by one",
+    "cj.e2e.batch": "cloudjobs end to end, batches of 500",
+}
+
+
+def test_the_smoke_run_prints_every_figure(server_url: str, tmp_path: Path) -> None:
+    raw = tmp_path / "bench.json"
+    docs = tmp_path / "benchmarks.md"
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--database-url", server_url,
+         "--json", str(raw), "--docs", str(docs)],
+        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=110,
+    )
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = {line.split(" | ")[0].lstrip("| "): line for line in proc.stdout.splitlines()
+             if line.startswith("| ")}
+    for key, label in ROWS.items():
+        assert label in table, f"no row for {key}:\n{proc.stdout}"
+        median = table[label].split(" | ")[2].replace(",", "")
+        assert float(median) > 0, table[label]
+    figures = json.loads(raw.read_text())["figures"]
+    for key in ROWS:
+        assert figures[key]["samples"] and figures[key]["error"] is None, figures[key]
+    assert "| POST /v1/jobs ≥ 0.6× floor INSERT |" in proc.stdout  # the targets table
+    assert not docs.exists()  # --smoke never writes the docs
+    assert elapsed < 60, f"the smoke run took {elapsed:.0f}s"

@@ -1,0 +1,49 @@
+"""The counting proxy's reading of the PostgreSQL wire protocol (bench/pgwire.py)."""
+
+from __future__ import annotations
+
+import struct
+import threading
+
+import pytest
+
+from bench.pgwire import Counts, _Parser, kind_of
+
+
+def message(tag: bytes, body: bytes) -> bytes:
+    return tag + struct.pack("!i", len(body) + 4) + body
+
+
+def startup() -> bytes:
+    body = struct.pack("!i", 196608) + b"user\0postgres\0\0"
+    return struct.pack("!i", len(body) + 4) + body
+
+
+@pytest.mark.parametrize(
+    ("sql", "kind"),
+    [(";", "ping"), ("", "ping"), ("select 1", "ping"), ("begin transaction", "begin"),
+     ("COMMIT", "commit"), ("rollback", "rollback"), ("INSERT INTO jobs ...", "insert"),
+     ("\n    WITH f AS (...)", "with"), ("UPDATE jobs SET", "update")],
+)
+def test_statements_are_sorted_into_kinds(sql: str, kind: str) -> None:
+    assert kind_of(sql) == kind
+
+
+def test_round_trips_are_queries_and_syncs_and_follow_their_statement() -> None:
+    counts = Counts()
+    parser = _Parser(counts, threading.Lock())
+    ssl_request = struct.pack("!ii", 8, 80877103)
+    stream = (
+        ssl_request + startup()
+        + message(b"Q", b"begin transaction\0")
+        # pg8000's unnamed statement: Parse+Sync, Describe+Sync, Bind+Execute+Sync.
+        + message(b"P", b"\0INSERT INTO jobs VALUES ($1)\0\0\0") + message(b"H", b"")
+        + message(b"S", b"") + message(b"D", b"S\0") + message(b"S", b"")
+        + message(b"B", b"\0\0\0\0\0\0\0\0") + message(b"E", b"\0\0\0\0\0") + message(b"S", b"")
+        + message(b"Q", b"commit\0")
+    )
+    for i in range(0, len(stream), 7):  # messages split anywhere across reads
+        parser.feed(stream[i : i + 7])
+    assert counts.round_trips == 5
+    assert counts.trips == {"begin": 1, "insert": 3, "commit": 1}
+    assert counts.statements == 1
