@@ -68,6 +68,9 @@ def make_app(config: Config, db: Engine, tasks_client: tasks_v2.CloudTasksClient
 
     yield build
     for app in apps:
+        # A ?wait= (the fuzzer sends them too) starts a listener thread: stop it with the app.
+        if (waiters := app.extensions.get("cloudjobs.waiters")) is not None:
+            waiters.close()
         app.extensions["cloudjobs"].engine.dispose()
 
 
