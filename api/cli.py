@@ -35,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sub.add_parser("migrate", help="upgrade the database schema to the latest version")
     sub.add_parser("sweep", help="enqueue jobs whose enqueue was lost; settle jobs whose task is gone")
+    sub.add_parser("rollup", help="bring the reporting rollups up to date (the sweeper does it too)")
 
     rep = sub.add_parser("report", help="reports over job history")
     rep.add_argument("name", choices=["summary", "timeseries", "failures"])
@@ -98,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keys(args)
         if args.command == "sweep":
             return _sweep()
+        if args.command == "rollup":
+            return _rollup()
         if args.command == "queues":
             return _queues_sync()
     except ConfigurationInvalid as e:
@@ -199,14 +202,29 @@ def _numeric(v: str) -> bool:
 
 
 def _seed(args: argparse.Namespace) -> int:
+    from api import rollups
     from api.history import seed_history
 
     engine = _engine()
     try:
         seconds = seed_history(engine, jobs=args.jobs, days=args.days)
+        rolled = rollups.refresh(engine)
     finally:
         engine.dispose()
-    print(f"seeded {args.jobs} jobs over {args.days:g} days in {seconds:.1f}s")
+    print(f"seeded {args.jobs} jobs over {args.days:g} days in {seconds:.1f}s; rolled up {rolled.hours} hours")
+    return 0
+
+
+def _rollup() -> int:
+    from api import rollups
+
+    engine = _engine()
+    try:
+        r = rollups.refresh(engine)
+    finally:
+        engine.dispose()
+    until = r.rolled_until.isoformat() if r.rolled_until else "-"
+    print(f"rolled up {r.hours} hours and {r.days} days; history before {until} is rolled up")
     return 0
 
 
@@ -217,9 +235,12 @@ def _purge(args: argparse.Namespace) -> int:
     from api.queues import parse_duration
 
     cutoff = datetime.now(UTC) - timedelta(seconds=parse_duration(args.older_than))
+    from api import rollups
+
     engine = _engine()
     try:
         n = purge(engine, cutoff=cutoff, batch=args.batch_size)
+        rollups.refresh(engine)  # the purged hours, now emptier
     finally:
         engine.dispose()
     print(f"purged {n} jobs finished before {cutoff.isoformat()}")

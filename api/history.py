@@ -90,8 +90,16 @@ def seed_history(engine: Engine, *, jobs: int, days: float, end: datetime | None
         remaining -= n
     with engine.begin() as conn:
         conn.execute(_SEED_ATTEMPTS)
-    with engine.connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE jobs, job_attempts")
+    # VACUUM too: a history table settles with its visibility map set (index-only scans).
+    # It cannot run in a transaction, and the pool's pre-ping leaves one open: end it first.
+    raw = engine.raw_connection()
+    try:
+        raw.rollback()
+        raw.dbapi_connection.autocommit = True
+        raw.cursor().execute("VACUUM ANALYZE jobs, job_attempts")
+        raw.dbapi_connection.autocommit = False
+    finally:
+        raw.close()
     return time.monotonic() - started
 
 

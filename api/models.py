@@ -18,7 +18,7 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 STATES = ("CREATED", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED")
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
@@ -138,6 +138,13 @@ job_attempts = Table(
         "finished_time",
         postgresql_include=["type", "queue", "owner", "outcome", "error_code", "duration_ms"],
     ),
+    # Failed attempts only, with what the failures report counts.
+    Index(
+        "job_attempts_failures_idx",
+        "finished_time",
+        postgresql_include=["type", "queue", "owner", "error_code", "job_id"],
+        postgresql_where=text("outcome <> 'COMPLETED' AND error_code IS NOT NULL"),
+    ),
     comment="One row per attempt that reached the handler (append-only): when it ran and how it ended.",
 )
 
@@ -152,4 +159,55 @@ api_keys = Table(
     Column("revoked_time", DateTime(timezone=True), comment="When it was revoked; null while it is live."),
     Index("api_keys_name_idx", "name", unique=True, postgresql_where=text("revoked_time IS NULL")),
     comment="API keys of callers (AUTH=keys); secrets are stored as hashes only.",
+)
+
+
+# Rollups of job history for long-window reports (api/rollups.py, migration 0005).
+job_rollups = Table(
+    "job_rollups",
+    metadata,
+    Column("grain", Text, nullable=False, comment="hour or day."),
+    Column("period", DateTime(timezone=True), nullable=False,
+           comment="The start of the hour or day (UTC) the jobs were created in."),
+    Column("type", Text, nullable=False, comment="The job type."),
+    Column("queue", Text, nullable=False, comment="The queue."),
+    Column("owner", Text, nullable=False, comment="The owner ('' for jobs created without auth)."),
+    Column("jobs", Integer, nullable=False, comment="Jobs created."),
+    Column("completed", Integer, nullable=False, comment="Of those, COMPLETED."),
+    Column("failed", Integer, nullable=False, comment="FAILED."),
+    Column("cancelled", Integer, nullable=False, comment="CANCELLED."),
+    Column("active", Integer, nullable=False, comment="Not finished when rolled up (CREATED, QUEUED or RUNNING)."),
+    Column("retries", BigInteger, nullable=False, comment="Attempts beyond the first, summed."),
+    Column("ran", Integer, nullable=False, comment="Jobs with at least one attempt."),
+    Column("retried", Integer, nullable=False, comment="Jobs with more than one attempt."),
+    Column("wait_buckets", ARRAY(Integer), nullable=False,
+           comment="Queue wait histogram: bucket numbers (see reporting.duration_bucket)."),
+    Column("wait_counts", ARRAY(BigInteger), nullable=False, comment="Queue wait histogram: jobs in each of wait_buckets."),
+    Column("run_buckets", ARRAY(Integer), nullable=False,
+           comment="Run time histogram (first start to done): bucket numbers."),
+    Column("run_counts", ARRAY(BigInteger), nullable=False, comment="Run time histogram: jobs in each of run_buckets."),
+    PrimaryKeyConstraint("grain", "period", "type", "queue", "owner", name="job_rollups_pkey"),
+    CheckConstraint("grain IN ('hour', 'day')", name="job_rollups_grain_valid"),
+    comment="Jobs per hour or day (of created_time, UTC), type, queue and owner: counts and duration histograms. "
+            "Maintained by api/rollups.py; read by long-window reports.",
+)
+
+job_rollup_dirty = Table(
+    "job_rollup_dirty",
+    metadata,
+    Column("hour", DateTime(timezone=True), nullable=False, comment="The hour (UTC, of created_time) of a job that changed."),
+    Index("job_rollup_dirty_hour_idx", "hour"),
+    comment="Marks (append-only) of hours whose jobs changed after they may have been rolled up; "
+            "the next refresh recomputes them.",
+)
+
+job_rollup_state = Table(
+    "job_rollup_state",
+    metadata,
+    Column("id", Boolean, primary_key=True, server_default=text("true"), comment="Always true: there is one row."),
+    Column("rolled_until", DateTime(timezone=True),
+           comment="Every hour before this is rolled up (unless marked dirty); null: none yet."),
+    Column("refreshed_time", DateTime(timezone=True), comment="When the last refresh finished."),
+    CheckConstraint("id", name="job_rollup_state_one_row"),
+    comment="One row: how far job_rollups reaches.",
 )

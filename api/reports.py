@@ -2,6 +2,12 @@
 
 The SQL lives in api/sql/reports.sql, one named block per report, loaded once. Reports read
 through the reporting engine (REPORTING_DATABASE_URL, a read replica) when one is set.
+
+Windows up to EXACT_WINDOW read the jobs themselves (exact percentiles). Longer summaries and
+hourly or daily timeseries read the rollups (api/rollups.py) for the whole hours and days they
+cover and the jobs for the rest, so their cost follows the window in days, not in jobs; their
+counts are exact and their percentiles come from histograms (within 4.4%). Failures always
+read the failed attempts themselves, from an index that holds only them.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, request
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
+from api import rollups
 from api.errors import InvalidRequest
 from api.resources import rfc3339
 from api.routes import _time, json_response, principal
@@ -36,6 +43,12 @@ BUCKETS = {"minute": 60, "hour": 3600, "day": 86400}
 MAX_WINDOW = timedelta(days=400)
 MAX_BUCKETS = 10_000
 GROUPS = ("type", "queue", "none")
+# Up to this window, summary and timeseries read every job; beyond it, the rollups.
+EXACT_WINDOW = timedelta(days=2)
+SUMMARY_COLUMNS = ("key", "jobs", "completed", "failed", "cancelled", "active", "success_rate", "retries",
+                   "retry_rate", "queue_wait_p50_s", "queue_wait_p95_s", "queue_wait_p99_s", "run_p50_s",
+                   "run_p95_s", "run_p99_s")
+TIMESERIES_COLUMNS = ("bucket", "key", "jobs", "completed", "failed", "cancelled", "retries", "run_p50_s", "run_p95_s")
 
 
 @cache
@@ -83,12 +96,48 @@ def validate(q: ReportQuery, report: str) -> None:
         raise InvalidRequest("limit must be 1 to 100")
 
 
+def uses_rollups(report: str, q: ReportQuery) -> bool:
+    """Whether this report reads the rollups (long windows of summary and timeseries)."""
+    if report == "failures" or q.end - q.start <= EXACT_WINDOW:
+        return False
+    return not (report == "timeseries" and q.bucket == "minute")
+
+
 def run_report(engine: Engine, report: str, q: ReportQuery) -> list[dict[str, Any]]:
     """Run one report; rows as plain dicts with RFC 3339 times."""
     validate(q, report)
     with engine.connect() as conn:
-        rows = conn.execute(queries()[report], q.params()).mappings().all()
+        if uses_rollups(report, q):
+            rows = _from_rollups(conn, report, q)
+        else:
+            rows = [dict(r) for r in conn.execute(queries()[report], q.params()).mappings()]
     return [{k: rfc3339(v) if isinstance(v, datetime) else v for k, v in row.items()} for row in rows]
+
+
+def _from_rollups(conn: Connection, report: str, q: ReportQuery) -> list[dict[str, Any]]:
+    # One snapshot for the rollup state, the dirty marks, the rollups and the jobs: a refresh
+    # commits its rows and removes its marks together, so every hour is counted exactly once.
+    conn.execution_options(isolation_level="REPEATABLE READ")
+    # The histograms of a month of hours are merged in memory, not in temporary files.
+    conn.execute(sa.text("SET LOCAL work_mem = '64MB'"))
+    rolled_until = conn.execute(sa.text("SELECT rolled_until FROM job_rollup_state")).scalar_one()
+    dirty = set(conn.execute(
+        sa.text("SELECT DISTINCT hour FROM job_rollup_dirty WHERE hour >= :lo AND hour < :hi"),
+        {"lo": rollups.floor_hour(q.start), "hi": q.end},
+    ).scalars())
+    timeseries = report == "timeseries"
+    p = rollups.plan(q.start, q.end, rolled_until=rolled_until, dirty=dirty,
+                     days=not timeseries or q.bucket == "day")
+    params = {
+        **q.params(), "bucket": q.bucket if timeseries else None, "with_waits": not timeseries,
+        "days": p.days, "hours": p.hours,
+        "starts": [s for s, _ in p.live], "ends": [e for _, e in p.live],
+    }
+    rows = conn.execute(queries()["rollup"], params).mappings().all()
+    conn.rollback()  # end the read-only transaction (and SET LOCAL)
+    if timeseries:
+        return [{c: r[c] for c in TIMESERIES_COLUMNS} for r in sorted(rows, key=lambda r: (r["bucket"], r["key"]))]
+    return [{c: r[c] for c in SUMMARY_COLUMNS} for r in sorted(rows, key=lambda r: (-r["jobs"], r["key"]))]
 
 
 def _query_from_args(args: Any, *, owner: str | None) -> ReportQuery:

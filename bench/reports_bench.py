@@ -3,8 +3,9 @@
     python -m bench.reports_bench --jobs 1000000 --jobs 5000000 [--days 180] [--runs 5]
 
 Seeds a fresh database per size on the local server (`--database-url`), history spread over
-`--days` (so a window is a slice of it, as in production), then times each report (median of
-`--runs`, after one warm-up) and prints a table with the sizes side by side. Loopback only.
+`--days` (so a window is a slice of it, as in production) and ending now, rolls it up as the
+sweeper would (`api.rollups.refresh`), then times each report (median of `--runs`, after one
+warm-up) and prints a table with the sizes side by side. Loopback only.
 """
 
 from __future__ import annotations
@@ -17,38 +18,42 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
+from api import rollups
 from api.config import Config
 from api.db import create_engine
 from api.history import seed_history
 from api.reports import ReportQuery, run_report
 from bench.stack import DEFAULT_SERVER, fresh_database
 
-CASES = [
-    ("summary", {"group_by": "type"}),
-    ("timeseries", {"group_by": "queue"}),  # hourly buckets for 24 h, daily for 30 d
-    ("failures", {"group_by": "type"}),
-]
 WINDOWS = {"24h": timedelta(hours=24), "30d": timedelta(days=30)}
+# (label, report, window, parameters)
+CASES = [
+    ("summary by type", "summary", "24h", {"group_by": "type"}),
+    ("summary by type", "summary", "30d", {"group_by": "type"}),
+    ("timeseries hourly by queue", "timeseries", "24h", {"group_by": "queue", "bucket": "hour"}),
+    ("timeseries daily by queue", "timeseries", "30d", {"group_by": "queue", "bucket": "day"}),
+    ("timeseries hourly by queue", "timeseries", "30d", {"group_by": "queue", "bucket": "hour"}),
+    ("failures by type", "failures", "24h", {"group_by": "type"}),
+    ("failures by type", "failures", "30d", {"group_by": "type"}),
+]
 
 
 def measure(url: str, *, runs: int) -> dict[tuple[str, str], tuple[float, float, float]]:
-    """(report, window) → (median, min, max) milliseconds."""
+    """(label, window) → (median, min, max) milliseconds."""
     engine = create_engine(Config(), url=url, pool_size=1)
     out = {}
     try:
         with engine.connect() as conn:
             end = conn.execute(sa.text("SELECT now()")).scalar_one()
-        for report, kw in CASES:
-            for label, span in WINDOWS.items():
-                bucket = "hour" if label == "24h" else "day"
-                q = ReportQuery(start=end - span, end=end, bucket=bucket, **kw)
-                run_report(engine, report, q)  # warm-up
-                times = []
-                for _ in range(runs):
-                    t = time.perf_counter()
-                    run_report(engine, report, q)
-                    times.append((time.perf_counter() - t) * 1000)
-                out[(report, label)] = (statistics.median(times), min(times), max(times))
+        for label, report, window, kw in CASES:
+            q = ReportQuery(start=end - WINDOWS[window], end=end, **kw)
+            run_report(engine, report, q)  # warm-up
+            times = []
+            for _ in range(runs):
+                t = time.perf_counter()
+                run_report(engine, report, q)
+                times.append((time.perf_counter() - t) * 1000)
+            out[(label, window)] = (statistics.median(times), min(times), max(times))
     finally:
         engine.dispose()
     return out
@@ -68,23 +73,26 @@ def main(argv: list[str] | None = None) -> int:
         with fresh_database(args.database_url) as url:
             engine = create_engine(Config(), url=url, pool_size=1)
             seconds = seed_history(engine, jobs=n, days=args.days)
+            t = time.perf_counter()
+            rolled = rollups.refresh(engine)
+            refresh_s = time.perf_counter() - t
             with engine.connect() as conn:
                 per_day = n / args.days
                 attempts = conn.exec_driver_sql("SELECT count(*) FROM job_attempts").scalar_one()
             engine.dispose()
             print(f"seeded {n:,} jobs ({attempts:,} attempts, ~{per_day:,.0f}/day over {args.days:g} days) "
-                  f"in {seconds:.0f}s", flush=True)
+                  f"in {seconds:.0f}s; rolled up {rolled.hours:,} hours and {rolled.days} days in {refresh_s:.1f}s",
+                  flush=True)
             results[n] = measure(url, runs=args.runs)
-    header = f"{'report':<12}{'window':<8}" + "".join(f"{f'{n:,} jobs (ms)':>26}" for n in sizes)
+    header = f"{'report':<28}{'window':<8}" + "".join(f"{f'{n:,} jobs (ms)':>26}" for n in sizes)
     print(header)
     print("-" * len(header))
-    for report, _ in CASES:
-        for label in WINDOWS:
-            cells = []
-            for n in sizes:
-                med, lo, hi = results[n][(report, label)]
-                cells.append(f"{med:>10.1f} ({lo:.1f}–{hi:.1f})".rjust(26))
-            print(f"{report:<12}{label:<8}" + "".join(cells))
+    for label, _, window, _ in CASES:
+        cells = []
+        for n in sizes:
+            med, lo, hi = results[n][(label, window)]
+            cells.append(f"{med:>10.1f} ({lo:.1f}–{hi:.1f})".rjust(26))
+        print(f"{label:<28}{window:<8}" + "".join(cells))
     return 0
 
 

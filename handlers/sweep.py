@@ -1,4 +1,5 @@
-"""The sweeper: enqueue jobs whose enqueue was lost, and settle jobs whose task is gone.
+"""The sweeper: enqueue jobs whose enqueue was lost, settle jobs whose task is gone, and
+bring the reporting rollups up to date (api/rollups.py).
 
 Cloud Scheduler calls POST /handlers/sweep (authenticated like /handlers/run) every minute or
 so; `cloudjobs sweep` does the same from a shell. Its cost follows the number of live jobs,
@@ -17,7 +18,7 @@ from google.api_core import exceptions as gexc
 from sqlalchemy.engine import Row
 
 from api import jobs as jobs_service
-from api import store
+from api import rollups, store
 from api.routes import json_response
 from api.state import AppState, current_state
 from handlers.auth import require_task_caller
@@ -36,6 +37,7 @@ class SweepReport:
     failed: int = 0  # jobs whose task was gone with no attempts left
     cancelled: int = 0  # cancel-requested jobs nobody holds any more
     still_owned: int = 0  # checked, and Cloud Tasks still has their task
+    rollup_hours: int = 0  # hours of history rolled up (new or changed) for reports
 
 
 @bp.post("/sweep")
@@ -90,6 +92,7 @@ def sweep(state: AppState) -> SweepReport:
             report.failed += 1
     if requeue:
         jobs_service.enqueue(state, requeue)
+    report.rollup_hours = rollups.refresh(state.engine).hours
     if any(asdict(report).values()):
         logger.info("sweep", extra=asdict(report))
     return report

@@ -30,7 +30,7 @@ ORDER BY jobs DESC, key;
 
 -- name: timeseries
 -- Jobs created per bucket (minute, hour or day) and group: outcomes, retries and run time percentiles.
-SELECT date_trunc(:bucket, created_time) AS bucket,
+SELECT date_trunc(:bucket, created_time, 'UTC') AS bucket,
        CASE :group_by WHEN 'type' THEN type WHEN 'queue' THEN queue ELSE 'all' END AS key,
        count(*) AS jobs,
        count(*) FILTER (WHERE state = 'COMPLETED') AS completed,
@@ -49,18 +49,127 @@ ORDER BY 1, 2;
 
 -- name: failures
 -- Failed attempts that ended in the window, by group and error code, most frequent first, with the latest message.
-SELECT CASE :group_by WHEN 'type' THEN type WHEN 'queue' THEN queue ELSE 'all' END AS key,
-       error_code,
-       count(*) AS attempts,
-       count(DISTINCT job_id) AS jobs,
-       max(finished_time) AS last_seen,
-       (array_agg(error ->> 'message' ORDER BY finished_time DESC))[1] AS latest_message
-FROM job_attempts
-WHERE finished_time >= :from AND finished_time < :to
-  AND outcome <> 'COMPLETED' AND error_code IS NOT NULL
-  AND (CAST(:type AS text) IS NULL OR type = :type)
-  AND (CAST(:queue AS text) IS NULL OR queue = :queue)
-  AND (CAST(:owner AS text) IS NULL OR owner = :owner)
-GROUP BY 1, 2
-ORDER BY attempts DESC, key, error_code
-LIMIT :limit;
+-- The counting reads only job_attempts_failures_idx; the messages are fetched for the top rows alone.
+WITH f AS (
+    SELECT CASE :group_by WHEN 'type' THEN type WHEN 'queue' THEN queue ELSE 'all' END AS key,
+           error_code,
+           count(*) AS attempts,
+           count(DISTINCT job_id) AS jobs,
+           max(finished_time) AS last_seen
+    FROM job_attempts
+    WHERE finished_time >= :from AND finished_time < :to
+      AND outcome <> 'COMPLETED' AND error_code IS NOT NULL
+      AND (CAST(:type AS text) IS NULL OR type = :type)
+      AND (CAST(:queue AS text) IS NULL OR queue = :queue)
+      AND (CAST(:owner AS text) IS NULL OR owner = :owner)
+    GROUP BY 1, 2
+    ORDER BY attempts DESC, key, error_code
+    LIMIT :limit
+)
+SELECT f.key, f.error_code, f.attempts, f.jobs, f.last_seen,
+       (SELECT a.error ->> 'message'
+        FROM job_attempts a
+        WHERE a.finished_time = f.last_seen AND a.error_code = f.error_code
+          AND a.outcome <> 'COMPLETED'
+          AND CASE :group_by WHEN 'type' THEN a.type WHEN 'queue' THEN a.queue ELSE 'all' END = f.key
+          AND (CAST(:type AS text) IS NULL OR a.type = :type)
+          AND (CAST(:queue AS text) IS NULL OR a.queue = :queue)
+          AND (CAST(:owner AS text) IS NULL OR a.owner = :owner)
+        ORDER BY a.job_id, a.number DESC
+        LIMIT 1) AS latest_message
+FROM f
+ORDER BY f.attempts DESC, f.key, f.error_code;
+
+-- name: rollup
+-- Summary and timeseries over long windows: rolled-up days and hours from job_rollups, plus
+-- ranges of created_time read live from jobs, bucketed the same way (the bucket parameter is
+-- NULL for the summary). Counts are exact; percentiles are read from the merged histograms
+-- (nearest rank; the bucket's middle, within 4.4 percent).
+WITH r AS MATERIALIZED (
+    SELECT CASE WHEN CAST(:bucket AS text) IS NULL THEN timestamptz 'epoch' ELSE date_trunc(:bucket, period, 'UTC') END AS bucket,
+           CASE :group_by WHEN 'type' THEN type WHEN 'queue' THEN queue ELSE 'all' END AS key,
+           jobs, completed, failed, cancelled, active, retries, ran, retried,
+           wait_buckets, wait_counts, run_buckets, run_counts
+    FROM job_rollups
+    WHERE ((grain = 'day' AND period = ANY(CAST(:days AS timestamptz[])))
+           OR (grain = 'hour' AND period = ANY(CAST(:hours AS timestamptz[]))))
+      AND (CAST(:type AS text) IS NULL OR type = :type)
+      AND (CAST(:queue AS text) IS NULL OR queue = :queue)
+      AND (CAST(:owner AS text) IS NULL OR owner = :owner)
+),
+l AS MATERIALIZED (
+    SELECT CASE WHEN CAST(:bucket AS text) IS NULL THEN timestamptz 'epoch' ELSE date_trunc(:bucket, j.created_time, 'UTC') END AS bucket,
+           CASE :group_by WHEN 'type' THEN j.type WHEN 'queue' THEN j.queue ELSE 'all' END AS key,
+           j.state, j.attempts,
+           reporting.duration_bucket(extract(epoch FROM j.started_time - j.scheduled_time)::float8) AS wb,
+           reporting.duration_bucket(extract(epoch FROM j.done_time - j.started_time)::float8) AS rb
+    FROM unnest(CAST(:starts AS timestamptz[]), CAST(:ends AS timestamptz[])) AS x(s, e)
+    -- LATERAL: one index range scan per range, whatever the planner guesses of the ranges.
+    CROSS JOIN LATERAL (
+        SELECT * FROM jobs
+        WHERE jobs.created_time >= x.s AND jobs.created_time < x.e
+          AND (CAST(:type AS text) IS NULL OR type = :type)
+          AND (CAST(:queue AS text) IS NULL OR queue = :queue)
+          AND (CAST(:owner AS text) IS NULL OR owner = :owner)
+        OFFSET 0  -- kept a subquery: not flattened into a join the planner may scan whole
+    ) AS j
+),
+counts AS (
+    SELECT bucket, key, sum(jobs)::bigint AS jobs, sum(completed)::bigint AS completed,
+           sum(failed)::bigint AS failed, sum(cancelled)::bigint AS cancelled, sum(active)::bigint AS active,
+           sum(retries)::bigint AS retries, sum(ran)::bigint AS ran, sum(retried)::bigint AS retried
+    FROM (
+        SELECT bucket, key, jobs, completed, failed, cancelled, active, retries, ran, retried FROM r
+        UNION ALL
+        SELECT bucket, key, count(*),
+               count(*) FILTER (WHERE state = 'COMPLETED'),
+               count(*) FILTER (WHERE state = 'FAILED'),
+               count(*) FILTER (WHERE state = 'CANCELLED'),
+               count(*) FILTER (WHERE state IN ('CREATED', 'QUEUED', 'RUNNING')),
+               coalesce(sum(greatest(attempts - 1, 0)), 0),
+               count(*) FILTER (WHERE attempts > 0),
+               count(*) FILTER (WHERE attempts > 1)
+        FROM l GROUP BY 1, 2
+    ) AS c
+    GROUP BY 1, 2
+),
+-- metric 1: queue wait, 2: run time (the timeseries shows run times only: with_waits false).
+hist AS (
+    SELECT bucket, key, metric, b, sum(n) AS n
+    FROM (
+        SELECT bucket, key, 1 AS metric, u.b, u.n FROM r, unnest(r.wait_buckets, r.wait_counts) AS u(b, n)
+        WHERE CAST(:with_waits AS boolean)
+        UNION ALL
+        SELECT bucket, key, 2, u.b, u.n FROM r, unnest(r.run_buckets, r.run_counts) AS u(b, n)
+        UNION ALL
+        SELECT bucket, key, 1, wb, count(*) FROM l WHERE wb IS NOT NULL AND CAST(:with_waits AS boolean) GROUP BY 1, 2, 4
+        UNION ALL
+        SELECT bucket, key, 2, rb, count(*) FROM l WHERE rb IS NOT NULL GROUP BY 1, 2, 4
+    ) AS h
+    GROUP BY 1, 2, 3, 4
+),
+cum AS (
+    SELECT bucket, key, metric, b,
+           sum(n) OVER (PARTITION BY bucket, key, metric ORDER BY b) AS cum,
+           sum(n) OVER (PARTITION BY bucket, key, metric) AS total
+    FROM hist
+),
+pct AS (
+    SELECT bucket, key,
+           reporting.bucket_seconds(min(b) FILTER (WHERE metric = 1 AND cum >= 0.5 * total)) AS queue_wait_p50_s,
+           reporting.bucket_seconds(min(b) FILTER (WHERE metric = 1 AND cum >= 0.95 * total)) AS queue_wait_p95_s,
+           reporting.bucket_seconds(min(b) FILTER (WHERE metric = 1 AND cum >= 0.99 * total)) AS queue_wait_p99_s,
+           reporting.bucket_seconds(min(b) FILTER (WHERE metric = 2 AND cum >= 0.5 * total)) AS run_p50_s,
+           reporting.bucket_seconds(min(b) FILTER (WHERE metric = 2 AND cum >= 0.95 * total)) AS run_p95_s,
+           reporting.bucket_seconds(min(b) FILTER (WHERE metric = 2 AND cum >= 0.99 * total)) AS run_p99_s
+    FROM cum
+    WHERE cum >= 0.5 * total
+    GROUP BY 1, 2
+)
+SELECT c.bucket, c.key, c.jobs, c.completed, c.failed, c.cancelled, c.active,
+       c.completed::float8 / nullif(c.completed + c.failed + c.cancelled, 0) AS success_rate,
+       c.retries,
+       c.retried::float8 / nullif(c.ran, 0) AS retry_rate,
+       p.queue_wait_p50_s, p.queue_wait_p95_s, p.queue_wait_p99_s, p.run_p50_s, p.run_p95_s, p.run_p99_s
+FROM counts c
+LEFT JOIN pct p USING (bucket, key);

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from api import migrate
 from tests.conftest import ROOT
 
 
@@ -51,7 +52,7 @@ def test_migrate_brings_an_empty_database_to_head(server_url: str) -> None:
         assert proc.returncode == 0, proc.stderr
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         with engine.connect() as conn:
-            assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one() == "0004"
+            assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one() == migrate.head_revision()
             assert conn.exec_driver_sql("SELECT count(*) FROM reporting.job_history").scalar_one() == 0
         engine.dispose()
     finally:

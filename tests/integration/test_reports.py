@@ -203,11 +203,11 @@ def test_every_table_view_and_column_is_commented(db: Engine) -> None:
             SELECT c.relname || '.' || a.attname
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-            WHERE (n.nspname = 'reporting' OR (n.nspname = 'public' AND c.relname IN ('jobs', 'job_attempts', 'api_keys')))
+            WHERE (n.nspname = 'reporting' OR (n.nspname = 'public' AND c.relname IN ('jobs', 'job_attempts', 'api_keys', 'job_rollups', 'job_rollup_dirty', 'job_rollup_state')))
               AND c.relkind IN ('r', 'v') AND col_description(c.oid, a.attnum) IS NULL""").scalars().all()
         uncommented = conn.exec_driver_sql("""
             SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE (n.nspname = 'reporting' OR (n.nspname = 'public' AND c.relname IN ('jobs', 'job_attempts', 'api_keys')))
+            WHERE (n.nspname = 'reporting' OR (n.nspname = 'public' AND c.relname IN ('jobs', 'job_attempts', 'api_keys', 'job_rollups', 'job_rollup_dirty', 'job_rollup_state')))
               AND c.relkind IN ('r', 'v') AND obj_description(c.oid, 'pg_class') IS NULL""").scalars().all()
     assert missing == [] and uncommented == []
 
