@@ -87,7 +87,7 @@ ORDER BY f.attempts DESC, f.key, f.error_code;
 -- (nearest rank; the bucket's middle, within 4.4 percent).
 WITH r AS MATERIALIZED (
     SELECT CASE WHEN CAST(:bucket AS text) IS NULL THEN timestamptz 'epoch' ELSE date_trunc(:bucket, period, 'UTC') END AS bucket,
-           CASE :group_by WHEN 'type' THEN type WHEN 'queue' THEN queue ELSE 'all' END AS key,
+           CASE :group_by WHEN 'type' THEN type WHEN 'queue' THEN queue ELSE 'all' END COLLATE "C" AS key,
            jobs, completed, failed, cancelled, active, retries, ran, retried,
            wait_buckets, wait_counts, run_buckets, run_counts
     FROM job_rollups
@@ -99,7 +99,7 @@ WITH r AS MATERIALIZED (
 ),
 l AS MATERIALIZED (
     SELECT CASE WHEN CAST(:bucket AS text) IS NULL THEN timestamptz 'epoch' ELSE date_trunc(:bucket, j.created_time, 'UTC') END AS bucket,
-           CASE :group_by WHEN 'type' THEN j.type WHEN 'queue' THEN j.queue ELSE 'all' END AS key,
+           CASE :group_by WHEN 'type' THEN j.type WHEN 'queue' THEN j.queue ELSE 'all' END COLLATE "C" AS key,
            j.state, j.attempts,
            reporting.duration_bucket(extract(epoch FROM j.started_time - j.scheduled_time)::float8) AS wb,
            reporting.duration_bucket(extract(epoch FROM j.done_time - j.started_time)::float8) AS rb
@@ -135,7 +135,7 @@ counts AS (
 ),
 -- metric 1: queue wait, 2: run time (the timeseries shows run times only: with_waits false).
 hist AS (
-    SELECT bucket, key, metric, b, sum(n) AS n
+    SELECT bucket, key, metric, b, sum(n)::bigint AS n
     FROM (
         SELECT bucket, key, 1 AS metric, u.b, u.n FROM r, unnest(r.wait_buckets, r.wait_counts) AS u(b, n)
         WHERE CAST(:with_waits AS boolean)
@@ -148,22 +148,21 @@ hist AS (
     ) AS h
     GROUP BY 1, 2, 3, 4
 ),
-cum AS (
-    SELECT bucket, key, metric, b,
-           sum(n) OVER (PARTITION BY bucket, key, metric ORDER BY b) AS cum,
-           sum(n) OVER (PARTITION BY bucket, key, metric) AS total
-    FROM hist
-),
 pct AS (
+    SELECT bucket, key, metric,
+           reporting.histogram_percentiles(array_agg(b ORDER BY b), array_agg(n ORDER BY b), '{0.5,0.95,0.99}') AS p
+    FROM hist
+    GROUP BY 1, 2, 3
+),
+pivot AS (
     SELECT bucket, key,
-           reporting.bucket_seconds(min(b) FILTER (WHERE metric = 1 AND cum >= 0.5 * total)) AS queue_wait_p50_s,
-           reporting.bucket_seconds(min(b) FILTER (WHERE metric = 1 AND cum >= 0.95 * total)) AS queue_wait_p95_s,
-           reporting.bucket_seconds(min(b) FILTER (WHERE metric = 1 AND cum >= 0.99 * total)) AS queue_wait_p99_s,
-           reporting.bucket_seconds(min(b) FILTER (WHERE metric = 2 AND cum >= 0.5 * total)) AS run_p50_s,
-           reporting.bucket_seconds(min(b) FILTER (WHERE metric = 2 AND cum >= 0.95 * total)) AS run_p95_s,
-           reporting.bucket_seconds(min(b) FILTER (WHERE metric = 2 AND cum >= 0.99 * total)) AS run_p99_s
-    FROM cum
-    WHERE cum >= 0.5 * total
+           max(p[1]) FILTER (WHERE metric = 1) AS queue_wait_p50_s,
+           max(p[2]) FILTER (WHERE metric = 1) AS queue_wait_p95_s,
+           max(p[3]) FILTER (WHERE metric = 1) AS queue_wait_p99_s,
+           max(p[1]) FILTER (WHERE metric = 2) AS run_p50_s,
+           max(p[2]) FILTER (WHERE metric = 2) AS run_p95_s,
+           max(p[3]) FILTER (WHERE metric = 2) AS run_p99_s
+    FROM pct
     GROUP BY 1, 2
 )
 SELECT c.bucket, c.key, c.jobs, c.completed, c.failed, c.cancelled, c.active,
@@ -172,4 +171,4 @@ SELECT c.bucket, c.key, c.jobs, c.completed, c.failed, c.cancelled, c.active,
        c.retried::float8 / nullif(c.ran, 0) AS retry_rate,
        p.queue_wait_p50_s, p.queue_wait_p95_s, p.queue_wait_p99_s, p.run_p50_s, p.run_p95_s, p.run_p99_s
 FROM counts c
-LEFT JOIN pct p USING (bucket, key);
+LEFT JOIN pivot p USING (bucket, key);

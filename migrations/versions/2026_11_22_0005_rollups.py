@@ -85,6 +85,8 @@ COMMENTS = {
                                                  "middle; within 4.4% of every duration in it).",
     "FUNCTION reporting.histogram_percentile(integer[], bigint[], numeric)": "The p-th percentile (0 to 1) of a "
                                                                            "histogram, nearest rank, in seconds.",
+    "FUNCTION reporting.histogram_percentiles(integer[], bigint[], numeric[])":
+        "Several percentiles (ascending) of a histogram (buckets ascending), in one pass.",
 }
 
 
@@ -104,13 +106,39 @@ def upgrade() -> None:
             SELECT CASE WHEN bucket = 0 THEN 0 ELSE power(2, (bucket - 0.5) / 8) / 1000 END
         $$
     """)
+    # One pass over a histogram (buckets ascending) for several percentiles (ascending):
+    # nearest rank, the first bucket whose running count reaches p of the total.
+    op.execute("""
+        CREATE FUNCTION reporting.histogram_percentiles(buckets integer[], counts bigint[], ps numeric[])
+        RETURNS float8[] LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+        DECLARE
+            total bigint := 0;
+            running bigint := 0;
+            found float8[] := '{}';
+            n integer := coalesce(array_length(counts, 1), 0);
+            j integer := 1;
+        BEGIN
+            FOR i IN 1 .. n LOOP
+                total := total + counts[i];
+            END LOOP;
+            IF total = 0 THEN
+                RETURN NULL;
+            END IF;
+            FOR i IN 1 .. n LOOP
+                running := running + counts[i];
+                WHILE j <= array_length(ps, 1) AND running >= ps[j] * total LOOP
+                    found := found || reporting.bucket_seconds(buckets[i]);
+                    j := j + 1;
+                END LOOP;
+                EXIT WHEN j > array_length(ps, 1);
+            END LOOP;
+            RETURN found;
+        END $$
+    """)
     op.execute("""
         CREATE FUNCTION reporting.histogram_percentile(buckets integer[], counts bigint[], p numeric)
         RETURNS float8 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-            SELECT reporting.bucket_seconds(min(b))
-            FROM (SELECT b, sum(n) OVER (ORDER BY b) AS cum, sum(n) OVER () AS total
-                  FROM unnest(buckets, counts) AS h(b, n)) AS c
-            WHERE cum >= p * total
+            SELECT (reporting.histogram_percentiles(buckets, counts, ARRAY[p]))[1]
         $$
     """)
     op.execute("""
@@ -220,5 +248,6 @@ def downgrade() -> None:
     op.execute("DROP TABLE job_rollup_dirty")
     op.execute("DROP TABLE job_rollups")
     op.execute("DROP FUNCTION reporting.histogram_percentile(integer[], bigint[], numeric)")
+    op.execute("DROP FUNCTION reporting.histogram_percentiles(integer[], bigint[], numeric[])")
     op.execute("DROP FUNCTION reporting.bucket_seconds(integer)")
     op.execute("DROP FUNCTION reporting.duration_bucket(float8)")

@@ -199,3 +199,14 @@ def test_a_long_report_through_the_api(make_app: Callable[..., Flask], db: Engin
     assert resp.status_code == 200
     rows: list[dict[str, Any]] = resp.get_json()["rows"]
     assert {r["key"]: r["jobs"] for r in rows} == {"default": 3, "slow": 2}
+
+
+def test_histogram_percentiles_by_nearest_rank(db: Engine) -> None:
+    with db.connect() as conn:
+        got = conn.execute(sa.text(
+            "SELECT reporting.histogram_percentiles('{1,5,9}', '{1,1,2}', '{0.25,0.5,0.75,1}')")).scalar_one()
+        empty = conn.execute(sa.text("SELECT reporting.histogram_percentiles('{}', '{}', '{0.5}')")).scalar_one()
+        zero = conn.execute(sa.text("SELECT reporting.duration_bucket(0.0005), reporting.bucket_seconds(0)")).one()
+    # four values: ranks 1, 2, 3, 4 fall in buckets 1, 5, 9, 9
+    assert got == [pytest.approx(mid(1)), pytest.approx(mid(5)), pytest.approx(mid(9)), pytest.approx(mid(9))]
+    assert empty is None and tuple(zero) == (0, 0.0)
