@@ -85,7 +85,7 @@ ORDER BY f.attempts DESC, f.key, f.error_code;
 -- ranges of created_time read live from jobs, bucketed the same way (the bucket parameter is
 -- NULL for the summary). Counts are exact; percentiles are read from the merged histograms
 -- (nearest rank; the bucket's middle, within 4.4 percent).
-WITH r AS MATERIALIZED (
+WITH r AS NOT MATERIALIZED (
     SELECT CASE WHEN CAST(:bucket AS text) IS NULL THEN timestamptz 'epoch' ELSE date_trunc(:bucket, period, 'UTC') END AS bucket,
            CASE :group_by WHEN 'type' THEN type WHEN 'queue' THEN queue ELSE 'all' END COLLATE "C" AS key,
            jobs, completed, failed, cancelled, active, retries, ran, retried,
