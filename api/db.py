@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
+from api import pgfast
 from api.config import Config
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ def normalise_url(url: str) -> str:
 
 def create_engine(config: Config, *, url: str | None = None, pool_size: int | None = None) -> Engine:
     """An engine for the configured database (nothing connects until first use)."""
+    pgfast.install()  # pg8000: one round trip per statement, placeholders converted once
     common: dict[str, Any] = dict(
         # JSONB round trips without SQLAlchemy's extra encode/decode layers.
         json_serializer=_dumps,

@@ -12,6 +12,7 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from pydantic import ValidationError
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import DBAPIError
 
 from api import observability, store
 from api.errors import IdempotencyKeyReused, InvalidRequest, JobStateConflict, ValidationFailed
@@ -157,7 +158,10 @@ def create_job(
     """Insert and commit the job, then enqueue it; returns the job and whether it is new.
 
     Commit first, then enqueue: a task must never reach the handler before its row exists.
-    If the enqueue fails the job stays CREATED, durable, and the sweeper enqueues it later.
+    The row is inserted QUEUED, so a create costs one INSERT and one CreateTask. If the
+    enqueue fails, the job is put back to CREATED, durable, and the sweeper enqueues it
+    later; if the process dies in between, the sweeper finds a QUEUED job without a task
+    (docs/semantics.md).
     """
     new = new_job(state, req, idempotency_key=idempotency_key, owner=owner)
     with state.engine.begin() as conn:
@@ -280,9 +284,11 @@ TASK_BATCH = 100
 
 
 def enqueue(state: AppState, rows: list[Row[Any]]) -> list[Row[Any]]:
-    """Create each job's task, then mark the enqueued ones QUEUED; returns the rows as they are.
+    """Create each job's task; returns the rows as they are now.
 
-    One CreateTask per job, or one BatchCreateTasks per 100 jobs of a queue.
+    One CreateTask per job, or one BatchCreateTasks per 100 jobs of a queue. CREATED jobs
+    (the sweeper's, a retry's) are marked QUEUED once their task exists; QUEUED ones (new
+    jobs, inserted QUEUED) go back to CREATED if their task could not be created.
     """
     by_queue: dict[str, list[Row[Any]]] = {}
     for row in rows:
@@ -291,15 +297,28 @@ def enqueue(state: AppState, rows: list[Row[Any]]) -> list[Row[Any]]:
     for queue, group in by_queue.items():
         for i in range(0, len(group), TASK_BATCH):
             enqueued += _create_tasks(state, queue, group[i : i + TASK_BATCH])
-    if not enqueued:
+    done = set(enqueued)
+    to_mark = [r.id for r in rows if r.state == "CREATED" and r.id in done]
+    to_revert = [r for r in rows if r.state == "QUEUED" and r.id not in done]
+    if not to_mark and not to_revert:
         return rows
-    with state.engine.begin() as conn:
-        moved = {r.id: r for r in store.mark_queued(conn, enqueued)}
-        # A job the handler already claimed moved on from CREATED; read it as it is now.
-        for job_id in set(enqueued) - set(moved):
-            current = store.get_job(conn, job_id)
-            if current is not None:
-                moved[job_id] = current
+    moved: dict[uuid.UUID, Row[Any]] = {}
+    try:
+        with state.engine.begin() as conn:
+            if to_mark:
+                moved.update((r.id, r) for r in store.mark_queued(conn, to_mark))
+                # A job the handler already claimed moved on from CREATED; read it as it is now.
+                for job_id in set(to_mark) - set(moved):
+                    current = store.get_job(conn, job_id)
+                    if current is not None:
+                        moved[job_id] = current
+            if to_revert:
+                moved.update((r.id, r) for r in store.mark_not_enqueued(conn, to_revert))
+    except DBAPIError as e:
+        if not to_revert:
+            raise
+        # Still not lost: a QUEUED job without a task is found by the sweeper.
+        logger.warning("could not mark unenqueued jobs CREATED", extra={"error": type(e).__name__})
     return [moved.get(r.id, r) for r in rows]
 
 

@@ -66,12 +66,12 @@ class Finish:
     delivery: Delivery = Delivery()
 
 
-def _row_values(job: NewJob) -> dict[str, Any]:
+def _row_values(job: NewJob, state: str) -> dict[str, Any]:
     values: dict[str, Any] = {
         "id": job.id,
         "type": job.type,
         "queue": job.queue,
-        "state": "CREATED",
+        "state": state,
         "payload": job.payload,
         "max_attempts": job.max_attempts,
         "timeout_s": job.timeout_s,
@@ -86,11 +86,11 @@ def _row_values(job: NewJob) -> dict[str, Any]:
     return values
 
 
-def insert_job(conn: Connection, job: NewJob) -> Row[Any] | None:
-    """Insert a CREATED job; None when its idempotency key is already taken."""
+def insert_job(conn: Connection, job: NewJob, *, state: str = "QUEUED") -> Row[Any] | None:
+    """Insert a job (QUEUED: its task is created next); None when its idempotency key is taken."""
     stmt = (
         pg_insert(jobs)
-        .values(_row_values(job))
+        .values(_row_values(job, state))
         .on_conflict_do_nothing(
             index_elements=[sa.func.coalesce(jobs.c.owner, ""), jobs.c.idempotency_key],
             index_where=jobs.c.idempotency_key.isnot(None),
@@ -106,6 +106,22 @@ def job_by_idempotency_key(conn: Connection, key: str, *, owner: str | None) -> 
         sa.func.coalesce(jobs.c.owner, "") == (owner or ""), jobs.c.idempotency_key == key
     )
     return conn.execute(stmt).first()
+
+
+def mark_not_enqueued(conn: Connection, rows: Sequence[Row[Any]]) -> list[Row[Any]]:
+    """QUEUED → CREATED for jobs whose task could not be created, so the sweeper sends it.
+
+    Only while the job is still QUEUED under that task (a delivery may have claimed it: the
+    task existed after all)."""
+    stmt = sa.text(
+        """
+        UPDATE jobs SET state = 'CREATED', updated_time = now()
+        WHERE id = ANY(CAST(:ids AS uuid[])) AND state = 'QUEUED'
+          AND task_name = ANY(CAST(:names AS text[]))
+        RETURNING *
+        """
+    ).columns(*jobs.c)
+    return list(conn.execute(stmt, {"ids": [r.id for r in rows], "names": [r.task_name for r in rows]}))
 
 
 def mark_queued(conn: Connection, job_ids: Sequence[uuid.UUID]) -> list[Row[Any]]:
@@ -259,10 +275,10 @@ def cancel_requested(conn: Connection, job_id: uuid.UUID) -> bool:
     return bool(value)
 
 
-def insert_jobs(conn: Connection, new: Sequence[NewJob]) -> list[Row[Any]]:
-    """Insert CREATED jobs in one statement (insertmanyvalues), in the order given."""
+def insert_jobs(conn: Connection, new: Sequence[NewJob], *, state: str = "QUEUED") -> list[Row[Any]]:
+    """Insert jobs in one statement (insertmanyvalues), in the order given."""
     stmt = pg_insert(jobs).returning(*jobs.c, sort_by_parameter_order=True)
-    return list(conn.execute(stmt, [_row_values(j) for j in new]))
+    return list(conn.execute(stmt, [_row_values(j, state) for j in new]))
 
 
 def request_cancel(conn: Connection, job_id: uuid.UUID, *, owner: str | None = None) -> Row[Any] | None:

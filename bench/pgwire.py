@@ -2,9 +2,11 @@
 
 Counting at the wire sees what a SQLAlchemy event would miss: the pool's pre-ping, pg8000's
 implicit BEGIN, COMMIT and ROLLBACK, and how many times the driver waits for the server
-per statement. A round trip is one message the client must wait for the server to answer:
-a simple `Query` ('Q'), or a `Sync` ('S') closing an extended-protocol exchange. Statements
-are counted from `Query` and `Parse` ('P') texts and sorted into kinds.
+per statement. A round trip is one burst of client data that ends in a message the client
+must wait for the server to answer: a simple `Query` ('Q'), or a `Sync` ('S') closing an
+extended-protocol exchange. Messages pipelined in one write (a BEGIN sent in front of a
+statement, say) make one round trip, counted for the last of them. Statements are counted
+from `Query` and `Parse` ('P') texts and sorted into kinds.
 
 Used for one-off instrumented runs only: the proxy adds latency, so nothing timed goes
 through it. Listens on loopback.
@@ -83,9 +85,19 @@ class _Parser:
         self.counts = counts
         self.lock = lock
         self.kind = "other"  # of the statement the next Sync belongs to
+        self.waits_for: str | None = None  # the kind of the last Query or Sync of this burst
 
     def feed(self, data: bytes) -> None:
         self.buf += data
+        self._read_messages()
+        if self.waits_for is not None and not self.buf:
+            # The burst ended: the client now waits for the server, once.
+            with self.lock:
+                self.counts.round_trips += 1
+                self.counts.trips[self.waits_for] += 1
+            self.waits_for = None
+
+    def _read_messages(self) -> None:
         while True:
             if not self.started:
                 if len(self.buf) < 8:
@@ -112,12 +124,10 @@ class _Parser:
         with self.lock:
             if tag == "Q":
                 kind = kind_of(body.rstrip(b"\0").decode(errors="replace"))
-                self.counts.round_trips += 1
                 self.counts.kinds[kind] += 1
-                self.counts.trips[kind] += 1
+                self.waits_for = kind
             elif tag == "S":
-                self.counts.round_trips += 1
-                self.counts.trips[self.kind] += 1
+                self.waits_for = self.kind
             elif tag == "P":
                 _name, _, rest = body.partition(b"\0")
                 sql, _, _ = rest.partition(b"\0")

@@ -22,9 +22,9 @@ def new_job(**kw: Any) -> NewJob:
     return NewJob(**values)
 
 
-def insert(db: Engine, **kw: Any) -> Any:
+def insert(db: Engine, state: str = "CREATED", **kw: Any) -> Any:
     with db.begin() as conn:
-        return store.insert_job(conn, new_job(**kw))
+        return store.insert_job(conn, new_job(**kw), state=state)
 
 
 def claim(db: Engine, *ids: uuid.UUID) -> list[Any]:
@@ -47,11 +47,23 @@ def attempts(db: Engine, job_id: uuid.UUID) -> list[Any]:
         return store.list_attempts(conn, job_id)
 
 
-def test_insert_creates_a_created_job(db: Engine) -> None:
+def test_insert_creates_a_queued_job_unless_told_otherwise(db: Engine) -> None:
+    with db.begin() as conn:
+        assert store.insert_job(conn, new_job()).state == "QUEUED"  # its task is created next
     row = insert(db)
     assert row.state == "CREATED" and row.attempts == 0
     assert row.created_time.tzinfo is not None
     assert row.payload == {"n": 1} and row.labels == {"team": "a"}
+
+
+def test_a_job_whose_task_could_not_be_created_goes_back_to_created(db: Engine) -> None:
+    a, b, c = insert(db, state="QUEUED"), insert(db, state="QUEUED"), insert(db, state="QUEUED")
+    claim(db, b.id)  # its task existed after all: a delivery claimed it
+    with db.begin() as conn:
+        conn.execute(sa.text("UPDATE jobs SET task_name = 'later-run' WHERE id = :id"), {"id": c.id})
+        moved = store.mark_not_enqueued(conn, [a, b, c])
+    assert [(r.id, r.state) for r in moved] == [(a.id, "CREATED")]  # c is in another run now
+    assert get(db, b.id).state == "RUNNING" and get(db, c.id).state == "QUEUED"
 
 
 def test_idempotency_key_insert_returns_none_for_a_taken_key(db: Engine) -> None:

@@ -1,0 +1,158 @@
+"""Three fixes to pg8000's statement path; `install()` applies them once (api.db calls it).
+
+pg8000 1.31 spends, for every transaction, a round trip on its own for `BEGIN`: here the
+BEGIN is held back and sent in front of the transaction's first statement, in the same
+write (and the replies of both read in order). And for every statement:
+
+1. a character-by-character scan of the SQL text to convert its placeholders
+   (`convert_paramstyle`, ~0.6 ms for the INSERT of a job). The result depends only on the
+   text, and SQLAlchemy sends the same few texts again and again: it is cached here.
+2. three round trips: Parse + Sync, then Describe + Sync, then Bind + Execute + Sync, each
+   waited for. PostgreSQL's extended protocol takes them pipelined, Parse, Bind, Describe
+   (the portal), Execute and one Sync, answered in one go: one round trip. COMMIT and
+   ROLLBACK go the same way in pg8000, so they too drop from three round trips to one.
+
+Behaviour is unchanged: the same messages (minus two Syncs and the Flushes), the same
+parameter conversion, the same handling of the replies; an error in any step still skips
+to the Sync and raises. COPY (a `stream`) keeps pg8000's own path. docs/benchmarks.md has
+the effect; tests/integration/test_pgfast.py checks round trips and results.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import pg8000.core
+import pg8000.dbapi
+import pg8000.legacy
+from pg8000.converters import make_params
+
+_installed = False
+_original_convert = pg8000.dbapi.convert_paramstyle
+_original_execute_unnamed = pg8000.core.CoreConnection.execute_unnamed
+
+
+@functools.lru_cache(maxsize=2048)
+def _converted(style: str, query: str) -> str:
+    text, _ = _original_convert(style, query, ())
+    return text
+
+
+def convert_paramstyle(style: str, query: str, args: Any) -> tuple[str, Any]:
+    """pg8000's convert_paramstyle, with the scan of the text cached for positional styles.
+
+    SQLAlchemy uses "format" (%s); the arguments of positional styles pass through as they
+    are, so only the text needs converting. Named styles keep pg8000's own function.
+    """
+    if style in ("format", "qmark", "numeric"):
+        return _converted(style, query), args
+    return _original_convert(style, query, args)
+
+
+_BEGIN = "begin transaction"  # what pg8000's cursors send when a transaction starts
+_original_execute_simple = pg8000.core.CoreConnection.execute_simple
+_PASS_THROUGH = ("execute_named", "prepare_statement", "close_prepared_statement")
+_original_methods = {name: getattr(pg8000.core.CoreConnection, name) for name in _PASS_THROUGH}
+
+
+def _queue_begin(self: Any) -> None:
+    """Write the held-back BEGIN (not flushed): the caller's next flush sends it along."""
+    self._send_message(pg8000.core.QUERY, _BEGIN.encode(self._client_encoding) + pg8000.core.NULL_BYTE)
+
+
+def _read_begin(self: Any) -> None:
+    """Read BEGIN's reply (up to its ReadyForQuery) before the statement's own."""
+    self.handle_messages(pg8000.core.Context(_BEGIN))
+
+
+def _take_pending_begin(self: Any) -> bool:
+    pending = getattr(self, "_pgfast_begin", False)
+    self._pgfast_begin = False
+    return pending
+
+
+def _execute_simple(self: Any, statement: str) -> Any:
+    if statement == _BEGIN and not getattr(self, "_pgfast_begin", False):
+        # Held back; the connection counts as in a transaction from now on, as it would.
+        self._pgfast_begin = True
+        self._transaction_status = pg8000.core.IN_TRANSACTION
+        return pg8000.core.Context(statement)
+    if not _take_pending_begin(self):
+        return _original_execute_simple(self, statement)
+    context = pg8000.core.Context(statement)
+    _queue_begin(self)
+    self.send_QUERY(statement)
+    pg8000.core._flush(self._sock)
+    _read_begin(self)
+    self.handle_messages(context)
+    return context
+
+
+def _flush_pending_begin(self: Any) -> None:
+    if _take_pending_begin(self):
+        _queue_begin(self)
+        pg8000.core._flush(self._sock)
+        _read_begin(self)
+
+
+def _passing_through(name: str) -> Any:
+    original = _original_methods[name]
+
+    @functools.wraps(original)
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        _flush_pending_begin(self)  # paths not rewritten here send the BEGIN on its own first
+        return original(self, *args, **kwargs)
+
+    return method
+
+
+def _execute_unnamed(self: Any, statement: str, vals: Any = (), oids: Any = (), stream: Any = None) -> Any:
+    if stream is not None:
+        _flush_pending_begin(self)
+        return _original_execute_unnamed(self, statement, vals=vals, oids=oids, stream=stream)
+    context = pg8000.core.Context(statement, stream=None)
+    # Converted before anything is sent, so a value that cannot be sent leaves the wire clean.
+    params = make_params(self.py_types, vals)
+    begin = _take_pending_begin(self)
+    if begin:
+        _queue_begin(self)
+    enc = self._client_encoding
+    parse = bytearray(pg8000.core.NULL_BYTE)
+    parse.extend(statement.encode(enc) + pg8000.core.NULL_BYTE)
+    parse.extend(pg8000.core.H_pack(len(oids)))
+    for oid in oids:
+        parse.extend(pg8000.core.i_pack(0 if oid == -1 else oid))
+    bind = bytearray(pg8000.core.NULL_BYTE * 2 + pg8000.core.H_pack(0) + pg8000.core.H_pack(len(params)))
+    for value in params:
+        if value is None:
+            bind.extend(pg8000.core.i_pack(-1))
+        else:
+            val = value.encode(enc)
+            bind.extend(pg8000.core.i_pack(len(val)))
+            bind.extend(val)
+    bind.extend(pg8000.core.H_pack(0))
+    self._send_message(pg8000.core.PARSE, parse)
+    self._send_message(pg8000.core.BIND, bind)
+    self._send_message(pg8000.core.DESCRIBE, pg8000.core.PORTAL + pg8000.core.NULL_BYTE)
+    pg8000.core._write(self._sock, pg8000.core.EXECUTE_MSG)
+    pg8000.core._write(self._sock, pg8000.core.SYNC_MSG)
+    pg8000.core._flush(self._sock)
+    if begin:
+        _read_begin(self)
+    self.handle_messages(context)
+    return context
+
+
+def install() -> None:
+    """Patch pg8000 (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    pg8000.dbapi.convert_paramstyle = convert_paramstyle
+    pg8000.legacy.convert_paramstyle = convert_paramstyle
+    pg8000.core.CoreConnection.execute_unnamed = _execute_unnamed
+    pg8000.core.CoreConnection.execute_simple = _execute_simple
+    for name in _PASS_THROUGH:
+        setattr(pg8000.core.CoreConnection, name, _passing_through(name))
+    _installed = True

@@ -1,0 +1,97 @@
+"""pg8000 with api/pgfast.py: one round trip per statement, same results, same errors."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from api import pgfast
+from api.config import Config
+from api.db import create_engine
+from bench.pgwire import CountingProxy, counting
+
+
+@pytest.fixture
+def proxied(migrated_url: str) -> Iterator[tuple[Engine, CountingProxy]]:
+    u = make_url(migrated_url)
+    with CountingProxy(u.host or "127.0.0.1", u.port or 5432) as proxy:
+        engine = create_engine(Config(), url=u.set(host="127.0.0.1", port=proxy.port).render_as_string(False),
+                               pool_size=1)
+        with engine.connect() as conn:  # connect outside the counted blocks
+            conn.execute(sa.text("SELECT 1"))
+        yield engine, proxy
+        engine.dispose()
+
+
+def test_a_statement_is_one_round_trip_and_so_is_commit(proxied: tuple[Engine, CountingProxy]) -> None:
+    engine, proxy = proxied
+    with counting(proxy) as c, engine.begin() as conn:
+        value = conn.execute(sa.text("SELECT CAST(:x AS int) + 1"), {"x": 41}).scalar_one()
+        conn.execute(sa.text("SELECT CAST(:x AS text)"), {"x": "two"})
+    assert value == 42
+    # the pool's ping (with pg8000's BEGIN sent in the same write), two statements, COMMIT
+    assert c.trips == {"ping": 1, "select": 2, "commit": 1}, c.trips
+    assert c.kinds["begin"] == 1 and c.round_trips == 4
+
+
+def test_a_failed_transaction_rolls_back_and_begins_anew(proxied: tuple[Engine, CountingProxy]) -> None:
+    engine, _ = proxied
+    with engine.connect() as conn:
+        conn.execute(sa.text("CREATE TEMP TABLE t (x int PRIMARY KEY)"))
+        conn.execute(sa.text("INSERT INTO t VALUES (1)"))
+        conn.commit()
+        with pytest.raises(sa.exc.IntegrityError):
+            conn.execute(sa.text("INSERT INTO t VALUES (:x)"), {"x": 1})
+        conn.rollback()
+        conn.execute(sa.text("INSERT INTO t VALUES (:x)"), {"x": 2})
+        conn.rollback()  # the held-back BEGIN really began a transaction: 2 is gone
+        assert conn.execute(sa.text("SELECT array_agg(x ORDER BY x) FROM t")).scalar_one() == [1]
+        conn.rollback()
+        # autocommit: no BEGIN at all
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.execute(sa.text("INSERT INTO t VALUES (3)"))
+        assert conn.execute(sa.text("SELECT count(*) FROM t")).scalar_one() == 2
+
+
+def test_results_types_and_rowcounts_are_unchanged(db: Engine) -> None:
+    jid, now = uuid.uuid4(), datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    with db.begin() as conn:
+        conn.execute(sa.text("""
+            INSERT INTO jobs (id, type, queue, state, payload, max_attempts, timeout_s, task_name, created_time,
+                              scheduled_time, updated_time, labels)
+            VALUES (:id, 'echo', 'default', 'QUEUED', CAST(:p AS jsonb), 3, 60, 't', :t, :t, :t, '{}')"""),
+            {"id": jid, "p": '{"a": [1, "x", null]}', "t": now})
+        row = conn.execute(sa.text("SELECT id, payload, created_time, result, '100%' AS pct FROM jobs WHERE id = :id"),
+                           {"id": jid}).one()
+        updated = conn.execute(sa.text("UPDATE jobs SET state = 'RUNNING' WHERE id = :id"), {"id": jid}).rowcount
+        none = conn.execute(sa.text("UPDATE jobs SET state = 'RUNNING' WHERE id = :id"), {"id": uuid.uuid4()}).rowcount
+    assert row.id == jid and row.payload == {"a": [1, "x", None]} and row.created_time == now
+    assert row.result is None and row.pct == "100%"
+    assert (updated, none) == (1, 0)
+
+
+def test_an_error_raises_and_the_connection_goes_on(db: Engine) -> None:
+    with db.connect() as conn:
+        with pytest.raises(sa.exc.ProgrammingError, match="no_such_table"):
+            conn.execute(sa.text("SELECT * FROM no_such_table WHERE x = :x"), {"x": 1})
+        conn.rollback()
+        with pytest.raises(sa.exc.DBAPIError, match="invalid input syntax"):
+            conn.execute(sa.text("SELECT CAST(:x AS int)"), {"x": "not a number"})
+        conn.rollback()
+        assert conn.execute(sa.text("SELECT CAST(:x AS int) * 2"), {"x": 21}).scalar_one() == 42
+
+
+def test_placeholders_are_converted_once_per_text() -> None:
+    pgfast._converted.cache_clear()
+    sql = "SELECT %s, '%%s', $1 -- %s\n, %s"
+    first = pgfast.convert_paramstyle("format", sql, (1, 2))
+    again = pgfast.convert_paramstyle("format", sql, (3, 4))
+    assert first == (pgfast._original_convert("format", sql, (1, 2))[0], (1, 2))
+    assert again[1] == (3, 4) and pgfast._converted.cache_info().hits == 1
+    # named styles keep pg8000's own conversion
+    assert pgfast.convert_paramstyle("named", "SELECT :a, :b, :a", {"a": 1, "b": 2}) == ("SELECT $1, $2, $1", (1, 2))
