@@ -158,7 +158,7 @@ def certs_app(key: SigningKey) -> web.Application:
     """The aiohttp app serving the public keys in Google's v1 (PEM) and v3 (JWKS) formats."""
     v1 = json.dumps(key.certs_v1())
     v3 = json.dumps(key.certs_v3())
-    # google-auth's CacheControl-wrapped session honours this, as with Google's endpoint.
+    # api/auth.py keeps the certs for this long, as it does with Google's endpoint.
     cache = {"Cache-Control": "public, max-age=3600"}
 
     async def get_v1(request: web.Request) -> web.Response:
