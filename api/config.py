@@ -32,7 +32,7 @@ class Config:
     db_password: str | None = None
     db_name: str = "postgres"
     db_iam_auth: bool = False
-    db_pool_size: int = 5
+    db_pool_size: int = 8
     db_max_overflow: int = 5
 
     # Cloud Tasks
@@ -134,7 +134,9 @@ class Config:
             db_password=e.get("DB_PASS") or None,
             db_name=e.get("DB_NAME", "postgres"),
             db_iam_auth=_flag(e.get("DB_IAM_AUTH")),
-            db_pool_size=int(e.get("DB_POOL_SIZE", "5")),
+            # One connection per gunicorn thread: fewer and threads queue for the pool's
+            # overflow, whose connections are closed on return and made anew (issue #7).
+            db_pool_size=int(e.get("DB_POOL_SIZE", e.get("GUNICORN_THREADS", "8"))),
             db_max_overflow=int(e.get("DB_MAX_OVERFLOW", "5")),
             project=project,
             location=e.get("CLOUD_TASKS_LOCATION", "us-central1"),

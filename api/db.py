@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import socket
 import threading
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,9 +33,10 @@ def create_engine(config: Config, *, url: str | None = None, pool_size: int | No
     common: dict[str, Any] = dict(
         # JSONB round trips without SQLAlchemy's extra encode/decode layers.
         json_serializer=_dumps,
-        # Connections die on Cloud SQL maintenance and on idle timeouts of proxies; a cheap
-        # ping on checkout turns that into a reconnect instead of a failed request.
-        pool_pre_ping=True,
+        # Connections die on Cloud SQL maintenance and on idle timeouts of proxies: a
+        # connection that sat idle is pinged on checkout (see _ping_if_idle), so that turns
+        # into a reconnect instead of a failed request. One in steady use is not.
+        pool_pre_ping=False,
         # Enough for a gunicorn worker's threads; more only holds Cloud SQL connections idle.
         pool_size=pool_size if pool_size is not None else config.db_pool_size,
         # A burst may borrow a few more; Cloud SQL's connection limit is shared by instances.
@@ -53,7 +56,31 @@ def create_engine(config: Config, *, url: str | None = None, pool_size: int | No
     else:
         raise ValueError("no database configured")
     sa.event.listen(engine, "connect", _on_connect)
+    sa.event.listen(engine, "checkin", _on_checkin)
+    sa.event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine.dialect))
     return engine
+
+
+# A connection idle longer than this is pinged before use. Under load connections go back to
+# work within milliseconds, and a ping per checkout was a round trip per request (issue #7).
+PING_AFTER_IDLE_S = 5.0
+
+
+def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+    record.info["cloudjobs_idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(dialect: Any, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    idle_since = record.info.get("cloudjobs_idle_since")
+    if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
+        return  # new, or back from work a moment ago
+    try:
+        dialect.do_ping(dbapi_connection)
+    except Exception as e:
+        if dialect.is_disconnect(e, dbapi_connection, None):
+            # The pool drops this connection and checks out (or makes) another.
+            raise sa.exc.DisconnectionError() from e
+        raise
 
 
 def _dumps(value: Any) -> str:

@@ -34,9 +34,29 @@ def test_a_statement_is_one_round_trip_and_so_is_commit(proxied: tuple[Engine, C
         value = conn.execute(sa.text("SELECT CAST(:x AS int) + 1"), {"x": 41}).scalar_one()
         conn.execute(sa.text("SELECT CAST(:x AS text)"), {"x": "two"})
     assert value == 42
-    # the pool's ping (with pg8000's BEGIN sent in the same write), two statements, COMMIT
-    assert c.trips == {"ping": 1, "select": 2, "commit": 1}, c.trips
-    assert c.kinds["begin"] == 1 and c.round_trips == 4
+    # two statements (pg8000's BEGIN sent in the same write as the first) and COMMIT; no
+    # ping: the connection was back in the pool a moment ago
+    assert c.trips == {"select": 2, "commit": 1}, c.trips
+    assert c.kinds["begin"] == 1 and c.round_trips == 3
+
+
+def test_an_idle_connection_is_pinged_and_a_dead_one_replaced(
+    proxied: tuple[Engine, CountingProxy], monkeypatch: pytest.MonkeyPatch, db: Engine
+) -> None:
+    from api import db as api_db
+
+    engine, proxy = proxied
+    with engine.connect() as conn:
+        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    monkeypatch.setattr(api_db, "PING_AFTER_IDLE_S", 0.0)  # every connection counts as idle
+    with counting(proxy) as c, engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1 + 1"))
+    assert c.trips["ping"] == 1
+    with db.connect() as other:  # the server drops the pooled connection (a failover, say)
+        other.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+    with counting(proxy) as c, engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() != pid
+    assert c.connections == 1  # the ping failed, the pool connected anew
 
 
 def test_a_failed_transaction_rolls_back_and_begins_anew(proxied: tuple[Engine, CountingProxy]) -> None:

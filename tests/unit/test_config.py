@@ -56,3 +56,10 @@ def test_pgserver_uri_becomes_a_pg8000_socket_url() -> None:
     assert pg8000_url("postgresql://postgres:@/postgres?host=/tmp/x") == (
         "postgresql+pg8000://postgres@/postgres?unix_sock=/tmp/x/.s.PGSQL.5432"
     )
+
+
+def test_the_pool_has_a_connection_per_gunicorn_thread() -> None:
+    base = {"DATABASE_URL": "postgresql://x@h/db", "HANDLER_AUTH": "none"}
+    assert Config.from_env(base).db_pool_size == 8
+    assert Config.from_env({**base, "GUNICORN_THREADS": "16"}).db_pool_size == 16
+    assert Config.from_env({**base, "GUNICORN_THREADS": "16", "DB_POOL_SIZE": "3"}).db_pool_size == 3
