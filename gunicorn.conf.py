@@ -5,7 +5,7 @@ import os
 bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
 # Threads serve many concurrent Cloud Tasks callbacks and pollers per process; job
 # functions mostly wait on I/O. One worker per vCPU.
-worker_class = "gthread"
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
 workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 1))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 # A job runs inside its request: the timeout must outlast the longest dispatch deadline.
@@ -26,3 +26,11 @@ logconfig_dict = {
         "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
     },
 }
+
+
+def post_worker_init(worker):  # noqa: ANN001, ANN201 (gunicorn's hook signature)
+    """Under gevent workers (GUNICORN_WORKER_CLASS=gevent), make gRPC cooperative too."""
+    if worker_class == "gevent":
+        import grpc.experimental.gevent
+
+        grpc.experimental.gevent.init_gevent()

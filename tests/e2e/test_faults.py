@@ -95,8 +95,11 @@ class FaultStack:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                job = self.get(f"/v1/jobs/{job_id}").json()
-                if predicate(job):
+                resp = self.get(f"/v1/jobs/{job_id}")
+                job = resp.json()
+                # Right after PostgreSQL comes back, the first request on a connection the
+                # outage killed is a 503 (the pool then reconnects): not the job yet.
+                if resp.status_code == 200 and predicate(job):
                     return job
             except (requests.ConnectionError, ValueError):
                 job = None
