@@ -43,28 +43,33 @@ def build_task(
     schedule_time: datetime | None = None,
     headers: dict[str, str] | None = None,
 ) -> tasks_v2.Task:
-    """The HTTP task that makes Cloud Tasks call POST /handlers/run for one job."""
-    http: dict[str, Any] = {
-        "http_method": tasks_v2.HttpMethod.POST,
-        "url": f"{config.handler_base_url}/handlers/run",
-        "headers": {"Content-Type": "application/json", **(headers or {})},
-        "body": json.dumps({"job_id": str(job_id)}).encode(),
-    }
+    """The HTTP task that makes Cloud Tasks call POST /handlers/run for one job.
+
+    Built as the raw protobuf and wrapped (no copy): proto-plus's keyword constructors cost
+    ~90 µs a task, a tenth of a batchCreate of 500 (issue #7)."""
+    pb = _TASK_PB(
+        name=task_name,
+        http_request=_HTTP_REQUEST_PB(
+            http_method=_POST,
+            url=f"{config.handler_base_url}/handlers/run",
+            headers={"Content-Type": "application/json", **(headers or {})},
+            body=b'{"job_id": "' + str(job_id).encode() + b'"}',
+        ),
+    )
     if config.tasks_service_account:
-        http["oidc_token"] = tasks_v2.OidcToken(
-            service_account_email=config.tasks_service_account, audience=config.audience
-        )
+        pb.http_request.oidc_token.service_account_email = config.tasks_service_account
+        pb.http_request.oidc_token.audience = config.audience
     # The queue's deadline bounds a job's timeout; a little headroom lets the handler record
     # a timed-out attempt before Cloud Tasks gives up on the request.
-    deadline = min(max(timeout_s + 15, 15), spec.dispatch_deadline, 1800)
-    task: dict[str, Any] = {
-        "name": task_name,
-        "http_request": tasks_v2.HttpRequest(**http),
-        "dispatch_deadline": timedelta(seconds=deadline),
-    }
+    pb.dispatch_deadline.FromTimedelta(timedelta(seconds=min(max(timeout_s + 15, 15), spec.dispatch_deadline, 1800)))
     if schedule_time is not None:
-        task["schedule_time"] = schedule_time
-    return tasks_v2.Task(**task)
+        pb.schedule_time.FromDatetime(schedule_time)
+    return tasks_v2.Task.wrap(pb)
+
+
+_TASK_PB = tasks_v2.Task.pb()
+_HTTP_REQUEST_PB = tasks_v2.HttpRequest.pb()
+_POST = tasks_v2.HttpMethod.POST.value
 
 
 def build_queue(config: Config, spec: QueueSpec) -> tasks_v2.Queue:
@@ -116,10 +121,11 @@ class TasksClient:
     def batch_create_tasks(self, tasks: list[tasks_v2.Task], *, queue: str, timeout: float = 30.0) -> None:
         """Create up to 100 tasks of one queue in one call (all or nothing)."""
         parent = queue_path(self._config, queue)
+        request = tasks_v2.BatchCreateTasksRequest.pb()(parent=parent)
+        for t in tasks:  # raw protobuf, as build_task: proto-plus would convert each again
+            request.requests.add(parent=parent).task.CopyFrom(tasks_v2.Task.pb(t))
         operation = self.client.batch_create_tasks(
-            parent=parent,
-            requests=[tasks_v2.CreateTaskRequest(parent=parent, task=t) for t in tasks],
-            timeout=timeout,
+            request=tasks_v2.BatchCreateTasksRequest.wrap(request), timeout=timeout
         )
         operation.result(timeout=timeout)
 

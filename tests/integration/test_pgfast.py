@@ -115,3 +115,15 @@ def test_placeholders_are_converted_once_per_text() -> None:
     assert again[1] == (3, 4) and pgfast._converted.cache_info().hits == 1
     # named styles keep pg8000's own conversion
     assert pgfast.convert_paramstyle("named", "SELECT :a, :b, :a", {"a": 1, "b": 2}) == ("SELECT $1, $2, $1", (1, 2))
+
+
+def test_timestamps_read_as_before(db: Engine) -> None:
+    with db.connect() as conn:
+        row = conn.execute(sa.text("""
+            SELECT timestamptz '2026-01-02 03:04:05.678+00' AS a, timestamptz '2026-01-02 03:04:05+00' AS b,
+                   timestamptz 'infinity' AS inf, timestamp '2026-01-02 03:04:05.5' AS naive,
+                   CAST(NULL AS timestamptz) AS nothing""")).one()
+    assert row.a == datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    assert row.b == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC) and row.b.utcoffset() is not None
+    assert row.inf == "infinity"  # what pg8000 itself returns
+    assert row.naive == datetime(2026, 1, 2, 3, 4, 5, 500000) and row.nothing is None
