@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import tasks_v2
