@@ -199,8 +199,10 @@ def _multi(args: Any, name: str) -> list[str]:
 
 def _time(args: Any, name: str) -> datetime | None:
     raw = args.get(name)
-    if not raw:
+    if raw is None:
         return None
+    if not raw:
+        raise InvalidRequest(f"{name} must be an RFC 3339 time, not empty")
     try:
         value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
         value.astimezone()  # out-of-range years fail here rather than in the database

@@ -184,7 +184,7 @@ def test_list_filters_and_pages(client: FlaskClient) -> None:
 @pytest.mark.parametrize(
     "query",
     ["page_size=-1", "page_size=abc", "page_token=garbage", "state=DONE", "label=nocolon",
-     "created_after=yesterday", "created_after=2026-01-01T00:00:00"],
+     "created_after=yesterday", "created_after=2026-01-01T00:00:00", "created_before="],
 )
 def test_bad_list_parameters_are_400(client: FlaskClient, query: str) -> None:
     resp = client.get(f"/v1/jobs?{query}")
