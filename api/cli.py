@@ -22,6 +22,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from emulator import main as emulator_main
 
         return emulator_main(args_list[1:])
+    if args_list[:1] == ["bench"]:
+        # The benchmark owns its flags (--quick, --smoke, --runs, --no-peers, ...).
+        from bench import main as bench_main
+
+        return int(bench_main(args_list[1:]) or 0)
     parser = argparse.ArgumentParser(prog="cloudjobs", description="A job orchestrator for Google Cloud.")
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     qsub.add_parser("sync", help="create or update the queues of queues.yaml")
 
     sub.add_parser("emulator", help="run the local Cloud Tasks emulator alone (see --help)", add_help=False)
+    sub.add_parser("bench", help="the throughput benchmark, as python -m bench (see --help)", add_help=False)
 
     doctor.register(sub)
 

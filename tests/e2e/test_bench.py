@@ -50,3 +50,10 @@ def test_the_smoke_run_prints_every_figure(server_url: str, tmp_path: Path) -> N
     assert "| POST /v1/jobs ≥ 0.6× floor INSERT |" in proc.stdout  # the targets table
     assert not docs.exists()  # --smoke never writes the docs
     assert elapsed < 60, f"the smoke run took {elapsed:.0f}s"
+
+
+def test_cloudjobs_bench_is_the_same_command() -> None:
+    out = subprocess.run([sys.executable, "-m", "api.cli", "bench", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "--quick" in out.stdout and "--smoke" in out.stdout
