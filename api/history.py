@@ -121,9 +121,11 @@ def seed_history(engine: Engine, *, jobs: int, days: float, end: datetime | None
 _PURGE = sa.text(
     """
     WITH doomed AS (
+        -- A job that ended before the cutoff was created before it: walk jobs_report_idx,
+        -- which carries done_time and state.
         SELECT id FROM jobs
-        WHERE done_time < :cutoff AND state IN ('COMPLETED', 'FAILED', 'CANCELLED')
-        ORDER BY done_time
+        WHERE created_time < :cutoff AND done_time < :cutoff AND state IN ('COMPLETED', 'FAILED', 'CANCELLED')
+        ORDER BY created_time
         LIMIT :batch
         FOR UPDATE SKIP LOCKED
     )

@@ -66,8 +66,7 @@ jobs = Table(
     ),
     CheckConstraint("max_attempts >= 1", name="jobs_max_attempts_positive"),
     CheckConstraint("timeout_s >= 1", name="jobs_timeout_positive"),
-    # Listing: newest first, keyset on (created_time, id).
-    Index("jobs_created_idx", "created_time", "id"),
+    # Listing: newest first, keyset on (created_time, id); unfiltered, jobs_report_idx below.
     Index("jobs_state_created_idx", "state", "created_time", "id"),
     Index("jobs_type_created_idx", "type", "created_time", "id"),
     Index("jobs_queue_created_idx", "queue", "created_time", "id"),
@@ -88,10 +87,10 @@ jobs = Table(
         postgresql_where=text("idempotency_key IS NOT NULL"),
     ),
     Index("jobs_owner_created_idx", "owner", "created_time", "id"),
-    Index("jobs_done_time_idx", "done_time"),
     Index(
         "jobs_report_idx",
         "created_time",
+        "id",
         postgresql_include=["type", "queue", "state", "owner", "attempts", "scheduled_time",
                             "started_time", "done_time"],
     ),
