@@ -8,10 +8,12 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 
 from api import pgfast
 from api.config import Config
@@ -59,6 +61,28 @@ def create_engine(config: Config, *, url: str | None = None, pool_size: int | No
     sa.event.listen(engine, "checkin", _on_checkin)
     sa.event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine.dialect))
     return engine
+
+
+@contextmanager
+def autocommit(engine: Engine) -> Iterator[Connection]:
+    """A pooled connection on which each statement commits on its own: no BEGIN, no COMMIT.
+
+    A transaction of one statement costs two round trips (the statement with its BEGIN,
+    then COMMIT or ROLLBACK); here it costs one (issue #7). For requests whose statements
+    need not commit together: one statement, or reads (each statement of a READ COMMITTED
+    transaction reads its own snapshot anyway). Never call commit() or rollback() on it.
+
+    pg8000's `autocommit` attribute is set for the block and cleared before the connection
+    goes back to the pool. SQLAlchemy's `isolation_level="AUTOCOMMIT"` would do the same
+    but, with pg8000, restores the isolation level on return with two more round trips.
+    """
+    with engine.connect() as conn:
+        dbapi_connection = conn.connection.dbapi_connection
+        dbapi_connection.autocommit = True  # type: ignore[union-attr]
+        try:
+            yield conn
+        finally:
+            dbapi_connection.autocommit = False  # type: ignore[union-attr]
 
 
 # A connection idle longer than this is pinged before use. Under load connections go back to

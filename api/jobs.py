@@ -15,6 +15,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError
 
 from api import observability, store
+from api.db import autocommit
 from api.errors import IdempotencyKeyReused, InvalidRequest, JobStateConflict, ValidationFailed
 from api.resources import CreateJob
 from api.state import AppState
@@ -161,10 +162,11 @@ def create_job(
     The row is inserted QUEUED, so a create costs one INSERT and one CreateTask. If the
     enqueue fails, the job is put back to CREATED, durable, and the sweeper enqueues it
     later; if the process dies in between, the sweeper finds a QUEUED job without a task
-    (docs/semantics.md).
+    (docs/semantics.md). The INSERT commits by itself (one round trip): the read of a
+    replay's original needs no transaction with it.
     """
     new = new_job(state, req, idempotency_key=idempotency_key, owner=owner)
-    with state.engine.begin() as conn:
+    with autocommit(state.engine) as conn:
         row = store.insert_job(conn, new)
         if row is None:
             existing = store.job_by_idempotency_key(conn, idempotency_key or "", owner=owner)

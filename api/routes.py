@@ -15,6 +15,7 @@ from werkzeug.exceptions import UnsupportedMediaType
 from api import jobs as jobs_service
 from api import paging, store, waiters
 from api.auth import Principal
+from api.db import autocommit
 from api.errors import InvalidRequest, JobNotFound
 from api.models import STATES
 from api.openapi import openapi_document
@@ -117,7 +118,7 @@ def get_job(job_id: str) -> Response:
     state = current_state()
     jid = parse_job_id(job_id)
     wait_s = waiters.wait_seconds(request.args.get("wait"))
-    with state.engine.connect() as conn:
+    with autocommit(state.engine) as conn:  # one statement: no BEGIN, no ROLLBACK
         row = store.get_job(conn, jid, owner=principal().scope)
     if row is None:
         raise JobNotFound(f"no job {job_id}")

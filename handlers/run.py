@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import Row
 
 from api import observability, store
+from api.db import autocommit
 from api.errors import InvalidRequest, LeaseHeld, Problem
 from api.routes import json_body, json_response
 from api.state import AppState, current_state
@@ -94,9 +95,13 @@ class RunOutcome:
 
 
 def run_jobs(state: AppState, ids: Sequence[uuid.UUID], delivery: store.Delivery) -> RunOutcome:
-    """Claim the jobs, run each claimed one, and finish them all in one statement."""
+    """Claim the jobs, run each claimed one, and finish them all in one statement.
+
+    The claim and the finish each commit on their own, one round trip apiece: the claim's
+    lease must be visible while the jobs run, and nothing else need commit with either.
+    """
     outcome = RunOutcome()
-    with state.engine.begin() as conn:
+    with autocommit(state.engine) as conn:
         claimed = store.claim_jobs(conn, ids, lease_margin_s=state.config.lease_margin_s)
         unclaimed = [i for i in ids if i not in {r.id for r in claimed}]
         if unclaimed:
@@ -120,7 +125,7 @@ def run_jobs(state: AppState, ids: Sequence[uuid.UUID], delivery: store.Delivery
         with observability.attempt(job_id=row.id, attempt=row.attempts, queue=row.queue) as clock:
             finishes.append(execute(state, row, delivery))
         timed[row.id] = (row, clock)
-    with state.engine.begin() as conn:
+    with autocommit(state.engine) as conn:
         moved = store.finish_jobs(conn, finishes)
     for f in finishes:
         # A finish that moved nothing lost its lease to a later attempt, which now owns it.

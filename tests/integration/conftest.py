@@ -9,12 +9,13 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from google.cloud import tasks_v2
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
 from api import create_app
 from api.config import Config
 from api.queues import Queues
 from api.tasks import make_client, queue_path, sync_queues
+from bench.pgwire import CountingProxy
 from emulator import Emulator
 from tests.conftest import ROOT
 
@@ -90,3 +91,14 @@ def client(app: Flask) -> FlaskClient:
 def _test_job_types() -> None:
     """Register the tests' own job types."""
     import tests.jobs  # noqa: F401
+
+
+@pytest.fixture
+def proxied_app(make_app: Callable[..., Flask], migrated_url: str) -> Iterator[tuple[Flask, CountingProxy]]:
+    """The app on a counting proxy in front of PostgreSQL (bench/pgwire.py), to count round trips."""
+    u = make_url(migrated_url)
+    with CountingProxy(u.host or "127.0.0.1", u.port or 5432) as proxy:
+        url = u.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        app = make_app(database_url=url, handler_auth="none")
+        yield app, proxy
+        app.extensions["cloudjobs"].engine.dispose()  # while the proxy still runs

@@ -241,3 +241,31 @@ def test_text_postgres_cannot_store_is_422_not_500(client: FlaskClient, db: Engi
 @pytest.mark.parametrize("query", ["queue=a%00b", "type=%00", "label=k:v%00", "state=QUEUED%00"])
 def test_nul_in_filters_is_400(client: FlaskClient, query: str) -> None:
     assert client.get(f"/v1/jobs?{query}").status_code == 400
+
+
+def test_a_create_and_a_get_are_one_round_trip_each_to_postgresql(proxied_app: Any) -> None:
+    from bench.pgwire import counting
+
+    app, proxy = proxied_app
+    client = app.test_client()
+    post(client, {"type": "echo"})  # connects outside the counted blocks
+    with counting(proxy) as c:
+        resp = post(client, {"type": "echo"})
+    assert resp.status_code == 202
+    # the INSERT commits on its own: no BEGIN, no COMMIT
+    assert (c.round_trips, dict(c.kinds)) == (1, {"insert": 1}), c.kinds
+    with counting(proxy) as c:
+        assert client.get(f"/v1/jobs/{resp.get_json()['id']}").get_json()["state"] == "QUEUED"
+    assert (c.round_trips, dict(c.kinds)) == (1, {"select": 1}), c.kinds
+
+
+def test_an_idempotent_replay_reads_the_original_in_autocommit(proxied_app: Any) -> None:
+    from bench.pgwire import counting
+
+    app, proxy = proxied_app
+    client = app.test_client()
+    first = post(client, {"type": "echo"}, **{"Idempotency-Key": "k-rt"})
+    with counting(proxy) as c:
+        again = post(client, {"type": "echo"}, **{"Idempotency-Key": "k-rt"})
+    assert again.status_code == 200 and again.get_json()["id"] == first.get_json()["id"]
+    assert (c.round_trips, dict(c.kinds)) == (2, {"insert": 1, "select": 1}), c.kinds

@@ -152,3 +152,17 @@ def test_an_unsigned_callback_is_401(client: FlaskClient) -> None:
     resp = deliver(client, j["id"], Authorization="Bearer not-a-jwt")
     assert resp.status_code == 401
     assert "not-a-jwt" not in resp.get_data(as_text=True)
+
+
+def test_a_run_is_two_round_trips_claim_and_finish(proxied_app: Any, db: Engine) -> None:
+    from bench.pgwire import counting
+
+    app, proxy = proxied_app
+    client = app.test_client()
+    job_id = create(client, {"type": "echo", "payload": {"x": 1}})["id"]
+    with counting(proxy) as c:
+        resp = deliver(client, job_id)
+    assert resp.status_code == 200 and resp.get_json()["jobs"] == {job_id: "COMPLETED"}
+    # the claim and the finish (with its attempt row) each commit on their own
+    assert (c.round_trips, dict(c.kinds)) == (2, {"with": 2}), c.kinds
+    assert [a["outcome"] for a in attempts(client, job_id)] == ["COMPLETED"]
