@@ -78,6 +78,10 @@ def autocommit(engine: Engine) -> Iterator[Connection]:
     """
     with engine.connect() as conn:
         dbapi_connection = conn.connection.dbapi_connection
+        if dbapi_connection._in_transaction:  # type: ignore[union-attr]
+            # Never run "autocommit" statements inside a transaction left open (a ping's):
+            # the rollback on return would undo them.
+            dbapi_connection.rollback()  # type: ignore[union-attr]
         dbapi_connection.autocommit = True  # type: ignore[union-attr]
         try:
             yield conn
@@ -100,6 +104,8 @@ def _ping_if_idle(dialect: Any, dbapi_connection: Any, record: Any, _proxy: Any)
         return  # new, or back from work a moment ago
     try:
         dialect.do_ping(dbapi_connection)
+        # pg8000's ping opens a transaction: end it, so the connection is lent as it was.
+        dbapi_connection.rollback()
     except Exception as e:
         if dialect.is_disconnect(e, dbapi_connection, None):
             # The pool drops this connection and checks out (or makes) another.

@@ -127,3 +127,19 @@ def test_timestamps_read_as_before(db: Engine) -> None:
     assert row.b == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC) and row.b.utcoffset() is not None
     assert row.inf == "infinity"  # what pg8000 itself returns
     assert row.naive == datetime(2026, 1, 2, 3, 4, 5, 500000) and row.nothing is None
+
+
+def test_an_autocommit_statement_after_an_idle_ping_stays_committed(
+    proxied: tuple[Engine, CountingProxy], monkeypatch: pytest.MonkeyPatch, db: Engine
+) -> None:
+    from api import db as api_db
+
+    engine, _ = proxied
+    monkeypatch.setattr(api_db, "PING_AFTER_IDLE_S", 0.0)  # the checkout pings
+    with api_db.autocommit(engine) as conn:
+        conn.execute(sa.text("CREATE TABLE IF NOT EXISTS pinged (x int)"))
+        conn.execute(sa.text("INSERT INTO pinged VALUES (1)"))
+    with db.connect() as other:  # another connection sees both: nothing was rolled back
+        assert other.execute(sa.text("SELECT count(*) FROM pinged")).scalar_one() == 1
+        other.execute(sa.text("DROP TABLE pinged"))
+        other.commit()
