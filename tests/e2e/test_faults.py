@@ -55,7 +55,17 @@ class FaultStack:
 
     # PostgreSQL
     def start_pg(self) -> None:
-        self.pg = start_embedded_postgres(self.pg_dir)[1]
+        # pgserver checks the postmaster's status right after `pg_ctl -w start` returns; on a
+        # busy machine the status file may still say "starting". Ask again: it reuses the
+        # server that is coming up.
+        for attempt in range(5):
+            try:
+                self.pg = start_embedded_postgres(self.pg_dir)[1]
+                return
+            except AssertionError:
+                if attempt == 4:
+                    raise
+                time.sleep(1.0)
 
     def stop_pg(self) -> None:
         self.pg.cleanup()
