@@ -127,3 +127,10 @@ def test_timestamps_read_as_before(db: Engine) -> None:
     assert row.b == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC) and row.b.utcoffset() is not None
     assert row.inf == "infinity"  # what pg8000 itself returns
     assert row.naive == datetime(2026, 1, 2, 3, 4, 5, 500000) and row.nothing is None
+
+
+def test_strings_in_arrays_reach_postgresql_as_they_were(db: Engine) -> None:
+    values = ["", "NULL", "a b", "{x}", "a,b", "back\\slash", 'quo"te', "\u00a0", "é", "plain", None]
+    with db.connect() as conn:
+        back = conn.execute(sa.text("SELECT CAST(:v AS text[])"), {"v": values}).scalar_one()
+    assert back == values
