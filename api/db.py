@@ -113,8 +113,8 @@ def _ping_if_idle(dialect: Any, dbapi_connection: Any, record: Any, _proxy: Any)
         raise
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
+# One encoder: json.dumps builds a new JSONEncoder for every call with options (~1 µs).
+_dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 def _on_connect(dbapi_connection: Any, _record: Any) -> None:

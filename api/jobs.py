@@ -24,6 +24,7 @@ from api.tasks import build_task, task_id_for, task_path
 logger = logging.getLogger(__name__)
 
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per job
 MAX_IDEMPOTENCY_KEY = 255
 
 
@@ -83,7 +84,7 @@ def check_job(state: AppState, req: CreateJob) -> list[dict[str, str]]:
     for name, value in (("payload", req.payload), ("labels", req.labels)):
         if bad := unstorable(value, name):
             return [{"field": bad, "message": "text may not hold NUL characters or unpaired surrogates"}]
-    size = len(json.dumps(req.payload, separators=(",", ":")))
+    size = len(_compact_json(req.payload))
     if size > state.config.max_payload_bytes:
         return [{"field": "payload", "message": f"{size} bytes; at most {state.config.max_payload_bytes}"}]
     try:

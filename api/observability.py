@@ -184,6 +184,9 @@ def log_request(response: Response, latency_s: float) -> None:
 
     The URL is the path alone: a query string is the client's and may carry anything.
     """
+    level = logging.WARNING if response.status_code >= 500 else logging.INFO
+    if not logger.isEnabledFor(level):
+        return  # LOG_LEVEL above it: nothing to build (the user agent alone is parsed)
     http: dict[str, Any] = {
         "requestMethod": request.method,
         "requestUrl": request.path,
@@ -199,7 +202,6 @@ def log_request(response: Response, latency_s: float) -> None:
         http["userAgent"] = request.user_agent.string[:200]
     if request.remote_addr:
         http["remoteIp"] = request.remote_addr
-    level = logging.WARNING if response.status_code >= 500 else logging.INFO
     logger.log(
         level,
         "%s %s %s",

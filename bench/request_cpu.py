@@ -11,7 +11,13 @@ threads are). The floor app (bench/floor_app.py) is measured the same way, so ea
 has its floor beside it. `--profile DIR` also writes a cProfile of one round of each path.
 
 Figures: `time.process_time()` over N requests, per request, median of the rounds
-(batchCreate: per job, 500 jobs a request).
+(batchCreate: per job, 500 jobs a request). Instructions, which no other load moves:
+
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=cg.out \
+        python -m bench.request_cpu --callgrind --rounds 1 --requests 200 --only create,get
+
+writes one dump per path (cg.out.1, cg.out.2, …; `totals:` is the count) for the
+requests alone.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -67,12 +74,25 @@ def emulator_process(key_file: Path) -> Iterator[tuple[str, str]]:
         proc.wait(timeout=30)
 
 
-def per_request(fn: Callable[[int], None], n: int) -> float:
-    """CPU seconds of this process per call of fn(i), over n calls."""
+def per_request(fn: Callable[[int], None], n: int, *, callgrind: bool = False) -> float:
+    """CPU seconds of this process per call of fn(i), over n calls.
+
+    With `callgrind` (the process runs under `valgrind --tool=callgrind --instr-atstart=no`),
+    instructions are counted for the calls alone and dumped when they end."""
+    if callgrind:
+        _callgrind_control("--instr=on")
     started = time.process_time()
     for i in range(n):
         fn(i)
-    return (time.process_time() - started) / n
+    cpu = time.process_time() - started
+    if callgrind:
+        _callgrind_control("--dump")
+        _callgrind_control("--instr=off")
+    return cpu / n
+
+
+def _callgrind_control(arg: str) -> None:
+    subprocess.run(["callgrind_control", arg, str(os.getpid())], check=True, capture_output=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--only", default=",".join(PATHS))
     p.add_argument("--profile", type=Path, help="write a cProfile of one round of each path here")
+    p.add_argument("--callgrind", action="store_true",
+                   help="under valgrind --tool=callgrind --instr-atstart=no: count instructions of the "
+                        "first round of each path (a dump each, in order)")
     p.add_argument("--database-url", default=DEFAULT_SERVER)
     args = p.parse_args(argv)
     only = [x for x in args.only.split(",") if x]
@@ -188,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
               f"CPU of this process (time.process_time)")
         for path in only:
             figures = []
-            for _ in range(args.rounds):
+            for r in range(args.rounds):
                 fn, count, jobs = setup(path)
-                figures.append(per_request(fn, count) / jobs)
+                figures.append(per_request(fn, count, callgrind=args.callgrind and r == 0) / jobs)
             if args.profile:  # a round of its own: the profiler's overhead stays out of the figures
                 args.profile.mkdir(parents=True, exist_ok=True)
                 fn, count, _ = setup(path)

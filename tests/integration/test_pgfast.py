@@ -143,3 +143,10 @@ def test_an_autocommit_statement_after_an_idle_ping_stays_committed(
         assert other.execute(sa.text("SELECT count(*) FROM pinged")).scalar_one() == 1
         other.execute(sa.text("DROP TABLE pinged"))
         other.commit()
+
+
+def test_strings_in_arrays_reach_postgresql_as_they_were(db: Engine) -> None:
+    values = ["", "NULL", "a b", "{x}", "a,b", "back\\slash", 'quo"te', "\u00a0", "é", "plain", None]
+    with db.connect() as conn:
+        back = conn.execute(sa.text("SELECT CAST(:v AS text[])"), {"v": values}).scalar_one()
+    assert back == values
