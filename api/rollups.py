@@ -44,77 +44,68 @@ _COUNTS = """
 _COLUMNS = ("grain, period, type, queue, owner, jobs, completed, failed, cancelled, active, retries, ran, "
             "retried, wait_buckets, wait_counts, run_buckets, run_counts")
 
-# Hours of created_time, from jobs, for the given ranges (each a whole number of hours).
-_ROLL_HOURS = sa.text(f"""
+def _rollup_insert(grain: str, source: str, counts: str, cells: str) -> sa.TextClause:
+    """INSERT rollup rows of `grain` from a `source` CTE: per-group `counts`, and the wait and
+    run histograms built from `cells` (rows of period, type, queue, owner, b, n), a query
+    written once with a {metric} placeholder."""
+
+    def histogram(metric: str) -> str:
+        return f"""
+        SELECT period, type, queue, owner, array_agg(b ORDER BY b) AS buckets, array_agg(n ORDER BY b) AS counts
+        FROM ({cells.format(metric=metric)}) AS x
+        GROUP BY 1, 2, 3, 4"""
+
+    return sa.text(f"""
     INSERT INTO job_rollups ({_COLUMNS})
-    WITH j AS MATERIALIZED (
+    WITH {source},
+    counts AS ({counts}),
+    wait AS ({histogram("wait")}),
+    run AS ({histogram("run")})
+    SELECT '{grain}', c.period, c.type, c.queue, c.owner, c.jobs, c.completed, c.failed, c.cancelled,
+           c.active, c.retries, c.ran, c.retried,
+           coalesce(w.buckets, '{{}}'), coalesce(w.counts, '{{}}'),
+           coalesce(r.buckets, '{{}}'), coalesce(r.counts, '{{}}')
+    FROM counts c
+    LEFT JOIN wait w USING (period, type, queue, owner)
+    LEFT JOIN run r USING (period, type, queue, owner)
+    """)
+
+
+# Hours of created_time, from jobs, for the given ranges (each a whole number of hours).
+_ROLL_HOURS = _rollup_insert(
+    "hour",
+    source="""j AS MATERIALIZED (
         SELECT date_trunc('hour', j.created_time, 'UTC') AS period, j.type, j.queue,
                coalesce(j.owner, '') AS owner, j.state, j.attempts,
-               reporting.duration_bucket(extract(epoch FROM j.started_time - j.scheduled_time)::float8) AS wb,
-               reporting.duration_bucket(extract(epoch FROM j.done_time - j.started_time)::float8) AS rb
+               reporting.duration_bucket(extract(epoch FROM j.started_time - j.scheduled_time)::float8) AS wait,
+               reporting.duration_bucket(extract(epoch FROM j.done_time - j.started_time)::float8) AS run
         FROM unnest(CAST(:starts AS timestamptz[]), CAST(:ends AS timestamptz[])) AS r(s, e)
         CROSS JOIN LATERAL (
             SELECT * FROM jobs WHERE jobs.created_time >= r.s AND jobs.created_time < r.e
             OFFSET 0  -- a subquery per range (an index range scan), not a join over all jobs
         ) AS j
-    ),
-    counts AS (SELECT period, type, queue, owner, {_COUNTS} FROM j GROUP BY 1, 2, 3, 4),
-    wait AS (
-        SELECT period, type, queue, owner, array_agg(b ORDER BY b) AS buckets, array_agg(n ORDER BY b) AS counts
-        FROM (SELECT period, type, queue, owner, wb AS b, count(*) AS n FROM j WHERE wb IS NOT NULL
-              GROUP BY 1, 2, 3, 4, 5) AS x
-        GROUP BY 1, 2, 3, 4
-    ),
-    run AS (
-        SELECT period, type, queue, owner, array_agg(b ORDER BY b) AS buckets, array_agg(n ORDER BY b) AS counts
-        FROM (SELECT period, type, queue, owner, rb AS b, count(*) AS n FROM j WHERE rb IS NOT NULL
-              GROUP BY 1, 2, 3, 4, 5) AS x
-        GROUP BY 1, 2, 3, 4
-    )
-    SELECT 'hour', c.period, c.type, c.queue, c.owner, c.jobs, c.completed, c.failed, c.cancelled,
-           c.active, c.retries, c.ran, c.retried,
-           coalesce(w.buckets, '{{}}'), coalesce(w.counts, '{{}}'),
-           coalesce(r.buckets, '{{}}'), coalesce(r.counts, '{{}}')
-    FROM counts c
-    LEFT JOIN wait w USING (period, type, queue, owner)
-    LEFT JOIN run r USING (period, type, queue, owner)
-""")
+    )""",
+    counts=f"SELECT period, type, queue, owner, {_COUNTS} FROM j GROUP BY 1, 2, 3, 4",
+    cells="SELECT period, type, queue, owner, {metric} AS b, count(*) AS n FROM j "
+          "WHERE {metric} IS NOT NULL GROUP BY 1, 2, 3, 4, 5",
+)
 
 # Days, from their 24 hour rows.
-_ROLL_DAYS = sa.text(f"""
-    INSERT INTO job_rollups ({_COLUMNS})
-    WITH h AS MATERIALIZED (
+_ROLL_DAYS = _rollup_insert(
+    "day",
+    source="""h AS MATERIALIZED (
         SELECT d.day AS period, r.type, r.queue, r.owner, r.jobs, r.completed, r.failed, r.cancelled,
                r.active, r.retries, r.ran, r.retried, r.wait_buckets, r.wait_counts, r.run_buckets, r.run_counts
         FROM unnest(CAST(:days AS timestamptz[])) AS d(day)
         JOIN job_rollups r ON r.grain = 'hour' AND r.period >= d.day AND r.period < d.day + interval '24 hours'
-    ),
-    counts AS (
-        SELECT period, type, queue, owner, sum(jobs) AS jobs, sum(completed) AS completed,
+    )""",
+    counts="""SELECT period, type, queue, owner, sum(jobs) AS jobs, sum(completed) AS completed,
                sum(failed) AS failed, sum(cancelled) AS cancelled, sum(active) AS active,
                sum(retries)::bigint AS retries, sum(ran) AS ran, sum(retried) AS retried
-        FROM h GROUP BY 1, 2, 3, 4
-    ),
-    wait AS (
-        SELECT period, type, queue, owner, array_agg(b ORDER BY b) AS buckets, array_agg(n ORDER BY b) AS counts
-        FROM (SELECT period, type, queue, owner, u.b, sum(u.n)::bigint AS n
-              FROM h, unnest(h.wait_buckets, h.wait_counts) AS u(b, n) GROUP BY 1, 2, 3, 4, 5) AS x
-        GROUP BY 1, 2, 3, 4
-    ),
-    run AS (
-        SELECT period, type, queue, owner, array_agg(b ORDER BY b) AS buckets, array_agg(n ORDER BY b) AS counts
-        FROM (SELECT period, type, queue, owner, u.b, sum(u.n)::bigint AS n
-              FROM h, unnest(h.run_buckets, h.run_counts) AS u(b, n) GROUP BY 1, 2, 3, 4, 5) AS x
-        GROUP BY 1, 2, 3, 4
-    )
-    SELECT 'day', c.period, c.type, c.queue, c.owner, c.jobs, c.completed, c.failed, c.cancelled,
-           c.active, c.retries, c.ran, c.retried,
-           coalesce(w.buckets, '{{}}'), coalesce(w.counts, '{{}}'),
-           coalesce(r.buckets, '{{}}'), coalesce(r.counts, '{{}}')
-    FROM counts c
-    LEFT JOIN wait w USING (period, type, queue, owner)
-    LEFT JOIN run r USING (period, type, queue, owner)
-""")
+        FROM h GROUP BY 1, 2, 3, 4""",
+    cells="SELECT period, type, queue, owner, u.b, sum(u.n)::bigint AS n "
+          "FROM h, unnest(h.{metric}_buckets, h.{metric}_counts) AS u(b, n) GROUP BY 1, 2, 3, 4, 5",
+)
 
 _DELETE_HOURS = sa.text("""
     DELETE FROM job_rollups r
