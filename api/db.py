@@ -73,15 +73,12 @@ def autocommit(engine: Engine) -> Iterator[Connection]:
     transaction reads its own snapshot anyway). Never call commit() or rollback() on it.
 
     pg8000's `autocommit` attribute is set for the block and cleared before the connection
-    goes back to the pool. SQLAlchemy's `isolation_level="AUTOCOMMIT"` would do the same
+    goes back to the pool. A connection is lent with no transaction open (the pool rolls back
+    on return, and `_ping_if_idle` ends its ping's), so nothing here can be rolled back later. SQLAlchemy's `isolation_level="AUTOCOMMIT"` would do the same
     but, with pg8000, restores the isolation level on return with two more round trips.
     """
     with engine.connect() as conn:
         dbapi_connection = conn.connection.dbapi_connection
-        if dbapi_connection._in_transaction:  # type: ignore[union-attr]
-            # Never run "autocommit" statements inside a transaction left open (a ping's):
-            # the rollback on return would undo them.
-            dbapi_connection.rollback()  # type: ignore[union-attr]
         dbapi_connection.autocommit = True  # type: ignore[union-attr]
         try:
             yield conn
