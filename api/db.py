@@ -75,7 +75,8 @@ def autocommit(engine: Engine) -> Iterator[Connection]:
     pg8000's `autocommit` attribute is set for the block and cleared before the connection
     goes back to the pool. A connection is lent with no transaction open (the pool rolls back
     on return, and `_ping_if_idle` ends its ping's), so nothing here can be rolled back later.
-    SQLAlchemy's `isolation_level="AUTOCOMMIT"` would do the same but, with pg8000, restores the isolation level on return with two more round trips.
+    SQLAlchemy's `isolation_level="AUTOCOMMIT"` would do the same but, with pg8000, restores
+    the isolation level on return with two more round trips.
     """
     with engine.connect() as conn:
         dbapi_connection = conn.connection.dbapi_connection
