@@ -1,4 +1,4 @@
-"""Five fixes to pg8000's statement path; `install()` applies them once (api.db calls it).
+"""Six fixes to pg8000's statement path; `install()` applies them once (api.db calls it).
 
 pg8000 1.31 spends, for every transaction, a round trip on its own for `BEGIN`: here the
 BEGIN is held back and sent in front of the transaction's first statement, in the same
@@ -18,7 +18,13 @@ anything it cannot read (infinity, BC dates, years past 9999) goes to pg8000's o
 And each string it sends in an array is escaped character by character in Python: here
 with two replaces and one regular expression.
 
-Behaviour is unchanged: the same messages (minus two Syncs and the Flushes), the same
+And pg8000's socket read wraps a network failure in `InterfaceError("network error")`, which
+is how SQLAlchemy tells a dead connection, except on the first read of each message: a
+connection reset by the server (a failover, an idle timeout) escaped as a bare
+ConnectionResetError, so the pool kept the dead connection and the request failed. Here every
+read is wrapped.
+
+Otherwise behaviour is unchanged: the same messages (minus two Syncs and the Flushes), the same
 parameter conversion, the same handling of the replies; an error in any step still skips
 to the Sync and raises. COPY (a `stream`) keeps pg8000's own path. docs/benchmarks.md has
 the effect; tests/integration/test_pgfast.py checks round trips and results.
@@ -34,6 +40,7 @@ from typing import Any
 import pg8000.converters
 import pg8000.core
 import pg8000.dbapi
+import pg8000.exceptions
 import pg8000.legacy
 from pg8000.converters import make_params
 
@@ -153,6 +160,17 @@ def _execute_unnamed(self: Any, statement: str, vals: Any = (), oids: Any = (), 
     return context
 
 
+_original_read = pg8000.core._read
+
+
+def _read(sock: Any, size: int) -> bytes:
+    """pg8000's `_read` with its first read inside the try: a reset is a "network error" too."""
+    try:
+        return _original_read(sock, size)
+    except OSError as e:
+        raise pg8000.exceptions.InterfaceError("network error") from e
+
+
 _original_array_string_escape = pg8000.converters.array_string_escape
 _ARRAY_QUOTE = re.compile(r"[\s{},\\]")  # str.isspace()'s whitespace, braces, comma, backslash
 
@@ -199,6 +217,7 @@ def install() -> None:
     pg8000.core.CoreConnection.execute_unnamed = _execute_unnamed
     pg8000.core.CoreConnection.execute_simple = _execute_simple
     pg8000.converters.array_string_escape = array_string_escape  # looked up at each call
+    pg8000.core._read = _read  # looked up at each call
     # Connections copy this table when they are made.
     pg8000.converters.PG_TYPES[pg8000.converters.TIMESTAMPTZ] = timestamptz_in
     pg8000.converters.PG_TYPES[pg8000.converters.TIMESTAMP] = timestamp_in

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from sqlalchemy.engine import make_url
+
 _SPECIAL_CODES = {80877103, 80877104}  # SSLRequest, GSSENCRequest: a startup follows
 
 
@@ -51,6 +53,18 @@ class Counts:
     kinds: Counter[str] = field(default_factory=Counter)  # statements by kind
     trips: Counter[str] = field(default_factory=Counter)  # round trips by kind
     connections: int = 0
+
+    @classmethod
+    def in_front_of(cls, url: str) -> CountingProxy:
+        """A proxy for the server of a pg8000 URL: its host and port, or its `unix_sock`."""
+        u = make_url(url)
+        sock = u.query.get("unix_sock")
+        return cls(u.host or "127.0.0.1", u.port or 5432, unix_sock=sock if isinstance(sock, str) else None)
+
+    def url_through(self, url: str) -> str:
+        """The same URL (database, user, password) pointed at this proxy."""
+        u = make_url(url).difference_update_query(["unix_sock"]).set(host="127.0.0.1", port=self.port)
+        return u.render_as_string(hide_password=False)
 
     def snapshot(self) -> Counts:
         """A copy, to subtract later."""
@@ -138,14 +152,27 @@ class _Parser:
 class CountingProxy:
     """`with CountingProxy(host, port) as proxy:` point a client at `proxy.port`."""
 
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+    def __init__(self, upstream_host: str, upstream_port: int, *, unix_sock: str | None = None) -> None:
         self.upstream = (upstream_host, upstream_port)
+        self.unix_sock = unix_sock  # the server's socket file, when it listens on one only
         self.counts = Counts()
         self.port = 0
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="pgwire", daemon=True)
         self._server: asyncio.AbstractServer | None = None
+
+    @classmethod
+    def in_front_of(cls, url: str) -> CountingProxy:
+        """A proxy for the server of a pg8000 URL: its host and port, or its `unix_sock`."""
+        u = make_url(url)
+        sock = u.query.get("unix_sock")
+        return cls(u.host or "127.0.0.1", u.port or 5432, unix_sock=sock if isinstance(sock, str) else None)
+
+    def url_through(self, url: str) -> str:
+        """The same URL (database, user, password) pointed at this proxy."""
+        u = make_url(url).difference_update_query(["unix_sock"]).set(host="127.0.0.1", port=self.port)
+        return u.render_as_string(hide_password=False)
 
     def snapshot(self) -> Counts:
         """The counts so far."""
@@ -154,7 +181,10 @@ class CountingProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            if self.unix_sock:
+                up_reader, up_writer = await asyncio.open_unix_connection(self.unix_sock)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         except OSError:
             writer.close()
             return

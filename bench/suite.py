@@ -50,7 +50,6 @@ from typing import Any
 import psutil
 import requests
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from bench.stack import (
     DEFAULT_SERVER,
@@ -899,11 +898,8 @@ def count_round_trips(
     from bench.pgwire import CountingProxy, Counts, counting
 
     n = sizes.rt_jobs
-    u = make_url(cj_url)
-    with CountingProxy(u.host or "127.0.0.1", u.port or 5432) as proxy:
-
-        def via_proxy(url: str) -> str:
-            return make_url(url).set(host="127.0.0.1", port=proxy.port).render_as_string(False)
+    with CountingProxy.in_front_of(cj_url) as proxy:
+        via_proxy = proxy.url_through
 
         def note(key: str, c: Counts, per: int) -> None:
             f = figs[key]

@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from google.cloud import tasks_v2
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from api import create_app
 from api.config import Config
@@ -96,9 +96,7 @@ def _test_job_types() -> None:
 @pytest.fixture
 def proxied_app(make_app: Callable[..., Flask], migrated_url: str) -> Iterator[tuple[Flask, CountingProxy]]:
     """The app on a counting proxy in front of PostgreSQL (bench/pgwire.py), to count round trips."""
-    u = make_url(migrated_url)
-    with CountingProxy(u.host or "127.0.0.1", u.port or 5432) as proxy:
-        url = u.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-        app = make_app(database_url=url, handler_auth="none")
+    with CountingProxy.in_front_of(migrated_url) as proxy:
+        app = make_app(database_url=proxy.url_through(migrated_url), handler_auth="none")
         yield app, proxy
         app.extensions["cloudjobs"].engine.dispose()  # while the proxy still runs

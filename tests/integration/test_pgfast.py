@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from api import pgfast
 from api.config import Config
@@ -18,10 +18,8 @@ from bench.pgwire import CountingProxy, counting
 
 @pytest.fixture
 def proxied(migrated_url: str) -> Iterator[tuple[Engine, CountingProxy]]:
-    u = make_url(migrated_url)
-    with CountingProxy(u.host or "127.0.0.1", u.port or 5432) as proxy:
-        engine = create_engine(Config(), url=u.set(host="127.0.0.1", port=proxy.port).render_as_string(False),
-                               pool_size=1)
+    with CountingProxy.in_front_of(migrated_url) as proxy:
+        engine = create_engine(Config(), url=proxy.url_through(migrated_url), pool_size=1)
         with engine.connect() as conn:  # connect outside the counted blocks
             conn.execute(sa.text("SELECT 1"))
         yield engine, proxy
@@ -53,7 +51,8 @@ def test_an_idle_connection_is_pinged_and_a_dead_one_replaced(
         conn.execute(sa.text("SELECT 1 + 1"))
     assert c.trips["ping"] == 1
     with db.connect() as other:  # the server drops the pooled connection (a failover, say)
-        other.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        # with a timeout, it returns once the backend is gone, not when the signal is sent
+        assert other.execute(sa.text("SELECT pg_terminate_backend(:p, 5000)"), {"p": pid}).scalar_one()
     with counting(proxy) as c, engine.connect() as conn:
         assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() != pid
     assert c.connections == 1  # the ping failed, the pool connected anew

@@ -29,3 +29,34 @@ def test_every_code_point_and_random_mixes_escape_as_pg8000_does() -> None:
     for _ in range(20_000):
         s = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
         assert pgfast.array_string_escape(s) == ORIGINAL(s), repr(s)
+
+
+class _ResetSocket:
+    """A socket file whose peer has reset the connection."""
+
+    def read(self, size: int) -> bytes:
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+
+class _ChunkedSocket:
+    """A socket file that hands out what it holds a few bytes at a time."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self, size: int) -> bytes:
+        chunk, self.data = self.data[: min(size, 3)], self.data[min(size, 3) :]
+        return chunk
+
+
+def test_a_reset_on_the_first_read_is_a_network_error_sqlalchemy_knows() -> None:
+    import pg8000.exceptions
+    from sqlalchemy.dialects.postgresql.pg8000 import PGDialect_pg8000
+
+    pgfast.install()
+    with pytest.raises(pg8000.exceptions.InterfaceError, match="network error") as raised:
+        pg8000.core._read(_ResetSocket(), 5)
+    dialect = PGDialect_pg8000()
+    dialect.dbapi = pg8000.dbapi  # type: ignore[attr-defined]
+    assert dialect.is_disconnect(raised.value, None, None)  # so the pool drops the connection
+    assert pg8000.core._read(_ChunkedSocket(b"0123456789"), 8) == b"01234567"
