@@ -210,3 +210,16 @@ job_rollup_state = Table(
     CheckConstraint("id", name="job_rollup_state_one_row"),
     comment="One row: how far job_rollups reaches.",
 )
+
+job_waiters = Table(
+    "job_waiters",
+    metadata,
+    Column("job_id", UUID(as_uuid=True), nullable=False, comment="The job waited on."),
+    Column("waiter", UUID(as_uuid=True), nullable=False, comment="A random id of the waiting request."),
+    Column("since", DateTime(timezone=True), nullable=False, server_default=_now,
+           comment="When the request registered; the sweeper removes rows left by a process that died."),
+    PrimaryKeyConstraint("job_id", "waiter", name="job_waiters_pkey"),
+    comment="Requests waiting for a job to end (GET /v1/jobs/{id}?wait=S), one row each while they wait; "
+            "a job that ends with a row here is announced on the cloudjobs_job_done channel. Unlogged.",
+    prefixes=["UNLOGGED"],
+)

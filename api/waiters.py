@@ -1,10 +1,21 @@
 """Waiting for a job to finish: `GET /v1/jobs/{id}?wait=S`, without polling the database.
 
 One PostgreSQL LISTEN connection per process, held by a background thread, hears
-`cloudjobs_job_done` (sent by a trigger whenever a job reaches a terminal state, see migration
-0002w) and wakes the requests waiting on that job. Each waiter also re-reads its job every
-`wait_fallback_s` seconds, so a lost notification, a listener that is reconnecting, or a job
-finished by a statement that fired no trigger never strands it: it costs at most that long.
+`cloudjobs_job_done` and wakes the requests waiting on that job. A trigger sends it when a job
+reaches a terminal state, but only if a request registered in `job_waiters` for that job
+(migrations 0004 and 0007): a NOTIFY makes its transaction hold a database-wide lock across its
+commit, which would line up every job's finish behind the one before it.
+
+Registering cannot miss a job that is ending at that moment. The registration is one
+statement that inserts the `job_waiters` row and then takes a share lock on the job's row,
+and only once it has committed does the waiter read the job again:
+- if the ending transaction had already updated the row, the share lock waits for it to commit,
+  and the read after it sees the job done;
+- otherwise the ending UPDATE waits for the registration to commit, and its trigger (which
+  reads `job_waiters` with a snapshot taken after that) sees the row and notifies.
+Each waiter also re-reads its job every `wait_fallback_s` seconds, so a lost notification, a
+listener that is reconnecting, or a job finished by a statement that fired no trigger never
+strands it: it costs at most that long.
 
 The listener starts with the first waiter of a process (after gunicorn has forked), never in
 create_app, and stops at process exit or on `close()`.
@@ -27,10 +38,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pg8000
+import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import SQLAlchemyError
 
+from api.db import autocommit
 from api.errors import InvalidRequest
 from api.resources import TERMINAL
 from api.state import AppState
@@ -49,6 +62,29 @@ _EXTENSION = "cloudjobs.waiters"
 _LISTENER_ERRORS = (OSError, pg8000.InterfaceError, pg8000.DatabaseError, SQLAlchemyError)
 
 Read = Callable[[Connection], "Row[Any] | None"]
+
+# One statement, committed on its own: the row first, then the share lock (module docstring).
+_ANNOUNCE = sa.text(
+    """
+    WITH registered AS (
+        INSERT INTO job_waiters (job_id, waiter) VALUES (:job_id, :waiter)
+    )
+    SELECT 1 FROM jobs WHERE id = :job_id FOR SHARE
+    """
+)
+_WITHDRAW = sa.text("DELETE FROM job_waiters WHERE job_id = :job_id AND waiter = :waiter")
+# A registration older than this belongs to a process that died while it waited.
+STALE_REGISTRATION_S = 10 * MAX_WAIT_S
+
+
+def purge_stale_waiters(engine: Engine) -> int:
+    """Remove registrations left by processes that died while waiting (the sweeper calls it)."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            sa.text("DELETE FROM job_waiters WHERE since < now() - make_interval(secs => :s)"),
+            {"s": STALE_REGISTRATION_S},
+        )
+    return int(result.rowcount)
 _create_lock = threading.Lock()  # one JobWaiters per app, even when two requests race
 
 
@@ -126,7 +162,9 @@ class JobWaiters:
         try:
             self._ensure_listening(min(timeout_s, START_TIMEOUT_S))
             event = self._register(row.id)
+            waiter = uuid.uuid4()
             try:
+                self._announce(row.id, waiter)
                 # Read again after registering: a job that ended between the caller's read
                 # and the registration sent its notification to nobody.
                 current = self._read(read)
@@ -140,9 +178,24 @@ class JobWaiters:
                 return current
             finally:
                 self._unregister(row.id, event)
+                self._withdraw(row.id, waiter)
         finally:
             with self._lock:
                 self._active -= 1
+
+    def _announce(self, job_id: uuid.UUID, waiter: uuid.UUID) -> None:
+        """Register in job_waiters, so the job's end is notified (see the module's docstring)."""
+        with autocommit(self._engine) as conn:
+            conn.execute(_ANNOUNCE, {"job_id": job_id, "waiter": waiter})
+
+    def _withdraw(self, job_id: uuid.UUID, waiter: uuid.UUID) -> None:
+        try:
+            with autocommit(self._engine) as conn:
+                conn.execute(_WITHDRAW, {"job_id": job_id, "waiter": waiter})
+        except SQLAlchemyError as e:
+            # The answer is ready; a row left behind costs one needless NOTIFY, and the
+            # sweeper removes it (purge_stale_waiters).
+            logger.warning("job waiters: could not remove a registration", extra={"error": repr(e)})
 
     def _read(self, read: Read) -> Row[Any] | None:
         # A connection only for the read: a waiter must not hold one of the pool's few.

@@ -1,5 +1,6 @@
-"""The sweeper: enqueue jobs whose enqueue was lost, settle jobs whose task is gone, and
-bring the reporting rollups up to date (api/rollups.py).
+"""The sweeper: enqueue jobs whose enqueue was lost, settle jobs whose task is gone,
+bring the reporting rollups up to date (api/rollups.py), and remove `?wait=` registrations
+left by processes that died (api/waiters.py).
 
 Cloud Scheduler calls POST /handlers/sweep (authenticated like /handlers/run) every minute or
 so; `cloudjobs sweep` does the same from a shell. Its cost follows the number of live jobs,
@@ -18,7 +19,7 @@ from google.api_core import exceptions as gexc
 from sqlalchemy.engine import Row
 
 from api import jobs as jobs_service
-from api import rollups, store
+from api import rollups, store, waiters
 from api.routes import json_response
 from api.state import AppState, current_state
 from handlers.auth import require_task_caller
@@ -38,6 +39,7 @@ class SweepReport:
     cancelled: int = 0  # cancel-requested jobs nobody holds any more
     still_owned: int = 0  # checked, and Cloud Tasks still has their task
     rollup_hours: int = 0  # hours of history rolled up (new or changed) for reports
+    stale_waiters: int = 0  # ?wait= registrations left by processes that died while waiting
 
 
 @bp.post("/sweep")
@@ -93,6 +95,7 @@ def sweep(state: AppState) -> SweepReport:
     if requeue:
         jobs_service.enqueue(state, requeue)
     report.rollup_hours = rollups.refresh(state.engine).hours
+    report.stale_waiters = waiters.purge_stale_waiters(state.engine)
     if any(asdict(report).values()):
         logger.info("sweep", extra=asdict(report))
     return report

@@ -73,5 +73,5 @@ def db(engine: Engine) -> Iterator[Engine]:
     """The engine, with the job tables emptied after the test."""
     yield engine
     with engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE job_attempts, jobs, api_keys, job_rollups, job_rollup_dirty"))
+        conn.execute(sa.text("TRUNCATE job_attempts, jobs, api_keys, job_rollups, job_rollup_dirty, job_waiters"))
         conn.execute(sa.text("UPDATE job_rollup_state SET rolled_until = NULL, refreshed_time = NULL"))

@@ -187,8 +187,9 @@ def test_a_waiter_does_not_query_the_database_while_it_waits(
     finally:
         sa.event.remove(engine, "before_cursor_execute", count)
     assert elapsed >= 1
-    # The first read, one after registering, one at the end: not one per few milliseconds.
-    assert len(statements) <= 4, statements
+    # The first read, the registration, a read after it, one at the end and the registration's
+    # removal: not one per few milliseconds.
+    assert len(statements) <= 5, statements
 
 
 def test_without_a_notification_the_fallback_still_returns_the_job(
@@ -281,3 +282,90 @@ def test_nothing_listens_until_someone_waits_and_close_stops_it(
     assert not listening()
     # This app's listener thread is gone (any other is another app's).
     assert [t for t in threading.enumerate() if t.name == "cloudjobs-waiters"] == others
+
+
+def _notifications_during(db: Engine, action: Callable[[], None]) -> list[str]:
+    """The cloudjobs_job_done payloads a listening connection hears while `action` runs."""
+    raw = db.raw_connection()
+    try:
+        dbapi: Any = raw.dbapi_connection
+        dbapi.rollback()
+        dbapi.autocommit = True
+        cur = dbapi.cursor()
+        cur.execute("LISTEN cloudjobs_job_done")
+        action()
+        cur.execute("SELECT 1")  # pg8000 collects notifications while it reads a reply
+        heard = [payload for _, channel, payload in dbapi.notifications if channel == "cloudjobs_job_done"]
+        dbapi.notifications.clear()
+        cur.execute("UNLISTEN *")
+        dbapi.autocommit = False
+        return heard
+    finally:
+        raw.close()
+
+
+def test_a_job_nobody_waits_on_ends_without_a_notification_and_one_waited_on_with_one(
+    client: FlaskClient, db: Engine
+) -> None:
+    quiet, watched = create(client), create(client)
+    assert _notifications_during(db, lambda: complete(db, quiet)) == []
+    with db.begin() as conn:
+        conn.execute(sa.text("INSERT INTO job_waiters (job_id, waiter) VALUES (:j, :w)"),
+                     {"j": watched, "w": uuid.uuid4()})
+    assert _notifications_during(db, lambda: complete(db, watched)) == [str(watched)]
+
+
+def test_a_waiter_that_registers_while_the_job_is_ending_is_not_left_waiting(
+    build: Callable[..., Flask], db: Engine
+) -> None:
+    # The ending transaction's trigger runs before the waiter registers, and it commits only
+    # after: without the registration's share lock the waiter would sleep until the fallback.
+    client = build(wait_fallback_s=30).test_client()
+    job_id = create(client)
+    with db.begin() as conn:
+        store.claim_jobs(conn, [job_id])
+    result: dict[str, Any] = {}
+    with db.connect() as ending:
+        store.finish_jobs(ending, [store.Finish(job_id, 1, "COMPLETED", "COMPLETED", result={})])
+        def wait() -> None:
+            result["elapsed"], result["job"] = timed_get(client, job_id, 20)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not _registered(db, job_id):
+            time.sleep(0.02)
+        time.sleep(0.2)  # the registration now waits on the row lock the ending UPDATE holds
+        ending.commit()
+    waiter.join(25)
+    assert result["job"]["state"] == "COMPLETED"
+    assert result["elapsed"] < 5, result["elapsed"]  # not the 30 s fallback
+    assert not _registered(db, job_id)  # the registration is removed when the wait ends
+
+
+def _registered(db: Engine, job_id: uuid.UUID) -> bool:
+    """Whether a registration for the job exists, committed or not (pg_locks sees an open one)."""
+    with db.connect() as conn:
+        committed = conn.execute(
+            sa.text("SELECT count(*) FROM job_waiters WHERE job_id = :j"), {"j": job_id}
+        ).scalar_one()
+        blocked = conn.execute(sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%job_waiters%'"
+        )).scalar_one()
+    return bool(committed or blocked)
+
+
+def test_the_sweeper_removes_registrations_a_dead_process_left(db: Engine) -> None:
+    from api.waiters import STALE_REGISTRATION_S, purge_stale_waiters
+
+    old, fresh = uuid.uuid4(), uuid.uuid4()
+    with db.begin() as conn:
+        conn.execute(sa.text("""
+            INSERT INTO job_waiters (job_id, waiter, since)
+            VALUES (:old, gen_random_uuid(), now() - make_interval(secs => :age)),
+                   (:fresh, gen_random_uuid(), now())"""),
+            {"old": old, "fresh": fresh, "age": STALE_REGISTRATION_S + 1},
+        )
+    assert purge_stale_waiters(db) == 1
+    with db.connect() as conn:
+        assert conn.execute(sa.text("SELECT array_agg(job_id) FROM job_waiters")).scalar_one() == [fresh]
