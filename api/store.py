@@ -172,15 +172,25 @@ _CLAIM = sa.text(
         FROM expired e JOIN claimed c ON c.id = e.id
         ON CONFLICT DO NOTHING
     )
-    SELECT * FROM claimed
+    SELECT id, type, queue, state, payload, attempts, attempts_base, max_attempts, timeout_s,
+           started_time, attempt_started_time, lease_expires_time
+    FROM claimed
     """
+).columns(  # typed, so SQLAlchemy builds the result's metadata once, not per execution
+    jobs.c.id, jobs.c.type, jobs.c.queue, jobs.c.state, jobs.c.payload, jobs.c.attempts,
+    jobs.c.attempts_base, jobs.c.max_attempts, jobs.c.timeout_s, jobs.c.started_time,
+    jobs.c.attempt_started_time, jobs.c.lease_expires_time,
 )
 
 
 def claim_jobs(
     conn: Connection, job_ids: Sequence[uuid.UUID], *, lease_margin_s: int = LEASE_MARGIN_S
 ) -> list[Row[Any]]:
-    """QUEUED (or CREATED, or RUNNING with an expired lease) → RUNNING, as a new attempt."""
+    """QUEUED (or CREATED, or RUNNING with an expired lease) → RUNNING, as a new attempt.
+
+    Each row holds what running the attempt needs (id, type, queue, state, payload, attempts,
+    attempts_base, max_attempts, timeout_s and the times), not the whole job: a column is
+    parsed by the driver on every claim."""
     rows = conn.execute(_CLAIM, {"ids": [str(i) for i in job_ids], "margin": lease_margin_s})
     return list(rows)
 
@@ -231,7 +241,7 @@ _FINISH = sa.text(
     )
     SELECT id, state FROM done
     """
-)
+).columns(jobs.c.id, jobs.c.state)
 
 
 def finish_jobs(conn: Connection, finishes: Iterable[Finish]) -> dict[uuid.UUID, str]:

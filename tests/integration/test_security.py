@@ -326,3 +326,28 @@ def test_signing_certs_are_cached_as_their_headers_say(emulator: Emulator) -> No
     finally:
         server.shutdown()
     assert len(hits) == 1
+
+
+def test_a_verified_token_is_remembered_until_it_expires(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    from google.oauth2 import id_token
+
+    calls = []
+    real = id_token.verify_token
+    monkeypatch.setattr(id_token, "verify_token", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    verifier = auth.TokenVerifier(emulator.certs_url)
+    good = token(emulator)
+    for _ in range(3):
+        assert verifier.verify(good, audience=AUDIENCE, emails=(SERVICE_ACCOUNT,))["email"] == SERVICE_ACCOUNT
+    assert len(calls) == 1  # signature checked once
+    # Still checked on every use: the service account and the audience it was verified for.
+    with pytest.raises(auth.Unauthenticated, match="another service account"):
+        verifier.verify(good, audience=AUDIENCE, emails=("other@p.iam.gserviceaccount.com",))
+    with pytest.raises(auth.Unauthenticated, match="another audience"):
+        verifier.verify(good, audience="https://another.service", emails=(SERVICE_ACCOUNT,))
+    # And its expiry: accepted within the clock skew, refused once past it.
+    now = int(time.time())
+    ending = token(emulator, iat=now - 3600, exp=now - auth.CLOCK_SKEW_S + 1)
+    verifier.verify(ending, audience=AUDIENCE, emails=(SERVICE_ACCOUNT,))
+    time.sleep(2.1)  # google-auth counts whole seconds
+    with pytest.raises(auth.Unauthenticated, match="expired"):
+        verifier.verify(ending, audience=AUDIENCE, emails=(SERVICE_ACCOUNT,))
