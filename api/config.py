@@ -34,6 +34,7 @@ class Config:
     db_iam_auth: bool = False
     db_pool_size: int = 8
     db_max_overflow: int = 5
+    db_prepared_statements: bool = True  # off behind a pooler that drops them (PgBouncer < 1.21)
 
     # Cloud Tasks
     project: str = "local-project"
@@ -138,6 +139,7 @@ class Config:
             # overflow, whose connections are closed on return and made anew (issue #7).
             db_pool_size=int(e.get("DB_POOL_SIZE", e.get("GUNICORN_THREADS", "8"))),
             db_max_overflow=int(e.get("DB_MAX_OVERFLOW", "5")),
+            db_prepared_statements=_flag(e.get("DB_PREPARED_STATEMENTS", "true")),
             project=project,
             location=e.get("CLOUD_TASKS_LOCATION", "us-central1"),
             emulator_host=e.get("CLOUD_TASKS_EMULATOR_HOST") or None,

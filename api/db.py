@@ -58,6 +58,9 @@ def create_engine(config: Config, *, url: str | None = None, pool_size: int | No
     else:
         raise ValueError("no database configured")
     sa.event.listen(engine, "connect", _on_connect)
+    if config.db_prepared_statements:
+        sa.event.listen(engine, "connect", lambda dbapi_connection, _record: pgfast.enable_prepared_statements(
+            dbapi_connection))
     sa.event.listen(engine, "checkin", _on_checkin)
     sa.event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine.dialect))
     return engine

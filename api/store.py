@@ -86,12 +86,17 @@ def _row_values(job: NewJob, state: str) -> dict[str, Any]:
     return values
 
 
+# The expression of the idempotency index, with '' written into the SQL: as a bound parameter
+# it matches the index only when the value is known at planning, which a prepared
+# statement's generic plan does not know.
+_OWNER_KEY = sa.func.coalesce(jobs.c.owner, sa.literal_column("''"))
+
 # The hot statements are built once, their values bound at execution: building a statement
 # and its cache key cost SQLAlchemy about a fifth of a create's CPU (issue #7).
 _INSERT_JOB = (
     pg_insert(jobs)
     .on_conflict_do_nothing(
-        index_elements=[sa.func.coalesce(jobs.c.owner, ""), jobs.c.idempotency_key],
+        index_elements=[_OWNER_KEY, jobs.c.idempotency_key],
         index_where=jobs.c.idempotency_key.isnot(None),
     )
     .returning(*jobs.c)
@@ -106,7 +111,7 @@ def insert_job(conn: Connection, job: NewJob, *, state: str = "QUEUED") -> Row[A
 def job_by_idempotency_key(conn: Connection, key: str, *, owner: str | None) -> Row[Any] | None:
     """The job a caller created under an idempotency key."""
     stmt = sa.select(jobs).where(
-        sa.func.coalesce(jobs.c.owner, "") == (owner or ""), jobs.c.idempotency_key == key
+        _OWNER_KEY == (owner or ""), jobs.c.idempotency_key == key
     )
     return conn.execute(stmt).first()
 
@@ -140,14 +145,20 @@ def mark_queued(conn: Connection, job_ids: Sequence[uuid.UUID]) -> list[Row[Any]
 
 _CLAIM = sa.text(
     """
-    WITH expired AS (
-        SELECT id, attempts, attempt_started_time, task_name, type, queue, owner
+    WITH named AS MATERIALIZED (
+        -- By primary key alone: with a condition on state beside it, the planner may walk
+        -- an index by state instead, through the entries of every job that left RUNNING
+        -- since the last vacuum (thousands, under load), on each claim.
+        SELECT id, state, lease_expires_time, attempts, attempts_base, max_attempts,
+               attempt_started_time, task_name, type, queue, owner
         FROM jobs
-        WHERE id = ANY(CAST(:ids AS uuid[])) AND state = 'RUNNING'
-          AND lease_expires_time < now() AND attempts - attempts_base < max_attempts
+        WHERE id = ANY(CAST(:ids AS uuid[]))
         -- No FOR UPDATE: the UPDATE below locks and re-checks the row, and a row this
         -- statement modifies would be skipped by a lock here. Joined with `claimed`, these
         -- snapshot values are those of the attempt that was taken over.
+    ), expired AS (
+        SELECT * FROM named
+        WHERE state = 'RUNNING' AND lease_expires_time < now() AND attempts - attempts_base < max_attempts
     ), claimed AS (
         UPDATE jobs SET
             state = 'RUNNING',

@@ -6,7 +6,9 @@ per statement. A round trip is one burst of client data that ends in a message t
 must wait for the server to answer: a simple `Query` ('Q'), or a `Sync` ('S') closing an
 extended-protocol exchange. Messages pipelined in one write (a BEGIN sent in front of a
 statement, say) make one round trip, counted for the last of them. Statements are counted
-from `Query` and `Parse` ('P') texts and sorted into kinds.
+as they run, from `Query` texts and from each `Bind` ('B'), sorted into kinds by the text
+the `Parse` ('P') of that statement name carried (prepared statements are parsed once and
+bound many times).
 
 Used for one-off instrumented runs only: the proxy adds latency, so nothing timed goes
 through it. Listens on loopback.
@@ -54,18 +56,6 @@ class Counts:
     trips: Counter[str] = field(default_factory=Counter)  # round trips by kind
     connections: int = 0
 
-    @classmethod
-    def in_front_of(cls, url: str) -> CountingProxy:
-        """A proxy for the server of a pg8000 URL: its host and port, or its `unix_sock`."""
-        u = make_url(url)
-        sock = u.query.get("unix_sock")
-        return cls(u.host or "127.0.0.1", u.port or 5432, unix_sock=sock if isinstance(sock, str) else None)
-
-    def url_through(self, url: str) -> str:
-        """The same URL (database, user, password) pointed at this proxy."""
-        u = make_url(url).difference_update_query(["unix_sock"]).set(host="127.0.0.1", port=self.port)
-        return u.render_as_string(hide_password=False)
-
     def snapshot(self) -> Counts:
         """A copy, to subtract later."""
         return Counts(self.round_trips, Counter(self.kinds), Counter(self.trips), self.connections)
@@ -99,6 +89,7 @@ class _Parser:
         self.counts = counts
         self.lock = lock
         self.kind = "other"  # of the statement the next Sync belongs to
+        self.statements: dict[bytes, str] = {}  # statement name (b"" unnamed) → kind
         self.waits_for: str | None = None  # the kind of the last Query or Sync of this burst
 
     def feed(self, data: bytes) -> None:
@@ -143,9 +134,14 @@ class _Parser:
             elif tag == "S":
                 self.waits_for = self.kind
             elif tag == "P":
-                _name, _, rest = body.partition(b"\0")
+                name, _, rest = body.partition(b"\0")
                 sql, _, _ = rest.partition(b"\0")
-                self.kind = kind_of(sql.decode(errors="replace"))
+                self.kind = self.statements[name] = kind_of(sql.decode(errors="replace"))
+            elif tag == "B":
+                # An execution: of the statement just parsed (unnamed) or of a prepared one.
+                _portal, _, rest = body.partition(b"\0")
+                name, _, _ = rest.partition(b"\0")
+                self.kind = self.statements.get(name, "other")
                 self.counts.kinds[self.kind] += 1
 
 

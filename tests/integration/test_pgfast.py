@@ -149,3 +149,88 @@ def test_strings_in_arrays_reach_postgresql_as_they_were(db: Engine) -> None:
     with db.connect() as conn:
         back = conn.execute(sa.text("SELECT CAST(:v AS text[])"), {"v": values}).scalar_one()
     assert back == values
+
+
+@pytest.fixture
+def one_connection(migrated_url: str) -> Iterator[Engine]:
+    """An engine of one pooled connection, so every statement runs on the same session."""
+    engine = create_engine(Config(), url=migrated_url, pool_size=1)
+    yield engine
+    engine.dispose()
+
+
+def _prepared(conn: sa.Connection) -> list[str]:
+    return conn.execute(sa.text("SELECT statement FROM pg_prepared_statements WHERE name LIKE 'cj_%'")).scalars().all()
+
+
+def test_a_statement_run_again_is_prepared_once_and_reads_the_same(
+    one_connection: Engine, proxied: tuple[Engine, CountingProxy]
+) -> None:
+    sql = sa.text("SELECT CAST(:x AS int) + 1 AS y, CAST(:t AS timestamptz) AS at")
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    with one_connection.connect() as conn:
+        rows = [conn.execute(sql, {"x": x, "t": at}).one() for x in range(4)]
+        prepared = [s for s in _prepared(conn) if "+ 1 AS y" in s]
+    assert [(r.y, r.at) for r in rows] == [(x + 1, at) for x in range(4)]
+    assert len(prepared) == 1  # prepared on its second run, reused after
+    engine, proxy = proxied
+    with engine.connect() as conn:
+        conn.execute(sql, {"x": 0, "t": at})
+        conn.execute(sql, {"x": 0, "t": at})
+        with counting(proxy) as c:
+            assert conn.execute(sql, {"x": 41, "t": at}).one().y == 42
+    assert c.round_trips == 1 and c.statements == 1 and c.kinds["select"] == 1
+
+
+def test_a_prepared_statement_whose_columns_changed_fails_once_then_is_prepared_anew(one_connection: Engine) -> None:
+    with one_connection.connect() as conn:
+        conn.execute(sa.text("CREATE TEMP TABLE shape (x int)"))
+        conn.execute(sa.text("INSERT INTO shape VALUES (1)"))
+        sql = sa.text("SELECT * FROM shape WHERE x = :x")
+        assert conn.execute(sql, {"x": 1}).all() == conn.execute(sql, {"x": 1}).all() == [(1,)]
+        conn.execute(sa.text("ALTER TABLE shape ADD COLUMN y int DEFAULT 7"))
+        conn.commit()
+        # PostgreSQL refuses a prepared statement whose result changed shape: once.
+        with pytest.raises(sa.exc.DBAPIError, match="cached plan must not change result type"):
+            conn.execute(sql, {"x": 1})
+        conn.rollback()
+        assert conn.execute(sql, {"x": 1}).all() == [(1, 7)]
+        assert conn.execute(sql, {"x": 1}).all() == [(1, 7)]
+
+
+def test_an_error_while_preparing_leaves_nothing_behind(one_connection: Engine) -> None:
+    sql = sa.text("SELECT 10 / CAST(:x AS int) AS q")
+    with one_connection.connect() as conn:
+        assert conn.execute(sql, {"x": 5}).scalar_one() == 2
+        with pytest.raises(sa.exc.DBAPIError, match="division by zero"):
+            conn.execute(sql, {"x": 0})  # its second run: prepared, then the execution fails
+        conn.rollback()
+        assert conn.execute(sql, {"x": 2}).scalar_one() == 5
+        assert conn.execute(sql, {"x": 1}).scalar_one() == 10
+        assert len([s for s in _prepared(conn) if "10 /" in s]) == 1
+
+
+def test_prepared_statements_are_bounded_and_the_evicted_closed(migrated_url: str) -> None:
+    engine = create_engine(Config(), url=migrated_url, pool_size=1)
+    sa.event.listen(engine, "connect", lambda c, _r: pgfast.enable_prepared_statements(c, limit=3))
+    try:
+        with engine.connect() as conn:
+            for n in range(8):
+                for _ in range(2):
+                    assert conn.execute(sa.text(f"SELECT CAST(:x AS int) + {n}"), {"x": 1}).scalar_one() == 1 + n
+            conn.execute(sa.text("SELECT CAST(:x AS int)"), {"x": 1})  # sends the last Close
+            names = _prepared(conn)
+        assert len(names) == 3 and all(any(f"+ {n}" in s for s in names) for n in (5, 6, 7)), names
+    finally:
+        engine.dispose()
+
+
+def test_without_prepared_statements_nothing_is_prepared(migrated_url: str) -> None:
+    engine = create_engine(Config(db_prepared_statements=False), url=migrated_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            for _ in range(3):
+                conn.execute(sa.text("SELECT CAST(:x AS int)"), {"x": 1})
+            assert _prepared(conn) == []
+    finally:
+        engine.dispose()

@@ -62,3 +62,16 @@ def test_messages_pipelined_in_one_write_are_one_round_trip() -> None:
     assert counts.round_trips == 2
     assert counts.trips == {"update": 1, "commit": 1}
     assert counts.kinds == {"begin": 1, "update": 1, "commit": 1}
+
+
+def test_a_prepared_statement_counts_at_each_execution_under_its_text() -> None:
+    counts = Counts()
+    parser = _Parser(counts, threading.Lock())
+    parser.feed(startup())
+    bind = message(b"B", b"\0cj_1\0\0\0\0\0\0\0") + message(b"E", b"\0\0\0\0\0") + message(b"S", b"")
+    # api/pgfast.py prepares on the second run: Parse of a named statement, then Binds alone.
+    parser.feed(message(b"P", b"cj_1\0UPDATE jobs SET x = $1\0\0\0") + bind)
+    parser.feed(bind)
+    parser.feed(bind)
+    assert counts.round_trips == 3 and counts.statements == 3
+    assert counts.kinds == {"update": 3} and counts.trips == {"update": 3}
