@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -69,3 +70,27 @@ def test_batch_insert_is_one_statement(client: FlaskClient, db: Engine) -> None:
     sa.event.listen(engine, "before_cursor_execute", lambda *a: inserts.append(a[2]) if a[2].lstrip().upper().startswith("INSERT") else None)
     batch(client, {"jobs": [{"type": "echo"} for _ in range(100)]})
     assert len(inserts) == 1
+
+
+def test_a_batched_job_is_stored_and_shown_as_a_single_create_would(client: FlaskClient, db: Engine) -> None:
+    later = (datetime.now(UTC) + timedelta(days=1)).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    spec = {"type": "echo", "payload": {"b": [1, "x", None], "a": {"é": "\u00a0"}}, "labels": {"team": "a b"},
+            "max_attempts": 2, "timeout_s": 30}
+    alone = client.post("/v1/jobs", data=json.dumps({**spec, "run_at": later}), content_type="application/json",
+                        headers={"Idempotency-Key": "one"}).get_json()
+    batched = batch(client, {"jobs": [spec, {**spec, "run_at": later}]}, **{"Idempotency-Key": "two"})
+    batched = batched.get_json()["jobs"]
+    moving = {"id", "created_time", "scheduled_time", "updated_time"}
+    same = {k: v for k, v in alone.items() if k not in moving}
+    assert {k: v for k, v in batched[1].items() if k not in moving} == same
+    assert batched[1]["scheduled_time"] == alone["scheduled_time"] == later
+    assert batched[0]["scheduled_time"] == batched[0]["created_time"]  # no run_at: due now
+    with db.connect() as conn:
+        cols = ("type, queue, state, payload, labels, max_attempts, timeout_s, attempts, run, attempts_base, owner, "
+                "request_hash IS NOT NULL AS hashed, idempotency_key, "
+                "task_name LIKE '%' || replace(id::text, '-', '') || '%'")
+        one = conn.execute(sa.text(f"SELECT {cols} FROM jobs WHERE id = :i"), {"i": alone["id"]}).one()
+        two = conn.execute(sa.text(f"SELECT {cols} FROM jobs WHERE id = :i"), {"i": batched[1]["id"]}).one()
+    assert one[:-2] == two[:-2] and (one[-2], two[-2]) == ("one", "two:1") and one[-1] and two[-1]
+    for job in batched:  # and the API reads back what the batch answered
+        assert client.get(f"/v1/jobs/{job['id']}").get_json() == job

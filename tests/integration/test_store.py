@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from api import store
+from api.models import jobs
 from api.store import Delivery, Finish, JobFilter, NewJob
 
 
@@ -203,3 +205,15 @@ def test_list_jobs_filters_and_pages_newest_first(db: Engine) -> None:
         [labelled] = store.list_jobs(conn, JobFilter(labels=(("n", "3"),)), limit=100)
         assert labelled.id == ids[3]
         assert store.list_jobs(conn, JobFilter(states=("COMPLETED",)), limit=100) == []
+
+
+def test_insert_jobs_answers_the_rows_as_the_table_holds_them(db: Engine) -> None:
+    later = datetime.now(UTC) + timedelta(hours=1)
+    new = [new_job(payload={"b": 1, "a": [None, "x"]}, labels={"k": "v"}, owner="team-a"),
+           new_job(scheduled_time=later, idempotency_key="k:1", request_hash="h")]
+    with db.begin() as conn:
+        answered = store.insert_jobs(conn, new)
+    with db.connect() as conn:
+        stored = [conn.execute(sa.select(jobs).where(jobs.c.id == j.id)).one() for j in new]
+    assert [a._asdict() for a in answered] == [dict(s._mapping) for s in stored]
+    assert answered[1].scheduled_time == later and answered[0].scheduled_time == answered[0].created_time

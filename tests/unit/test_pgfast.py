@@ -60,3 +60,20 @@ def test_a_reset_on_the_first_read_is_a_network_error_sqlalchemy_knows() -> None
     dialect.dbapi = pg8000.dbapi  # type: ignore[attr-defined]
     assert dialect.is_disconnect(raised.value, None, None)  # so the pool drops the connection
     assert pg8000.core._read(_ChunkedSocket(b"0123456789"), 8) == b"01234567"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], [None], ["a", None, "b c", "", "NULL", '"q"', "x\\y"], [1, -2, 0, None],
+     ["6f1c2c7e-3b1a-4c8e-9a55-0d2f5b1e9c11"], [True, False], [1.5, None], [["a", "b"], ["c", None]], [{"k": "v"}], [b"\x00\x01"], ["a", 1, None]],
+)
+def test_arrays_are_written_as_pg8000_writes_them(values: list[object]) -> None:
+    assert pgfast.array_out(values) == pgfast._original_array_out(values)
+
+
+def test_random_arrays_of_strings_ints_and_nulls_are_written_as_pg8000_writes_them() -> None:
+    rng = random.Random(11)
+    pool: list[object] = [None, 0, 7, -3, 2**40, "", "NULL", "a b", "{x}", 'q"', "\\", "é", "\u00a0", "plain"]
+    for _ in range(5_000):
+        values = [rng.choice(pool) for _ in range(rng.randint(0, 6))]
+        assert pgfast.array_out(values) == pgfast._original_array_out(values), values
