@@ -45,6 +45,8 @@ from __future__ import annotations
 import functools
 import re
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -256,6 +258,21 @@ class _Statements:
             # Closing a statement that does not exist is not an error (the protocol says so).
             conn._send_message(pg8000.core.CLOSE, pg8000.core.STATEMENT + name + pg8000.core.NULL_BYTE)
         self.to_close.clear()
+
+
+@contextmanager
+def planned_each_time(dbapi_connection: Any) -> Iterator[None]:
+    """Statements run inside are neither prepared nor taken from the prepared ones.
+
+    For queries whose best plan depends on their parameters' values (a report's window):
+    after five runs PostgreSQL may switch a prepared statement to a generic plan, which
+    knows no window. Run unnamed, each is planned with its values."""
+    cache: _Statements | None = getattr(dbapi_connection, "_pgfast_statements", None)
+    dbapi_connection._pgfast_statements = None
+    try:
+        yield
+    finally:
+        dbapi_connection._pgfast_statements = cache
 
 
 def enable_prepared_statements(dbapi_connection: Any, *, prepare_after: int = 2, limit: int = 100) -> None:

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, request
 from sqlalchemy.engine import Connection, Engine
 
-from api import rollups
+from api import pgfast, rollups
 from api.errors import InvalidRequest
 from api.resources import rfc3339
 from api.routes import _time, json_response, principal
@@ -106,7 +106,7 @@ def uses_rollups(report: str, q: ReportQuery) -> bool:
 def run_report(engine: Engine, report: str, q: ReportQuery) -> list[dict[str, Any]]:
     """Run one report; rows as plain dicts with RFC 3339 times."""
     validate(q, report)
-    with engine.connect() as conn:
+    with engine.connect() as conn, pgfast.planned_each_time(conn.connection.dbapi_connection):
         if uses_rollups(report, q):
             rows = _from_rollups(conn, report, q)
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -234,3 +234,28 @@ def test_without_prepared_statements_nothing_is_prepared(migrated_url: str) -> N
             assert _prepared(conn) == []
     finally:
         engine.dispose()
+
+
+def test_statements_planned_each_time_are_not_prepared(one_connection: Engine) -> None:
+    sql = sa.text("SELECT CAST(:x AS int) * 3")
+    with one_connection.connect() as conn:
+        with pgfast.planned_each_time(conn.connection.dbapi_connection):
+            assert [conn.execute(sql, {"x": x}).scalar_one() for x in range(3)] == [0, 3, 6]
+        assert not [s for s in _prepared(conn) if "* 3" in s]
+        conn.execute(sql, {"x": 1})
+        conn.execute(sql, {"x": 1})  # outside: prepared on its second run as before
+        assert len([s for s in _prepared(conn) if "* 3" in s]) == 1
+
+
+def test_reports_are_planned_with_their_window_each_time(one_connection: Engine) -> None:
+    from api.reports import ReportQuery, run_report
+
+    end = datetime.now(UTC)
+    with one_connection.connect() as conn:
+        before = set(_prepared(conn))
+    for _ in range(3):
+        run_report(one_connection, "summary", ReportQuery(start=end - timedelta(hours=1), end=end))
+        run_report(one_connection, "failures", ReportQuery(start=end - timedelta(days=30), end=end))
+    with one_connection.connect() as conn:
+        # (COMMIT and ROLLBACK, which pg8000 also sends as statements, are prepared as usual)
+        assert {s for s in set(_prepared(conn)) - before if s.lower() not in ("commit", "rollback")} == set()
