@@ -132,6 +132,9 @@ def _from_rollups(conn: Connection, report: str, q: ReportQuery) -> list[dict[st
         **q.params(), "bucket": q.bucket if timeseries else None, "with_waits": not timeseries,
         "days": p.days, "hours": p.hours,
         "starts": [s for s, _ in p.live], "ends": [e for _, e in p.live],
+        "level": rollups.level_for(type=q.type is not None or q.group_by == "type",
+                                   queue=q.queue is not None or q.group_by == "queue",
+                                   owner=q.owner is not None),
     }
     rows = conn.execute(queries()["rollup"], params).mappings().all()
     conn.rollback()  # end the read-only transaction (and SET LOCAL)

@@ -2,7 +2,8 @@
 
 `job_rollups` holds, per hour and per day (UTC, of created_time), type, queue and owner, the
 counts the reports show and log-scale histograms of queue waits and run times (migration
-0005). `refresh()` rolls up each hour once it is ROLL_AFTER old, recomputes the hours that the
+0005), and the same summed over any of type, queue and owner (`level`, migration 0008),
+each row with the p50/p95/p99 of its histograms. `refresh()` rolls up each hour once it is ROLL_AFTER old, recomputes the hours that the
 trigger marked dirty (a job in them changed late: it finished, was retried, was purged), and
 rebuilds a day's row from its hours once the whole day is rolled up. `plan()` splits a
 report's window into days and hours read from the rollups and ranges read live from `jobs`.
@@ -29,6 +30,8 @@ DAY = timedelta(days=1)
 ROLL_AFTER = timedelta(hours=2)
 # One transaction rolls up at most this much new history (the first refresh of a big table).
 STEP = timedelta(days=7)
+# A refresh that rolled up at least this many hours analyzes job_rollups when it is done.
+ANALYZE_AFTER_HOURS = 24 * 7
 
 _COUNTS = """
     count(*) AS jobs,
@@ -41,19 +44,39 @@ _COUNTS = """
     count(*) FILTER (WHERE attempts > 1) AS retried
 """
 
-_COLUMNS = ("grain, period, type, queue, owner, jobs, completed, failed, cancelled, active, retries, ran, "
-            "retried, wait_buckets, wait_counts, run_buckets, run_counts")
+_COLUMNS = ("grain, period, level, type, queue, owner, jobs, completed, failed, cancelled, active, retries, ran, "
+            "retried, wait_buckets, wait_counts, run_buckets, run_counts, wait_p, run_p")
+_PERCENTILES = "'{0.5,0.95,0.99}'"  # wait_p and run_p, as api/sql/reports.sql reads them
+_KEY = "period, level, type, queue, owner"
+
+# Levels (migration 0008): a row summed over some of type, queue and owner has level =
+# GROUPING(type, queue, owner), 4 for type, 2 for queue, 1 for owner, and '' in those columns.
+TYPE_LEVEL, QUEUE_LEVEL, OWNER_LEVEL = 4, 2, 1
+_SUMMED_SETS = "GROUPING SETS ((type, queue), (type, owner), (queue, owner), (type), (queue), (owner), ())"
+_LEVEL_KEY = """GROUPING(type, queue, owner) AS level,
+               CASE WHEN GROUPING(type) = 1 THEN '' ELSE type END AS type,
+               CASE WHEN GROUPING(queue) = 1 THEN '' ELSE queue END AS queue,
+               CASE WHEN GROUPING(owner) = 1 THEN '' ELSE owner END AS owner"""
+_SUM_COUNTS = """sum(jobs) AS jobs, sum(completed) AS completed, sum(failed) AS failed,
+               sum(cancelled) AS cancelled, sum(active) AS active, sum(retries)::bigint AS retries,
+               sum(ran) AS ran, sum(retried) AS retried"""
+
+
+def level_for(*, type: bool, queue: bool, owner: bool) -> int:
+    """The level of the rows that keep exactly the dimensions given (True: kept)."""
+    return (0 if type else TYPE_LEVEL) + (0 if queue else QUEUE_LEVEL) + (0 if owner else OWNER_LEVEL)
+
 
 def _rollup_insert(grain: str, source: str, counts: str, cells: str) -> sa.TextClause:
     """INSERT rollup rows of `grain` from a `source` CTE: per-group `counts`, and the wait and
-    run histograms built from `cells` (rows of period, type, queue, owner, b, n), a query
-    written once with a {metric} placeholder."""
+    run histograms built from `cells` (rows of period, level, type, queue, owner, b, n), a
+    query written once with a {metric} placeholder."""
 
     def histogram(metric: str) -> str:
         return f"""
-        SELECT period, type, queue, owner, array_agg(b ORDER BY b) AS buckets, array_agg(n ORDER BY b) AS counts
+        SELECT {_KEY}, array_agg(b ORDER BY b) AS buckets, array_agg(n ORDER BY b) AS counts
         FROM ({cells.format(metric=metric)}) AS x
-        GROUP BY 1, 2, 3, 4"""
+        GROUP BY 1, 2, 3, 4, 5"""
 
     return sa.text(f"""
     INSERT INTO job_rollups ({_COLUMNS})
@@ -61,13 +84,15 @@ def _rollup_insert(grain: str, source: str, counts: str, cells: str) -> sa.TextC
     counts AS ({counts}),
     wait AS ({histogram("wait")}),
     run AS ({histogram("run")})
-    SELECT '{grain}', c.period, c.type, c.queue, c.owner, c.jobs, c.completed, c.failed, c.cancelled,
-           c.active, c.retries, c.ran, c.retried,
+    SELECT '{grain}', c.period, c.level, c.type, c.queue, c.owner, c.jobs, c.completed, c.failed,
+           c.cancelled, c.active, c.retries, c.ran, c.retried,
            coalesce(w.buckets, '{{}}'), coalesce(w.counts, '{{}}'),
-           coalesce(r.buckets, '{{}}'), coalesce(r.counts, '{{}}')
+           coalesce(r.buckets, '{{}}'), coalesce(r.counts, '{{}}'),
+           reporting.histogram_percentiles(w.buckets, w.counts, {_PERCENTILES}),
+           reporting.histogram_percentiles(r.buckets, r.counts, {_PERCENTILES})
     FROM counts c
-    LEFT JOIN wait w USING (period, type, queue, owner)
-    LEFT JOIN run r USING (period, type, queue, owner)
+    LEFT JOIN wait w USING ({_KEY})
+    LEFT JOIN run r USING ({_KEY})
     """)
 
 
@@ -85,26 +110,36 @@ _ROLL_HOURS = _rollup_insert(
             OFFSET 0  -- a subquery per range (an index range scan), not a join over all jobs
         ) AS j
     )""",
-    counts=f"SELECT period, type, queue, owner, {_COUNTS} FROM j GROUP BY 1, 2, 3, 4",
-    cells="SELECT period, type, queue, owner, {metric} AS b, count(*) AS n FROM j "
-          "WHERE {metric} IS NOT NULL GROUP BY 1, 2, 3, 4, 5",
+    counts=f"SELECT period, 0 AS level, type, queue, owner, {_COUNTS} FROM j GROUP BY 1, 3, 4, 5",
+    cells="SELECT period, 0 AS level, type, queue, owner, {metric} AS b, count(*) AS n FROM j "
+          "WHERE {metric} IS NOT NULL GROUP BY 1, 3, 4, 5, 6",
 )
 
-# Days, from their 24 hour rows.
+# The same hours summed over type, queue or owner (the other levels), from their level-0 rows.
+_ROLL_HOUR_LEVELS = _rollup_insert(
+    "hour",
+    source="""h AS MATERIALIZED (
+        SELECT r.* FROM unnest(CAST(:starts AS timestamptz[]), CAST(:ends AS timestamptz[])) AS x(s, e)
+        JOIN job_rollups r ON r.grain = 'hour' AND r.level = 0 AND r.period >= x.s AND r.period < x.e
+    )""",
+    counts=f"SELECT period, {_LEVEL_KEY}, {_SUM_COUNTS} FROM h GROUP BY period, {_SUMMED_SETS}",
+    cells=f"SELECT period, {_LEVEL_KEY}, u.b, sum(u.n)::bigint AS n "
+          "FROM h, unnest(h.{metric}_buckets, h.{metric}_counts) AS u(b, n) "
+          f"GROUP BY period, u.b, {_SUMMED_SETS}",
+)
+
+# Days, from their 24 hour rows, level by level.
 _ROLL_DAYS = _rollup_insert(
     "day",
     source="""h AS MATERIALIZED (
-        SELECT d.day AS period, r.type, r.queue, r.owner, r.jobs, r.completed, r.failed, r.cancelled,
+        SELECT d.day AS period, r.level, r.type, r.queue, r.owner, r.jobs, r.completed, r.failed, r.cancelled,
                r.active, r.retries, r.ran, r.retried, r.wait_buckets, r.wait_counts, r.run_buckets, r.run_counts
         FROM unnest(CAST(:days AS timestamptz[])) AS d(day)
         JOIN job_rollups r ON r.grain = 'hour' AND r.period >= d.day AND r.period < d.day + interval '24 hours'
     )""",
-    counts="""SELECT period, type, queue, owner, sum(jobs) AS jobs, sum(completed) AS completed,
-               sum(failed) AS failed, sum(cancelled) AS cancelled, sum(active) AS active,
-               sum(retries)::bigint AS retries, sum(ran) AS ran, sum(retried) AS retried
-        FROM h GROUP BY 1, 2, 3, 4""",
-    cells="SELECT period, type, queue, owner, u.b, sum(u.n)::bigint AS n "
-          "FROM h, unnest(h.{metric}_buckets, h.{metric}_counts) AS u(b, n) GROUP BY 1, 2, 3, 4, 5",
+    counts=f"SELECT {_KEY}, {_SUM_COUNTS} FROM h GROUP BY 1, 2, 3, 4, 5",
+    cells="SELECT period, level, type, queue, owner, u.b, sum(u.n)::bigint AS n "
+          "FROM h, unnest(h.{metric}_buckets, h.{metric}_counts) AS u(b, n) GROUP BY 1, 2, 3, 4, 5, 6",
 )
 
 _DELETE_HOURS = sa.text("""
@@ -164,8 +199,14 @@ def refresh(engine: Engine, *, now: datetime | None = None) -> RefreshReport:
             done = _refresh_step(conn, now, report)
         if done:
             break
+    if report.hours >= ANALYZE_AFTER_HOURS:
+        # A first rollup (or a big catch-up) writes most of the table at once: without fresh
+        # statistics the reports' plans take the few rows they had for all there are (the
+        # hourly timeseries over 30 days ran 5x slower until autovacuum came by).
+        with engine.connect() as conn:
+            conn.execute(sa.text("ANALYZE job_rollups"))
+            conn.commit()
     if report.hours:
-        until = report.rolled_until.isoformat() if report.rolled_until else None
         until = report.rolled_until.isoformat() if report.rolled_until else None
         logger.info("rollups refreshed", extra={"hours": report.hours, "days": report.days, "rolled_until": until})
     return report
@@ -189,6 +230,7 @@ def _refresh_step(conn: Connection, now: datetime | None, report: RefreshReport)
         params = {"starts": [s for s, _ in ranges], "ends": [e for _, e in ranges]}
         conn.execute(_DELETE_HOURS, params)
         conn.execute(_ROLL_HOURS, params)
+        conn.execute(_ROLL_HOUR_LEVELS, params)
         days = sorted({
             d for s, e in ranges for d in _days_touching(s, e) if d + DAY <= upto
         })

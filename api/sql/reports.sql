@@ -89,10 +89,12 @@ WITH r AS NOT MATERIALIZED (
     SELECT CASE WHEN CAST(:bucket AS text) IS NULL THEN timestamptz 'epoch' ELSE date_trunc(:bucket, period, 'UTC') END AS bucket,
            CASE :group_by WHEN 'type' THEN type WHEN 'queue' THEN queue ELSE 'all' END COLLATE "C" AS key,
            jobs, completed, failed, cancelled, active, retries, ran, retried,
-           wait_buckets, wait_counts, run_buckets, run_counts
+           wait_buckets, wait_counts, run_buckets, run_counts, wait_p, run_p
     FROM job_rollups
     WHERE ((grain = 'day' AND period = ANY(CAST(:days AS timestamptz[])))
            OR (grain = 'hour' AND period = ANY(CAST(:hours AS timestamptz[]))))
+      -- the rows summed over exactly what the report neither filters nor groups by
+      AND level = :level
       AND (CAST(:type AS text) IS NULL OR type = :type)
       AND (CAST(:queue AS text) IS NULL OR queue = :queue)
       AND (CAST(:owner AS text) IS NULL OR owner = :owner)
@@ -133,14 +135,26 @@ counts AS (
     ) AS c
     GROUP BY 1, 2
 ),
+-- A point made of one rollup row and nothing read live takes that row's own percentiles (every
+-- whole hour of an hourly timeseries); the others merge their histograms below.
+single AS MATERIALIZED (
+    SELECT bucket, key, min(wait_p) AS wait_p, min(run_p) AS run_p
+    FROM r
+    WHERE NOT EXISTS (SELECT 1 FROM l WHERE l.bucket = r.bucket AND l.key = r.key)
+    GROUP BY 1, 2
+    HAVING count(*) = 1
+),
+merged AS (
+    SELECT r.* FROM r WHERE NOT EXISTS (SELECT 1 FROM single s WHERE s.bucket = r.bucket AND s.key = r.key)
+),
 -- metric 1: queue wait, 2: run time (the timeseries shows run times only: with_waits false).
 hist AS (
     SELECT bucket, key, metric, b, sum(n)::bigint AS n
     FROM (
-        SELECT bucket, key, 1 AS metric, u.b, u.n FROM r, unnest(r.wait_buckets, r.wait_counts) AS u(b, n)
+        SELECT bucket, key, 1 AS metric, u.b, u.n FROM merged r, unnest(r.wait_buckets, r.wait_counts) AS u(b, n)
         WHERE CAST(:with_waits AS boolean)
         UNION ALL
-        SELECT bucket, key, 2, u.b, u.n FROM r, unnest(r.run_buckets, r.run_counts) AS u(b, n)
+        SELECT bucket, key, 2, u.b, u.n FROM merged r, unnest(r.run_buckets, r.run_counts) AS u(b, n)
         UNION ALL
         SELECT bucket, key, 1, wb, count(*) FROM l WHERE wb IS NOT NULL AND CAST(:with_waits AS boolean) GROUP BY 1, 2, 4
         UNION ALL
@@ -153,6 +167,10 @@ pct AS (
            reporting.histogram_percentiles(array_agg(b ORDER BY b), array_agg(n ORDER BY b), '{0.5,0.95,0.99}') AS p
     FROM hist
     GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT bucket, key, 1, wait_p FROM single WHERE CAST(:with_waits AS boolean)
+    UNION ALL
+    SELECT bucket, key, 2, run_p FROM single
 ),
 pivot AS (
     SELECT bucket, key,

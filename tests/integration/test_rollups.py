@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from api import rollups
 from api.history import purge, seed_history
 from api.reports import ReportQuery, queries, run_report, uses_rollups
+from api.resources import rfc3339
 from tests.conftest import ROOT
 from tests.integration.test_reports import _as_reporting_role, _attempt, _job
 
@@ -210,3 +211,58 @@ def test_histogram_percentiles_by_nearest_rank(db: Engine) -> None:
     # four values: ranks 1, 2, 3, 4 fall in buckets 1, 5, 9, 9
     assert got == [pytest.approx(mid(1)), pytest.approx(mid(5)), pytest.approx(mid(9)), pytest.approx(mid(9))]
     assert empty is None and tuple(zero) == (0, 0.0)
+
+
+@pytest.mark.parametrize(("group_by", "filters"), [
+    ("none", {}), ("type", {}), ("queue", {}), ("queue", {"type": "email"}), ("type", {"queue": "bulk"}),
+    ("none", {"owner": "team-a"}), ("queue", {"owner": "team-b", "type": "sync"}),
+    ("type", {"owner": "team-a", "queue": "default"}),
+])
+def test_every_level_of_the_rollups_counts_as_the_jobs_do(db: Engine, group_by: str, filters: dict[str, str]) -> None:
+    # Each report reads the rows summed over what it neither filters nor groups by (level);
+    # the counts of each must be those of the jobs themselves, by day and by hour.
+    seed_history(db, jobs=3000, days=4, end=T0 + 4 * D)
+    with db.begin() as conn:
+        conn.execute(sa.text("UPDATE jobs SET owner = CASE WHEN random() < 0.3 THEN NULL "
+                             "WHEN random() < 0.5 THEN 'team-a' ELSE 'team-b' END"))
+    rollups.refresh(db)
+    window = {"start": T0 + timedelta(minutes=5), "end": T0 + 3 * D + timedelta(minutes=50)}
+    for report, extra in (("summary", {}), ("timeseries", {"bucket": "day"}), ("timeseries", {"bucket": "hour"})):
+        q = ReportQuery(**window, group_by=group_by, **filters, **extra)  # type: ignore[arg-type]
+        assert uses_rollups(report, q)
+        fast = run_report(db, report, q)
+        with db.connect() as conn:
+            exact = [dict(r) for r in conn.execute(queries()[report], q.params()).mappings()]
+        key = ("bucket", "key") if report == "timeseries" else ("key",)
+        cols = ("jobs", "completed", "failed", "cancelled", "retries")
+
+        def counts(rows: list[dict[str, Any]], key: tuple[str, ...] = key) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+            def text(v: Any) -> str:
+                return rfc3339(v) if isinstance(v, datetime) else str(v)  # type: ignore[return-value]
+
+            return {tuple(text(r[k]) for k in key): tuple(r[c] for c in cols) for r in rows if r["jobs"]}
+
+        assert counts(fast) == counts(exact) and counts(fast), (report, extra)
+
+
+def test_an_hourly_point_from_one_rollup_row_has_the_percentiles_of_its_jobs(db: Engine) -> None:
+    # Whole hours take the percentiles stored with their rollup row (no histogram merged): they
+    # must be the middle of the bucket of each hour's exact nearest-rank percentile.
+    seed_history(db, jobs=4000, days=4, end=T0 + 4 * D)
+    rollups.refresh(db)
+    q = ReportQuery(start=T0 + timedelta(hours=3), end=T0 + 3 * D + timedelta(hours=3), group_by="queue", bucket="hour")
+    assert uses_rollups("timeseries", q)
+    fast = {(r["bucket"], r["key"]): r for r in run_report(db, "timeseries", q)}
+    with db.connect() as conn:
+        exact = conn.execute(sa.text("""
+            SELECT date_trunc('hour', created_time, 'UTC') AS hour, queue,
+                   percentile_disc(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM done_time - started_time)) p50,
+                   percentile_disc(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM done_time - started_time)) p95
+            FROM jobs WHERE created_time >= :from AND created_time < :to AND done_time IS NOT NULL
+            GROUP BY 1, 2"""), q.params()).all()
+    assert len(exact) >= 3 * 24 * 3 - 10
+    for hour, queue, p50, p95 in exact:
+        point = fast[(rfc3339(hour), queue)]
+        for col, true in (("run_p50_s", p50), ("run_p95_s", p95)):
+            bucket = 0 if true < 0.001 else 1 + math.floor(8 * math.log2(float(true) * 1000))
+            assert point[col] == pytest.approx(mid(bucket) if bucket else 0.0), (hour, queue, col)
