@@ -1,0 +1,96 @@
+"""PostgreSQL CPU per job for the two transitions of a run: claim, then finish with its attempt row.
+
+    python -m bench.transition_cost [--jobs 2000] [--threads 1] [--rounds 3] [--unprepared]
+                                    [--database-url URL]
+
+What `/handlers/run` asks of the database, without HTTP, the job function or the emulator:
+on a fresh migrated database, each round inserts `--jobs` QUEUED jobs, then `--threads`
+threads claim and finish them one by one (`api.store.claim_jobs` / `finish_jobs`, each on
+an autocommit connection of the app's engine, as the handler does). Prints, per round, the
+CPU time of every PostgreSQL process on the machine (user + system, by psutil) per job, and
+jobs per second. `--unprepared` runs with DB_PREPARED_STATEMENTS=false. The second round
+onwards run after `ANALYZE jobs`, as autovacuum would have. Loopback server only; the
+figures are CPU, so they move less with the machine's other load than throughput does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+import uuid
+
+import psutil
+import sqlalchemy as sa
+
+from api import store
+from api.config import Config
+from api.db import autocommit, create_engine
+from bench.stack import DEFAULT_SERVER, fresh_database
+
+
+def postgres_cpu() -> float:
+    """CPU seconds used so far by every process named postgres."""
+    total = 0.0
+    for proc in psutil.process_iter(["name"]):
+        try:
+            if proc.info["name"] == "postgres":
+                t = proc.cpu_times()
+                total += t.user + t.system
+        except psutil.Error:
+            continue  # gone between the listing and the read
+    return total
+
+
+def new_job() -> store.NewJob:
+    """A QUEUED echo job, as a create would insert it."""
+    job_id = uuid.uuid4()
+    return store.NewJob(id=job_id, type="echo", queue="default", payload={}, max_attempts=5, timeout_s=60,
+                        labels={}, task_name=f"projects/p/locations/l/queues/default/tasks/job-{job_id.hex}-0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the rounds and print one line each."""
+    p = argparse.ArgumentParser(prog="python -m bench.transition_cost", description=__doc__.splitlines()[0])
+    p.add_argument("--jobs", type=int, default=2000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--unprepared", action="store_true", help="DB_PREPARED_STATEMENTS=false")
+    p.add_argument("--database-url", default=DEFAULT_SERVER)
+    args = p.parse_args(argv)
+    with fresh_database(args.database_url, prefix="cloudjobs_transitions_") as url:
+        engine = create_engine(Config(db_prepared_statements=not args.unprepared), url=url,
+                               pool_size=args.threads)
+        try:
+            for n in range(args.rounds):
+                with engine.begin() as conn:
+                    ids = [r.id for r in store.insert_jobs(conn, [new_job() for _ in range(args.jobs)])]
+                    if n:
+                        conn.execute(sa.text("ANALYZE jobs"))
+
+                def work(part: list[uuid.UUID]) -> None:
+                    for job_id in part:
+                        with autocommit(engine) as conn:
+                            [claimed] = store.claim_jobs(conn, [job_id])
+                        with autocommit(engine) as conn:
+                            store.finish_jobs(conn, [store.Finish(job_id, claimed.attempts, "COMPLETED", "COMPLETED",
+                                                                  result={})])
+
+                threads = [threading.Thread(target=work, args=(ids[k :: args.threads],)) for k in range(args.threads)]
+                cpu, started = postgres_cpu(), time.perf_counter()
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                cpu, elapsed = postgres_cpu() - cpu, time.perf_counter() - started
+                print(f"round {n + 1}: PostgreSQL {1000 * cpu / args.jobs:.2f} ms CPU a job, "
+                      f"{args.jobs / elapsed:,.0f} jobs/s ({args.threads} threads, "
+                      f"{'unprepared' if args.unprepared else 'prepared'})", flush=True)
+        finally:
+            engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
