@@ -7,8 +7,8 @@ What `/handlers/run` asks of the database, without HTTP, the job function or the
 on a fresh migrated database, each round inserts `--jobs` QUEUED jobs, then `--threads`
 threads claim and finish them one by one (`api.store.claim_jobs` / `finish_jobs`, each on
 an autocommit connection of the app's engine, as the handler does). Prints, per round, the
-CPU time of every PostgreSQL process on the machine (user + system, by psutil) per job, and
-jobs per second. `--unprepared` runs with DB_PREPARED_STATEMENTS=false. The second round
+CPU time (user + system, by psutil) of the server processes working for that database per
+job, and jobs per second. `--unprepared` runs with DB_PREPARED_STATEMENTS=false. The second round
 onwards run after `ANALYZE jobs`, as autovacuum would have. Loopback server only; the
 figures are CPU, so they move less with the machine's other load than throughput does.
 """
@@ -30,16 +30,21 @@ from api.db import autocommit, create_engine
 from bench.stack import DEFAULT_SERVER, fresh_database
 
 
-def postgres_cpu() -> float:
-    """CPU seconds used so far by every process named postgres."""
+def backend_cpu(engine: sa.Engine, pids: set[int]) -> float:
+    """CPU seconds used so far by the server processes of this database (and `pids` seen before).
+
+    Its backends and autovacuum workers, read from pg_stat_activity; not the server's shared
+    processes (WAL writer, checkpointer), nor other databases' work on a shared server."""
+    with engine.connect() as conn:
+        pids.update(conn.execute(sa.text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")).scalars())
     total = 0.0
-    for proc in psutil.process_iter(["name"]):
+    for pid in pids:
         try:
-            if proc.info["name"] == "postgres":
-                t = proc.cpu_times()
-                total += t.user + t.system
+            t = psutil.Process(pid).cpu_times()
         except psutil.Error:
-            continue  # gone between the listing and the read
+            continue  # gone (an autovacuum worker that finished): its time is lost, not wrong
+        total += t.user + t.system
     return total
 
 
@@ -78,12 +83,13 @@ def main(argv: list[str] | None = None) -> int:
                                                                   result={})])
 
                 threads = [threading.Thread(target=work, args=(ids[k :: args.threads],)) for k in range(args.threads)]
-                cpu, started = postgres_cpu(), time.perf_counter()
+                pids: set[int] = set()
+                cpu, started = backend_cpu(engine, pids), time.perf_counter()
                 for t in threads:
                     t.start()
                 for t in threads:
                     t.join()
-                cpu, elapsed = postgres_cpu() - cpu, time.perf_counter() - started
+                cpu, elapsed = backend_cpu(engine, pids) - cpu, time.perf_counter() - started
                 print(f"round {n + 1}: PostgreSQL {1000 * cpu / args.jobs:.2f} ms CPU a job, "
                       f"{args.jobs / elapsed:,.0f} jobs/s ({args.threads} threads, "
                       f"{'unprepared' if args.unprepared else 'prepared'})", flush=True)
