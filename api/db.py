@@ -48,12 +48,17 @@ def create_engine(config: Config, *, url: str | None = None, pool_size: int | No
         # Cloud SQL closes idle connections after a while; recycle before it does.
         pool_recycle=1800,
     )
+    # With prepared statements, each execution is still planned for its own values: a generic
+    # plan (PostgreSQL's `auto` mode may switch to one after five runs) picked from statistics
+    # that saw no RUNNING jobs walked jobs_active_idx through every finished job's dead entry,
+    # and a run cost 3x more PostgreSQL CPU after a few minutes of load (issue #7).
+    startup = {"plan_cache_mode": "force_custom_plan"} if config.db_prepared_statements else {}
     target = url or config.database_url
     if target:
-        engine = sa.create_engine(normalise_url(target), **common)
+        engine = sa.create_engine(normalise_url(target), connect_args={"startup_params": startup}, **common)
     elif config.instance_connection_name:
         engine = sa.create_engine(
-            "postgresql+pg8000://", creator=_CloudSqlCreator(config), **common
+            "postgresql+pg8000://", creator=_CloudSqlCreator(config, startup), **common
         )
     else:
         raise ValueError("no database configured")
@@ -128,8 +133,9 @@ def _on_connect(dbapi_connection: Any, _record: Any) -> None:
 class _CloudSqlCreator:
     """Connections through the Cloud SQL Python Connector, made lazily after fork."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, startup_params: dict[str, str]) -> None:
         self._config = config
+        self._startup_params = startup_params
         self._connector: Any = None
         self._lock = threading.Lock()
 
@@ -151,4 +157,5 @@ class _CloudSqlCreator:
             password=c.db_password,
             db=c.db_name,
             enable_iam_auth=c.db_iam_auth,
+            startup_params=self._startup_params,  # passed on to pg8000.connect
         )

@@ -30,9 +30,11 @@ and plans it anew each time (a third of a claim's time, half of a finish's). Her
 connection prepares a statement the second time it runs it, under a name, and later runs
 are a Bind and an Execute of that name (`_Statements`: bounded, least recently used out,
 dropped when the server says they went stale; DB_PREPARED_STATEMENTS=false keeps them off).
-PostgreSQL still plans each execution of these with its parameters (its `auto` plan cache
-mode keeps custom plans when they are cheaper, as they are for a lookup by primary key), so
-plans stay what they were; the parsing and rewriting go.
+PostgreSQL still plans each execution with its parameters: api/db.py opens connections with
+`plan_cache_mode = force_custom_plan` (a generic plan, which `auto` may pick after five runs,
+chose an index by state from statistics that saw no RUNNING jobs and walked its dead entries:
+a run's database CPU tripled within minutes of load). So plans stay what they were; the
+parsing and rewriting go.
 
 Otherwise behaviour is unchanged: the same messages (minus two Syncs and the Flushes), the same
 parameter conversion, the same handling of the replies; an error in any step still skips

@@ -62,12 +62,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--unprepared", action="store_true", help="DB_PREPARED_STATEMENTS=false")
+    p.add_argument("--backlog", type=int, default=0,
+                   help="QUEUED jobs inserted (and analyzed) first, as a busy queue would hold")
     p.add_argument("--database-url", default=DEFAULT_SERVER)
     args = p.parse_args(argv)
     with fresh_database(args.database_url, prefix="cloudjobs_transitions_") as url:
         engine = create_engine(Config(db_prepared_statements=not args.unprepared), url=url,
                                pool_size=args.threads)
         try:
+            for start in range(0, args.backlog, 10_000):
+                with engine.begin() as conn:
+                    store.insert_jobs(conn, [new_job() for _ in range(min(10_000, args.backlog - start))])
+            if args.backlog:
+                with engine.begin() as conn:
+                    conn.execute(sa.text("ANALYZE jobs"))
             for n in range(args.rounds):
                 with engine.begin() as conn:
                     ids = [r.id for r in store.insert_jobs(conn, [new_job() for _ in range(args.jobs)])]

@@ -259,3 +259,16 @@ def test_reports_are_planned_with_their_window_each_time(one_connection: Engine)
     with one_connection.connect() as conn:
         # (COMMIT and ROLLBACK, which pg8000 also sends as statements, are prepared as usual)
         assert {s for s in set(_prepared(conn)) - before if s.lower() not in ("commit", "rollback")} == set()
+
+
+def test_prepared_statements_are_still_planned_for_their_values(one_connection: Engine, migrated_url: str) -> None:
+    # Generic plans, chosen from statistics that saw no RUNNING jobs, walked an index of
+    # states through dead entries: with prepared statements every run gets a custom plan.
+    with one_connection.connect() as conn:
+        assert conn.execute(sa.text("SHOW plan_cache_mode")).scalar_one() == "force_custom_plan"
+    plain = create_engine(Config(db_prepared_statements=False), url=migrated_url, pool_size=1)
+    try:
+        with plain.connect() as conn:
+            assert conn.execute(sa.text("SHOW plan_cache_mode")).scalar_one() == "auto"
+    finally:
+        plain.dispose()
