@@ -215,10 +215,18 @@ class CountingProxy:
         async def stop() -> None:
             if self._server is not None:
                 self._server.close()
+            # Connections a client left open end here, on a running loop: a pending task left
+            # for the garbage collector would run its `finally` later, in whatever thread
+            # collects it, against a loop that has stopped.
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
 
 
 @contextmanager
