@@ -133,7 +133,6 @@ job_attempts = Table(
         "outcome IN ('COMPLETED','FAILED','RETRY','CANCELLED','TIMED_OUT','LOST')",
         name="job_attempts_outcome_valid",
     ),
-    Index("job_attempts_finished_idx", "finished_time"),
     Index(
         "job_attempts_report_idx",
         "finished_time",
