@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,9 @@ def run_dev(args: argparse.Namespace) -> int:
     from api.tasks import make_client, sync_queues
     from emulator import Emulator
 
+    if hasattr(signal, "SIGUSR1"):
+        # `kill -USR1 <pid>` prints every thread's stack: for a dev server that seems stuck.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     pg: Any = None
     database_url = os.environ.get("DATABASE_URL")
     if not database_url:
@@ -69,10 +74,26 @@ def run_dev(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
         print("\nstopping...", flush=True)
-        server.shutdown()
-        app.extensions["cloudjobs"].engine.dispose()
+        with _step("app"):
+            server.shutdown()
+            app.extensions["cloudjobs"].engine.dispose()
     finally:
-        emu.stop()
+        with _step("emulator"):
+            emu.stop()
         if pg is not None:
-            pg.cleanup()
+            with _step("postgres"):
+                pg.cleanup()
     return 0
+
+
+class _step:
+    """Prints how long a part took to stop, so a slow shutdown says which part it was."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self) -> None:
+        self.start = time.monotonic()
+
+    def __exit__(self, *exc: object) -> None:
+        print(f"  {self.name:<10} stopped in {time.monotonic() - self.start:.1f}s", flush=True)

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.conftest import ROOT
 from tests.e2e.conftest import free_port
 
+# pg_ctl waits up to 60 s for PostgreSQL to stop; the rest takes a second or two.
+STOP_TIMEOUT_S = 90
 
+
+@pytest.mark.timeout(240)  # start (≤ 60 s) + the flow (≤ 30 s) + the stop (≤ STOP_TIMEOUT_S)
 def test_cloudjobs_dev_runs_the_tutorial_flow_on_an_embedded_postgres(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -49,7 +55,16 @@ def test_cloudjobs_dev_runs_the_tutorial_flow_on_an_embedded_postgres(tmp_path: 
         assert requests.post(f"{url}/handlers/run", json={"job_id": job_id}, timeout=5).status_code == 401
     finally:
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
+        try:
+            out, _ = proc.communicate(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # dev prints every thread's stack
+            time.sleep(1)
+            proc.kill()
+            out, _ = proc.communicate(timeout=10)
+            pytest.fail(f"cloudjobs dev did not stop within {STOP_TIMEOUT_S}s of Ctrl-C:\n{out}")
     assert proc.returncode == 0, out
     assert f"cloudjobs is running on {url}" in out
     assert "curl -s -X POST" in out
+    for part in ("app", "emulator", "postgres"):
+        assert re.search(rf"{part} +stopped in \d+\.\ds", out), out
