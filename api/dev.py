@@ -58,7 +58,11 @@ def run_dev(args: argparse.Namespace) -> int:
         app = create_app(config)
         server = make_server(args.host, args.port, app, threaded=True)
         stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        # Both stop it, whatever the signal's disposition was when this process started: a
+        # shell starts a background job (`cloudjobs dev &`) with SIGINT ignored, and Python
+        # then installs no KeyboardInterrupt for it.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         url = f"http://{args.host}:{args.port}"
@@ -68,10 +72,7 @@ def run_dev(args: argparse.Namespace) -> int:
         print(f"  curl -s -X POST {url}/v1/jobs -H 'Content-Type: application/json' \\")
         print("       -d '{\"type\":\"sleep\",\"payload\":{\"worktime\":40}}'")
         print(f"  curl -s {url}/v1/jobs/$ID\n", flush=True)
-        try:
-            while not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
+        while not stop.wait(0.5):
             pass
         print("\nstopping...", flush=True)
         with _step("app"):

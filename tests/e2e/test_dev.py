@@ -29,6 +29,9 @@ def test_cloudjobs_dev_runs_the_tutorial_flow_on_an_embedded_postgres(tmp_path: 
         [sys.executable, "-m", "api.cli", "dev", "--port", str(port), "--emulator-port", "0",
          "--data-dir", str(tmp_path / "data")],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # Started as a shell starts a background job, with SIGINT ignored: Ctrl-C (or kill -INT)
+        # must stop it all the same. (Python installs no KeyboardInterrupt then.)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         deadline = time.monotonic() + 60
