@@ -32,13 +32,23 @@ class CreateJob(BaseModel):
     run_at: AwareDatetime | None = Field(
         default=None, description="Run no earlier than this (RFC 3339, at most 30 days ahead)."
     )
+    # Strict, as the document says: an integer, not true or "5" (which pydantic would convert).
     max_attempts: int | None = Field(
-        default=None, ge=1, le=1000, description="At most the queue's max_attempts."
+        default=None, ge=1, le=1000, strict=True, description="At most the queue's max_attempts."
     )
     timeout_s: int | None = Field(
-        default=None, ge=1, le=1800, description="Per-attempt time limit, within the queue's dispatch deadline."
+        default=None, ge=1, le=1800, strict=True,
+        description="Per-attempt time limit, within the queue's dispatch deadline.",
     )
     labels: dict[str, str] = Field(default_factory=dict, description="Free-form string labels.")
+
+    @field_validator("run_at", mode="before")
+    @classmethod
+    def _run_at_is_text(cls, value: Any) -> Any:
+        # RFC 3339 text only: pydantic would take a number as Unix seconds.
+        if value is not None and not isinstance(value, str):
+            raise ValueError("run_at must be an RFC 3339 date-time string")
+        return value
 
     @field_validator("labels")
     @classmethod

@@ -98,6 +98,12 @@ def test_malformed_bodies_are_refused_and_nothing_is_stored(
         ({"type": "echo", "labels": {"k": 1}}, "labels.k"),
         ({"type": "echo", "unknown": 1}, "unknown"),
         ({"type": "echo", "run_at": "2020-01-01T00:00:00"}, "run_at"),
+        # What the document says is an integer or a date-time string, and nothing pydantic
+        # would convert into one (schemathesis found `true` accepted as 1).
+        ({"type": "echo", "max_attempts": True}, "max_attempts"),
+        ({"type": "echo", "max_attempts": "3"}, "max_attempts"),
+        ({"type": "echo", "timeout_s": "30"}, "timeout_s"),
+        ({"type": "echo", "run_at": int(datetime.now(UTC).timestamp()) + 3600}, "run_at"),
     ],
 )
 def test_invalid_jobs_are_422_naming_the_field_and_nothing_is_stored(
