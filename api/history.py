@@ -108,11 +108,13 @@ def seed_history(engine: Engine, *, jobs: int, days: float, end: datetime | None
     # VACUUM too: a history table settles with its visibility map set (index-only scans).
     # It cannot run in a transaction, and the pool's pre-ping leaves one open: end it first.
     raw = engine.raw_connection()
+    dbapi = raw.dbapi_connection
+    assert dbapi is not None  # a connection just checked out of the pool
     try:
         raw.rollback()
-        raw.dbapi_connection.autocommit = True
+        dbapi.autocommit = True
         raw.cursor().execute("VACUUM ANALYZE jobs, job_attempts")
-        raw.dbapi_connection.autocommit = False
+        dbapi.autocommit = False
     finally:
         raw.close()
     return time.monotonic() - started

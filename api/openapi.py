@@ -135,7 +135,7 @@ def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) 
     }
     schemas["Health"] = {"type": "object", "properties": {"status": {"type": "string"}}}
     array = {"type": "array", "items": {"type": "string"}}
-    doc = {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "cloudjobs",

@@ -239,7 +239,7 @@ def _security_headers(resp: Response) -> Response:
     # Each unless the response set its own. One look at the names, not a setdefault each:
     # werkzeug scans the header list per call (49 -> 18 us a response).
     h = resp.headers
-    present = {name.lower() for name in h.keys()}
+    present = {name.lower() for name in h.keys()}  # noqa: SIM118 (iterating Headers gives pairs)
     if present.isdisjoint(_SECURITY_NAMES):
         h.extend(_SECURITY_HEADERS)
     else:

@@ -112,7 +112,7 @@ def insert_job(conn: Connection, job: NewJob, *, state: str = "QUEUED") -> Row[A
 def job_by_idempotency_key(conn: Connection, key: str, *, owner: str | None) -> Row[Any] | None:
     """The job a caller created under an idempotency key."""
     stmt = sa.select(jobs).where(
-        (owner or "") == _OWNER_KEY, jobs.c.idempotency_key == key
+        _OWNER_KEY == (owner or ""), jobs.c.idempotency_key == key
     )
     return conn.execute(stmt).first()
 

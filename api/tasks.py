@@ -67,7 +67,7 @@ def build_task(
 
 _TASK_PB = tasks_v2.Task.pb()
 _HTTP_REQUEST_PB = tasks_v2.HttpRequest.pb()
-_POST = tasks_v2.HttpMethod.POST.value
+_POST = int(tasks_v2.HttpMethod.POST)
 
 
 def build_queue(config: Config, spec: QueueSpec) -> tasks_v2.Queue:

@@ -17,6 +17,7 @@ from urllib.parse import urlencode, urlsplit
 from flask import Blueprint, Response, g, redirect, render_template, request, url_for
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
 
 from api import charts, paging, store
 from api.auth import Principal
@@ -133,7 +134,7 @@ def logout() -> Response:
     return resp  # type: ignore[return-value]
 
 
-def _forget(resp: Response) -> None:
+def _forget(resp: BaseResponse) -> None:
     resp.delete_cookie(
         COOKIE, path=_cookie_path(), httponly=True, samesite="Strict", secure=_https()
     )
@@ -215,7 +216,8 @@ def reports() -> str:
     end = datetime.now(UTC)
     q = ReportQuery(start=end - span, end=end, owner=principal().scope, bucket=bucket, limit=10)
     series = run_report(state.reporting_engine, "timeseries", q)
-    [summary] = run_report(state.reporting_engine, "summary", q) or [None]
+    summaries: list[dict[str, Any] | None] = [*run_report(state.reporting_engine, "summary", q)] or [None]
+    [summary] = summaries
     failures = run_report(state.reporting_engine, "failures", q)
     points = fill_buckets(series, start=q.start, end=q.end, bucket=bucket)
     labels = [_label(p["bucket"], bucket) for p in points]

@@ -53,6 +53,7 @@ def job_mix(rng: random.Random, n: int) -> list[dict[str, Any]]:
     jobs = []
     for i in range(n):
         roll = rng.random()
+        body: dict[str, Any]
         if roll < 0.4:
             body = {"type": "echo", "payload": {"i": i}}
         elif roll < 0.6:
@@ -164,7 +165,7 @@ def check(engine: sa.Engine, ids: list[str]) -> tuple[dict[str, Any], list[str]]
     """The tally and the list of violated invariants."""
     violations: list[str] = []
     with engine.connect() as conn:
-        states = dict(conn.execute(sa.text("SELECT state, count(*) FROM jobs GROUP BY state")).all())
+        states: dict[str, int] = dict(conn.execute(sa.text("SELECT state, count(*) FROM jobs GROUP BY state")).all())
         total = sum(states.values())
         if total != len(ids):
             violations.append(f"{len(ids)} jobs submitted, {total} in the table")
@@ -190,7 +191,7 @@ def check(engine: sa.Engine, ids: list[str]) -> tuple[dict[str, Any], list[str]]
             "SELECT count(*) FROM jobs WHERE lease_expires_time IS NOT NULL AND state <> 'RUNNING'")).scalar_one()
         if leases:
             violations.append(f"{leases} finished jobs still hold a lease")
-        outcomes = dict(conn.execute(sa.text("SELECT outcome, count(*) FROM job_attempts GROUP BY outcome")).all())
+        outcomes: dict[str, int] = dict(conn.execute(sa.text("SELECT outcome, count(*) FROM job_attempts GROUP BY outcome")).all())
         attempts = conn.execute(sa.text("SELECT count(*) FROM job_attempts")).scalar_one()
     tally = {"jobs": total, "states": states, "attempt_rows": attempts, "attempt_outcomes": outcomes}
     return tally, violations

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             conn.execute(sa.text("INSERT INTO t SELECT g, 0 FROM generate_series(1, 10000) g"))
             conn.execute(sa.text("CREATE UNLOGGED TABLE waiters (id int PRIMARY KEY)"))
         engine.dispose()
-        files = {}
+        files: dict[str, Path] = {}
         for name, text in SCRIPTS.items():
             files[name] = Path(tmp) / f"{len(files)}.sql"
             files[name].write_text(text)

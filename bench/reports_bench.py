@@ -14,6 +14,7 @@ import argparse
 import statistics
 import sys
 import time
+from typing import Any
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -27,7 +28,7 @@ from bench.stack import DEFAULT_SERVER, fresh_database
 
 WINDOWS = {"24h": timedelta(hours=24), "30d": timedelta(days=30)}
 # (label, report, window, parameters)
-CASES = [
+CASES: list[tuple[str, str, str, dict[str, Any]]] = [
     ("summary by type", "summary", "24h", {"group_by": "type"}),
     ("summary by type", "summary", "30d", {"group_by": "type"}),
     ("timeseries hourly by queue", "timeseries", "24h", {"group_by": "queue", "bucket": "hour"}),

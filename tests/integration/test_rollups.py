@@ -236,7 +236,9 @@ def test_every_level_of_the_rollups_counts_as_the_jobs_do(db: Engine, group_by: 
         key = ("bucket", "key") if report == "timeseries" else ("key",)
         cols = ("jobs", "completed", "failed", "cancelled", "retries")
 
-        def counts(rows: list[dict[str, Any]], key: tuple[str, ...] = key) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+        def counts(
+            rows: list[dict[str, Any]], key: tuple[str, ...] = key, cols: tuple[str, ...] = cols
+        ) -> dict[tuple[Any, ...], tuple[Any, ...]]:
             def text(v: Any) -> str:
                 return rfc3339(v) if isinstance(v, datetime) else str(v)  # type: ignore[return-value]
 
