@@ -216,8 +216,8 @@ def reports() -> str:
     end = datetime.now(UTC)
     q = ReportQuery(start=end - span, end=end, owner=principal().scope, bucket=bucket, limit=10)
     series = run_report(state.reporting_engine, "timeseries", q)
-    summaries: list[dict[str, Any] | None] = [*run_report(state.reporting_engine, "summary", q)] or [None]
-    [summary] = summaries
+    summaries: list[dict[str, Any] | None] = [*run_report(state.reporting_engine, "summary", q)]
+    [summary] = summaries or [None]
     failures = run_report(state.reporting_engine, "failures", q)
     points = fill_buckets(series, start=q.start, end=q.end, bucket=bucket)
     labels = [_label(p["bucket"], bucket) for p in points]

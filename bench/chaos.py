@@ -191,7 +191,9 @@ def check(engine: sa.Engine, ids: list[str]) -> tuple[dict[str, Any], list[str]]
             "SELECT count(*) FROM jobs WHERE lease_expires_time IS NOT NULL AND state <> 'RUNNING'")).scalar_one()
         if leases:
             violations.append(f"{leases} finished jobs still hold a lease")
-        outcomes: dict[str, int] = dict(conn.execute(sa.text("SELECT outcome, count(*) FROM job_attempts GROUP BY outcome")).all())
+        outcomes: dict[str, int] = dict(
+            conn.execute(sa.text("SELECT outcome, count(*) FROM job_attempts GROUP BY outcome")).all()
+        )
         attempts = conn.execute(sa.text("SELECT count(*) FROM job_attempts")).scalar_one()
     tally = {"jobs": total, "states": states, "attempt_rows": attempts, "attempt_outcomes": outcomes}
     return tally, violations

@@ -14,8 +14,8 @@ import argparse
 import statistics
 import sys
 import time
-from typing import Any
 from datetime import timedelta
+from typing import Any
 
 import sqlalchemy as sa
 

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 
-
 from api.config import Config
 from tests.conftest import ROOT
 
