@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import select
 import socket
 import threading
 import time
@@ -104,7 +105,28 @@ def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
     record.info["cloudjobs_idle_since"] = time.monotonic()
 
 
+def _closed_by_server(dbapi_connection: Any) -> bool:
+    """Whether the server has spoken on a connection that sits idle in the pool.
+
+    Between requests PostgreSQL sends nothing unasked; what it does send is its goodbye (a
+    restart, a failover, pg_terminate_backend) and then the end of the stream. A zero-timeout
+    select sees that without a round trip, so a connection the server closed a moment ago is
+    replaced before it fails a request. (At worst it drops a live connection that got
+    something else unasked, and the pool connects anew.)"""
+    sock = getattr(dbapi_connection, "_usock", None)
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):  # closed on our side already
+        return True
+    return bool(readable)
+
+
 def _ping_if_idle(dialect: Any, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    if _closed_by_server(dbapi_connection):
+        # The pool drops this connection and checks out (or makes) another.
+        raise sa.exc.DisconnectionError("the server closed the connection")
     idle_since = record.info.get("cloudjobs_idle_since")
     if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
         return  # new, or back from work a moment ago

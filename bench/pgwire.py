@@ -152,6 +152,7 @@ class CountingProxy:
         self.upstream = (upstream_host, upstream_port)
         self.unix_sock = unix_sock  # the server's socket file, when it listens on one only
         self.counts = Counts()
+        self.server_closes = 0  # connections the server ended, passed on to their client
         self.port = 0
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -199,6 +200,9 @@ class CountingProxy:
                 pass
             finally:
                 dst.close()
+                if not count:
+                    with self._lock:
+                        self.server_closes += 1
 
         await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -56,6 +57,25 @@ def test_an_idle_connection_is_pinged_and_a_dead_one_replaced(
     with counting(proxy) as c, engine.connect() as conn:
         assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() != pid
     assert c.connections == 1  # the ping failed, the pool connected anew
+
+
+def test_a_connection_the_server_closed_is_replaced_without_a_ping(
+    proxied: tuple[Engine, CountingProxy], db: Engine
+) -> None:
+    # Back in the pool a moment ago, so not pinged: what PostgreSQL sent when it ended the
+    # connection (a restart, a failover) is seen on the socket, and the request gets a new one.
+    engine, proxy = proxied
+    with engine.connect() as conn:
+        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    with db.connect() as other:
+        assert other.execute(sa.text("SELECT pg_terminate_backend(:p, 5000)"), {"p": pid}).scalar_one()
+    deadline = time.monotonic() + 5  # until the proxy has passed the end of the stream on
+    while time.monotonic() < deadline and not proxy.server_closes:
+        time.sleep(0.01)
+    assert proxy.server_closes == 1
+    with counting(proxy) as c, engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() != pid
+    assert c.connections == 1 and "ping" not in c.trips, c.trips
 
 
 def test_a_failed_transaction_rolls_back_and_begins_anew(proxied: tuple[Engine, CountingProxy]) -> None:
