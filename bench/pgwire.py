@@ -178,6 +178,14 @@ class CountingProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            await self._relay(reader, writer)
+        except asyncio.CancelledError:
+            # The proxy is stopping (see __exit__); a task left cancelled would have asyncio's
+            # stream callback log an error for it.
+            writer.close()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
             if self.unix_sock:
                 up_reader, up_writer = await asyncio.open_unix_connection(self.unix_sock)
             else:
