@@ -36,9 +36,9 @@ def create_engine(config: Config, *, url: str | None = None, pool_size: int | No
     common: dict[str, Any] = dict(
         # JSONB round trips without SQLAlchemy's extra encode/decode layers.
         json_serializer=_dumps,
-        # Connections die on Cloud SQL maintenance and on idle timeouts of proxies: a
-        # connection that sat idle is pinged on checkout (see _ping_if_idle), so that turns
-        # into a reconnect instead of a failed request. One in steady use is not.
+        # Connections die on Cloud SQL maintenance and on idle timeouts of proxies: on checkout
+        # (see _check_on_checkout) one the server closed is seen on its socket and one that sat
+        # idle is pinged, so that turns into a reconnect instead of a failed request.
         pool_pre_ping=False,
         # Enough for a gunicorn worker's threads; more only holds Cloud SQL connections idle.
         pool_size=pool_size if pool_size is not None else config.db_pool_size,
@@ -68,7 +68,7 @@ def create_engine(config: Config, *, url: str | None = None, pool_size: int | No
         sa.event.listen(engine, "connect", lambda dbapi_connection, _record: pgfast.enable_prepared_statements(
             dbapi_connection))
     sa.event.listen(engine, "checkin", _on_checkin)
-    sa.event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine.dialect))
+    sa.event.listen(engine, "checkout", functools.partial(_check_on_checkout, engine.dialect))
     return engine
 
 
@@ -83,7 +83,7 @@ def autocommit(engine: Engine) -> Iterator[Connection]:
 
     pg8000's `autocommit` attribute is set for the block and cleared before the connection
     goes back to the pool. A connection is lent with no transaction open (the pool rolls back
-    on return, and `_ping_if_idle` ends its ping's), so nothing here can be rolled back later.
+    on return, and `_check_on_checkout` ends its ping's), so nothing here can be rolled back later.
     SQLAlchemy's `isolation_level="AUTOCOMMIT"` would do the same but, with pg8000, restores
     the isolation level on return with two more round trips.
     """
@@ -123,7 +123,8 @@ def _closed_by_server(dbapi_connection: Any) -> bool:
     return bool(readable)
 
 
-def _ping_if_idle(dialect: Any, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+def _check_on_checkout(dialect: Any, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Replace a connection the server closed; ping one that sat idle (PING_AFTER_IDLE_S)."""
     if _closed_by_server(dbapi_connection):
         # The pool drops this connection and checks out (or makes) another.
         raise sa.exc.DisconnectionError("the server closed the connection")

@@ -8,6 +8,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +89,11 @@ def run_dev(args: argparse.Namespace) -> int:
     return 0
 
 
-class _step:
+@contextmanager
+def _step(name: str) -> Iterator[None]:
     """Prints how long a part took to stop, so a slow shutdown says which part it was."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __enter__(self) -> None:
-        self.start = time.monotonic()
-
-    def __exit__(self, *exc: object) -> None:
-        print(f"  {self.name:<10} stopped in {time.monotonic() - self.start:.1f}s", flush=True)
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        print(f"  {name:<10} stopped in {time.monotonic() - start:.1f}s", flush=True)

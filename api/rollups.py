@@ -3,9 +3,10 @@
 `job_rollups` holds, per hour and per day (UTC, of created_time), type, queue and owner, the
 counts the reports show and log-scale histograms of queue waits and run times (migration
 0005), and the same summed over any of type, queue and owner (`level`, migration 0008),
-each row with the p50/p95/p99 of its histograms. `refresh()` rolls up each hour once it is ROLL_AFTER old, recomputes the hours that the
-trigger marked dirty (a job in them changed late: it finished, was retried, was purged), and
-rebuilds a day's row from its hours once the whole day is rolled up. `plan()` splits a
+each row with the p50/p95/p99 of its histograms. `refresh()` rolls up each hour once it is
+ROLL_AFTER old, recomputes the hours that the trigger marked dirty (a job in them changed
+late: it finished, was retried, was purged), and rebuilds a day's row from its hours once
+the whole day is rolled up. `plan()` splits a
 report's window into days and hours read from the rollups and ranges read live from `jobs`.
 
 Callers: the sweeper (Cloud Scheduler, every minute), `cloudjobs rollup`, `seed-history`.

@@ -231,7 +231,6 @@ _SECURITY_HEADERS = (
     ("Strict-Transport-Security", "max-age=31536000; includeSubDomains"),
     ("Cache-Control", "no-store"),
 )
-_SECURITY_NAMES = frozenset(name.lower() for name, _ in _SECURITY_HEADERS)
 
 
 @bp.after_app_request
@@ -240,10 +239,7 @@ def _security_headers(resp: Response) -> Response:
     # werkzeug scans the header list per call (49 -> 18 us a response).
     h = resp.headers
     present = {name.lower() for name in h.keys()}  # noqa: SIM118 (iterating Headers gives pairs)
-    if present.isdisjoint(_SECURITY_NAMES):
-        h.extend(_SECURITY_HEADERS)
-    else:
-        h.extend([(name, value) for name, value in _SECURITY_HEADERS if name.lower() not in present])
+    h.extend([(name, value) for name, value in _SECURITY_HEADERS if name.lower() not in present])
     return resp
 
 
