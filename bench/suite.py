@@ -277,7 +277,8 @@ class Reading:
     bench_s: float = 0.0  # CPU of this process: the emulator's threads (and the bench's polling)
 
 
-def _cpu(pid: int) -> float:
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used; 0 once it is gone."""
     try:
         t = psutil.Process(pid).cpu_times()
         return float(t.user + t.system)
@@ -306,9 +307,9 @@ class Meter:
         reading = Reading()
         workers = self._workers(master_pid)
         backends = self._backends(db)
-        app0 = {p: _cpu(p) for p in workers}
-        pg0 = {p: _cpu(p) for p in backends}
-        me0 = _cpu(os.getpid())
+        app0 = {p: process_cpu(p) for p in workers}
+        pg0 = {p: process_cpu(p) for p in backends}
+        me0 = process_cpu(os.getpid())
         self._watch = (key, master_pid)
         self._sample()
         try:
@@ -316,9 +317,9 @@ class Meter:
         finally:
             self._sample()
             self._watch = None
-            reading.app_s = sum(_cpu(p) - app0.get(p, 0.0) for p in self._workers(master_pid))
-            reading.pg_s = sum(_cpu(p) - pg0.get(p, 0.0) for p in self._backends(db))
-            reading.bench_s = _cpu(os.getpid()) - me0
+            reading.app_s = sum(process_cpu(p) - app0.get(p, 0.0) for p in self._workers(master_pid))
+            reading.pg_s = sum(process_cpu(p) - pg0.get(p, 0.0) for p in self._backends(db))
+            reading.bench_s = process_cpu(os.getpid()) - me0
             if reading.jobs:
                 per = 1000.0 / reading.jobs
                 self.cpu.setdefault(key, []).append(

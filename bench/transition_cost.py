@@ -21,13 +21,13 @@ import threading
 import time
 import uuid
 
-import psutil
 import sqlalchemy as sa
 
 from api import store
 from api.config import Config
 from api.db import autocommit, create_engine
 from bench.stack import DEFAULT_SERVER, fresh_database
+from bench.suite import process_cpu
 
 
 def backend_cpu(engine: sa.Engine, pids: set[int]) -> float:
@@ -38,14 +38,8 @@ def backend_cpu(engine: sa.Engine, pids: set[int]) -> float:
     with engine.connect() as conn:
         pids.update(conn.execute(sa.text(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")).scalars())
-    total = 0.0
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-        except psutil.Error:
-            continue  # gone (an autovacuum worker that finished): its time is lost, not wrong
-        total += t.user + t.system
-    return total
+    # (an autovacuum worker that finished counts 0: its time is lost, not wrong)
+    return sum(process_cpu(pid) for pid in pids)
 
 
 def new_job() -> store.NewJob:
