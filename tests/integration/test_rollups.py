@@ -234,17 +234,17 @@ def test_every_level_of_the_rollups_counts_as_the_jobs_do(db: Engine, group_by: 
         with db.connect() as conn:
             exact = [dict(r) for r in conn.execute(queries()[report], q.params()).mappings()]
         key = ("bucket", "key") if report == "timeseries" else ("key",)
-        cols = ("jobs", "completed", "failed", "cancelled", "retries")
+        assert _counts(fast, key) == _counts(exact, key) and _counts(fast, key), (report, extra)
 
-        def counts(
-            rows: list[dict[str, Any]], key: tuple[str, ...] = key, cols: tuple[str, ...] = cols
-        ) -> dict[tuple[Any, ...], tuple[Any, ...]]:
-            def text(v: Any) -> str:
-                return rfc3339(v) if isinstance(v, datetime) else str(v)  # type: ignore[return-value]
 
-            return {tuple(text(r[k]) for k in key): tuple(r[c] for c in cols) for r in rows if r["jobs"]}
+def _counts(rows: list[dict[str, Any]], key: tuple[str, ...]) -> dict[tuple[str, ...], tuple[Any, ...]]:
+    """A report's counts by its key (times as RFC 3339), rows with jobs only."""
 
-        assert counts(fast) == counts(exact) and counts(fast), (report, extra)
+    def text(v: Any) -> str:
+        return rfc3339(v) if isinstance(v, datetime) else str(v)  # type: ignore[return-value]
+
+    cols = ("jobs", "completed", "failed", "cancelled", "retries")
+    return {tuple(text(r[k]) for k in key): tuple(r[c] for c in cols) for r in rows if r["jobs"]}
 
 
 def test_an_hourly_point_from_one_rollup_row_has_the_percentiles_of_its_jobs(db: Engine) -> None:
