@@ -13,7 +13,7 @@ ARG EXTRAS=otel
 # The package is installed from a copy of the source that is then removed, so the app runs
 # from site-packages and the working directory holds only what gunicorn and the app read.
 COPY . /src
-RUN pip install "/src${EXTRAS:+[$EXTRAS]}" \
+RUN pip install /src/clients/python "/src${EXTRAS:+[$EXTRAS]}" \
  && rm -rf /src
 
 WORKDIR /app

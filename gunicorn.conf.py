@@ -16,7 +16,7 @@ accesslog = None
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "api.logs.JsonFormatter"}},
+    "formatters": {"json": {"()": "api.observability.logs.JsonFormatter"}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
     "root": {"level": os.environ.get("LOG_LEVEL", "INFO"), "handlers": ["stderr"]},
     "loggers": {

@@ -1,42 +1,27 @@
-"""cloudjobs' API: the app factory."""
+"""cloudjobs' server: `create_app` (api.web.app) builds the Flask app, `Config` reads the environment.
+
+Both are loaded on first use, so importing a part of the server (the store, the cloud clients,
+the errors) does not import Flask: `handlers`, which job authors import, stays free of it.
+"""
 
 from __future__ import annotations
 
-import logging
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
-
-from api.config import Config
-
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from api.config import Config
+    from api.web.app import create_app
 
 __all__ = ["Config", "create_app"]
 
 
-def create_app(config: Config | None = None, **parts: object) -> Flask:
-    """Build the Flask app; `parts` may replace the registry or queues (tests)."""
-    from api import errors, observability, reports, routes
-    from api.state import AppState
-    from handlers.run import bp as handlers_bp
-    from handlers.sweep import bp as sweep_bp
+def __getattr__(name: str) -> Any:
+    if name == "create_app":
+        from api.web.app import create_app
 
-    config = config or Config.from_env()
-    config.validate()
-    if config.handler_auth == "none":
-        logger.warning("HANDLER_AUTH=none: /handlers/* accepts any caller; keep it behind IAM")
-    if config.api_auth == "none":
-        logger.warning("AUTH=none: the API accepts any caller and scopes nothing; keep it behind IAM or IAP")
-    app = Flask("cloudjobs", static_folder=None)
-    app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["cloudjobs"] = AppState.build(config, **parts)  # type: ignore[arg-type]
-    observability.install(app, app.extensions["cloudjobs"])
-    errors.register(app)
-    app.register_blueprint(routes.bp)
-    app.register_blueprint(reports.bp)
-    app.register_blueprint(handlers_bp)
-    app.register_blueprint(sweep_bp)
-    from api.ui import bp as ui_bp  # the dashboard (/ui)
+        return create_app
+    if name == "Config":
+        from api.config import Config
 
-    app.register_blueprint(ui_bp)
-    return app
+        return Config
+    raise AttributeError(f"module 'api' has no attribute {name!r}")

@@ -72,6 +72,9 @@ class Config:
     max_payload_bytes: int = 256 * 1024
     page_token_key: str = "cloudjobs-page-token"
     job_modules: tuple[str, ...] = field(default_factory=tuple)
+    # The demo types sleep, echo and flaky: on in `cloudjobs dev` and the tests, off in a
+    # deployment unless asked for (a one-hour `sleep` is a way to tie up a worker).
+    demo_job_types: bool = False
 
     # Observability
     otel_enabled: bool = False  # OpenTelemetry traces to Cloud Trace (needs the otel extra)
@@ -165,6 +168,7 @@ class Config:
             max_request_bytes=int(e.get("MAX_REQUEST_BYTES", str(1024 * 1024))),
             page_token_key=e.get("PAGE_TOKEN_KEY", "cloudjobs-page-token"),
             job_modules=tuple(m for m in e.get("JOB_MODULES", "").split(",") if m.strip()),
+            demo_job_types=_flag(e.get("DEMO_JOB_TYPES")),
             otel_enabled=_flag(e.get("OTEL_ENABLED")),
         )
 

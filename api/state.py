@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from flask import current_app
 from sqlalchemy.engine import Engine
 
-from api.auth import ApiAuthenticator
+from api.cloud.queues import Queues
+from api.cloud.tasks import TasksClient
 from api.config import Config
-from api.db import create_engine
-from api.queues import Queues
-from api.tasks import TasksClient
+from api.store.engine import create_engine
+from api.web.auth import ApiAuthenticator
 
 if TYPE_CHECKING:
     from handlers.registry import Registry
@@ -33,16 +31,9 @@ class AppState:
 
     @classmethod
     def build(
-        cls, config: Config, *, registry: Registry | None = None, queues: Queues | None = None
+        cls, config: Config, *, registry: Registry, queues: Queues | None = None
     ) -> AppState:
         """Build the parts; nothing connects to the database or Cloud Tasks yet."""
-        if registry is None:
-            import handlers.builtin  # noqa: F401  (registers the built-in job types)
-            from handlers.registry import registry as default_registry
-
-            registry = default_registry
-        for module in config.job_modules:
-            importlib.import_module(module.strip())
         engine = create_engine(config)
         return cls(
             config=config,
@@ -57,8 +48,3 @@ class AppState:
                 if config.reporting_database_url else engine
             ),
         )
-
-
-def current_state() -> AppState:
-    """The AppState of the app handling this request."""
-    return current_app.extensions["cloudjobs"]  # type: ignore[no-any-return]

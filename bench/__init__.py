@@ -1,6 +1,6 @@
 """Benchmarks: `python -m bench` (throughput against a floor), `python -m bench.chaos`.
 
-`main(argv)` is what a `cloudjobs bench` subcommand calls; it imports the suite lazily, so
+`main(argv)` is what `python -m bench` calls; it imports the suite lazily, so
 importing `bench` (as bench.chaos does) stays cheap.
 """
 

@@ -25,7 +25,7 @@ import requests
 import sqlalchemy as sa
 from google.cloud import tasks_v2
 
-from api.tasks import make_client, queue_path
+from api.cloud.tasks import make_client, queue_path
 from bench.stack import DEFAULT_SERVER, Stack, fresh_database, running_stack
 
 HERE = Path(__file__).resolve().parent

@@ -3,7 +3,7 @@
     gunicorn -c gunicorn.conf.py 'bench.floor_app:create_app()'    (DATABASE_URL set)
 
 Served by the same gunicorn configuration and built on the same engine factory
-(`api.db.create_engine`, hence the same pool, pre-ping and pg8000 driver) as cloudjobs, on a
+(`api.store.engine.create_engine`, hence the same pool, pre-ping and pg8000 driver) as cloudjobs, on a
 database migrated by the same migrations. Each endpoint does one thing:
 
 | endpoint | does |
@@ -30,8 +30,8 @@ import sqlalchemy as sa
 from flask import Flask, Response, request
 
 from api.config import Config
-from api.db import create_engine
-from api.models import job_attempts, jobs
+from api.store.engine import create_engine
+from api.store.tables import job_attempts, jobs
 
 _CLAIM = (
     sa.update(jobs)

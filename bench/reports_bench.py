@@ -4,7 +4,7 @@
 
 Seeds a fresh database per size on the local server (`--database-url`), history spread over
 `--days` (so a window is a slice of it, as in production) and ending now, rolls it up as the
-sweeper would (`api.rollups.refresh`), then times each report (median of `--runs`, after one
+sweeper would (`api.reporting.rollups.refresh`), then times each report (median of `--runs`, after one
 warm-up) and prints a table with the sizes side by side. Loopback only.
 """
 
@@ -19,11 +19,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from api import rollups
 from api.config import Config
-from api.db import create_engine
-from api.history import seed_history
-from api.reports import ReportQuery, run_report
+from api.reporting import rollups
+from api.reporting.history import seed_history
+from api.reporting.reports import ReportQuery, run_report
+from api.store.engine import create_engine
 from bench.stack import DEFAULT_SERVER, fresh_database
 
 WINDOWS = {"24h": timedelta(hours=24), "30d": timedelta(days=30)}

@@ -41,9 +41,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from api import create_app
+from api.cloud.queues import Queues
+from api.cloud.tasks import make_client, queue_path, sync_queues
 from api.config import Config
-from api.queues import Queues
-from api.tasks import make_client, queue_path, sync_queues
 from bench.stack import DEFAULT_SERVER, SERVICE_ACCOUNT, fresh_database
 from bench.suite import BATCH, ECHO, QUEUES_FILE
 

@@ -22,11 +22,11 @@ import requests
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from api import migrate
+from api.cloud.queues import Queues
+from api.cloud.tasks import make_client, sync_queues
 from api.config import Config
-from api.db import create_engine, normalise_url
-from api.queues import Queues
-from api.tasks import make_client, sync_queues
+from api.store import migrate
+from api.store.engine import create_engine, normalise_url
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE_ACCOUNT = "tasks@bench-project.iam.gserviceaccount.com"
@@ -47,7 +47,7 @@ def fresh_database(server_url: str | None, *, prefix: str = "cloudjobs_bench_") 
     `prefix` names it, so a run's databases can be told from another's on a shared server."""
     server = None
     if server_url is None:
-        from api.devdb import start_embedded_postgres
+        from api.cli.devdb import start_embedded_postgres
 
         server_url, server = start_embedded_postgres(Path(tempfile.mkdtemp(prefix="cloudjobs-bench-")) / "pg")
     server_url = normalise_url(server_url)
@@ -107,6 +107,7 @@ def running_stack(
             "CLOUD_TASKS_EMULATOR_HOST": emu.address,
             "HANDLER_BASE_URL": url,
             "HANDLER_AUTH": "oidc",
+            "DEMO_JOB_TYPES": "true",
             "AUTH": "none",
             "TASKS_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
             "OIDC_CERTS_URL": emu.certs_url,

@@ -5,7 +5,7 @@
 One run brings up, on loopback: a fresh database for cloudjobs and one for the floor (both
 migrated by the same migrations), the Cloud Tasks emulator, gunicorn serving cloudjobs and
 gunicorn serving the floor app (`bench/floor_app.py`), both with `gunicorn.conf.py` and
-`api.db.create_engine`. It then measures, in rounds, every figure once per round, floor and
+`api.store.engine.create_engine`. It then measures, in rounds, every figure once per round, floor and
 cloudjobs interleaved so that drift on a shared machine hits both alike:
 
 - the floor: bare Flask; + one INSERT … RETURNING; + one SELECT by primary key; + one UPDATE;
@@ -523,7 +523,7 @@ class Bench:
         self.figs = figures()
         self.cj_db = bench_engine(stack.database_url)
         self.floor_db = bench_engine(floor_db)
-        from api.tasks import make_client, queue_path
+        from api.cloud.tasks import make_client, queue_path
 
         self.tasks = make_client(stack.config)
         self.queue = queue_path(stack.config, "default")

@@ -5,7 +5,7 @@
 
 What `/handlers/run` asks of the database, without HTTP, the job function or the emulator:
 on a fresh migrated database, each round inserts `--jobs` QUEUED jobs, then `--threads`
-threads claim and finish them one by one (`api.store.claim_jobs` / `finish_jobs`, each on
+threads claim and finish them one by one (`api.store.jobs.claim_jobs` / `finish_jobs`, each on
 an autocommit connection of the app's engine, as the handler does). Prints, per round, the
 CPU time (user + system, by psutil) of the server processes working for that database per
 job, and jobs per second. `--unprepared` runs with DB_PREPARED_STATEMENTS=false. The second round
@@ -23,9 +23,9 @@ import uuid
 
 import sqlalchemy as sa
 
-from api import store
 from api.config import Config
-from api.db import autocommit, create_engine
+from api.store import jobs as store
+from api.store.engine import autocommit, create_engine
 from bench.stack import DEFAULT_SERVER, fresh_database
 from bench.suite import process_cpu
 

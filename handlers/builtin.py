@@ -1,4 +1,8 @@
-"""Built-in job types for demos and tests: sleep (alias worktime), echo, flaky."""
+"""Built-in job types for demos and tests: sleep (alias worktime), echo, flaky.
+
+They live in a registry of their own, `demo`: create_app adds it to the app's types only
+when DEMO_JOB_TYPES is on (`cloudjobs dev` and the tests turn it on), so a deployment runs
+its own types and nothing else unless told otherwise."""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from handlers.registry import JobContext, Permanent, Retry, job
+from handlers.registry import JobContext, Permanent, Registry, Retry
+
+demo = Registry()
+job = demo.job
 
 
 class SleepPayload(BaseModel):

@@ -86,6 +86,10 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         return name in self.types
 
+    def merged(self, other: Registry) -> Registry:
+        """A registry of both; a type registered in both is this one's."""
+        return Registry({**other.types, **self.types})
+
 
 registry = Registry()
 job = registry.job

@@ -1,4 +1,6 @@
-"""POST /handlers/run: claim, run, finish — the callback Cloud Tasks makes for each task."""
+"""Running the jobs a Cloud Task names: claim, run, finish (the work behind POST /handlers/run).
+
+No Flask here: api/web/callbacks.py parses the request and answers Cloud Tasks."""
 
 from __future__ import annotations
 
@@ -9,81 +11,16 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import Blueprint, Request, Response, request
 from pydantic import ValidationError
 from sqlalchemy.engine import Row
 
-from api import observability, store
-from api.db import autocommit
-from api.errors import InvalidRequest, LeaseHeld, Problem
-from api.routes import json_body, json_response
-from api.state import AppState, current_state
-from handlers.auth import require_task_caller
+from api.observability import traces as observability
+from api.state import AppState
+from api.store import jobs as store
+from api.store.engine import autocommit
 from handlers.registry import JobContext, Permanent, Retry, UnknownJobType
 
 logger = logging.getLogger(__name__)
-
-bp = Blueprint("handlers", __name__, url_prefix="/handlers")
-
-
-class RetryRequested(Problem):
-    """The attempt failed and attempts remain: the queue should deliver the task again."""
-
-    status = 500
-    title = "Attempt failed; retry requested"
-    slug = "retry-requested"
-
-
-def delivery_from(req: Request) -> store.Delivery:
-    """What Cloud Tasks (or App Engine) says about this delivery in its headers."""
-    h = req.headers
-
-    def header(name: str) -> str | None:
-        return h.get(f"X-CloudTasks-{name}") or h.get(f"X-AppEngine-{name}")
-
-    def number(name: str) -> int | None:
-        raw = header(name)
-        return int(raw) if raw and raw.isdigit() else None
-
-    return store.Delivery(
-        task_name=header("TaskName"),
-        retry_count=number("TaskRetryCount"),
-        execution_count=number("TaskExecutionCount"),
-        retry_reason=header("TaskRetryReason"),
-    )
-
-
-def job_ids_from(body: Any) -> list[uuid.UUID]:
-    """`{"job_id": …}` (or `{"job_ids": […]}`) as UUIDs; 400 otherwise."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object with job_id")
-    raw = body.get("job_ids", [body["job_id"]] if "job_id" in body else None)
-    if not isinstance(raw, list) or not raw:
-        raise InvalidRequest("the body must name job_id")
-    try:
-        return [uuid.UUID(str(r)) for r in raw]
-    except ValueError:
-        raise InvalidRequest("job_id must be a UUID") from None
-
-
-@bp.post("/run")
-def run() -> Response:
-    """Run the jobs a task names; 2xx when done for good, non-2xx to have the queue retry."""
-    state = current_state()
-    require_task_caller(request, state)
-    ids = job_ids_from(json_body(request))
-    outcome = run_jobs(state, ids, delivery_from(request))
-    if outcome.retry:
-        raise RetryRequested(
-            "the job asked for another attempt", jobs=[str(i) for i in outcome.retry]
-        )
-    if outcome.lease_held:
-        raise LeaseHeld(
-            "another attempt holds the job's lease; deliver again later",
-            jobs=[str(i) for i in outcome.lease_held],
-        )
-    return json_response({"jobs": outcome.states})
-
 
 class RunOutcome:
     """What happened to each job a delivery named."""

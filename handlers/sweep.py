@@ -14,20 +14,15 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Response, request
 from google.api_core import exceptions as gexc
 from sqlalchemy.engine import Row
 
-from api import jobs as jobs_service
-from api import rollups, store, waiters
-from api.routes import json_response
-from api.state import AppState, current_state
-from handlers.auth import require_task_caller
+from api.orchestration import lifecycle as jobs_service
+from api.reporting import rollups
+from api.state import AppState
+from api.store import jobs as store
 
 logger = logging.getLogger(__name__)
-
-bp = Blueprint("sweep", __name__, url_prefix="/handlers")
-
 
 @dataclass
 class SweepReport:
@@ -40,14 +35,6 @@ class SweepReport:
     still_owned: int = 0  # checked, and Cloud Tasks still has their task
     rollup_hours: int = 0  # hours of history rolled up (new or changed) for reports
     stale_waiters: int = 0  # ?wait= registrations left by processes that died while waiting
-
-
-@bp.post("/sweep")
-def sweep_endpoint() -> Response:
-    """Run one sweep (for Cloud Scheduler)."""
-    state = current_state()
-    require_task_caller(request, state)
-    return json_response(asdict(sweep(state)))
 
 
 def sweep(state: AppState) -> SweepReport:
@@ -95,7 +82,7 @@ def sweep(state: AppState) -> SweepReport:
     if requeue:
         jobs_service.enqueue(state, requeue)
     report.rollup_hours = rollups.refresh(state.engine).hours
-    report.stale_waiters = waiters.purge_stale_waiters(state.engine)
+    report.stale_waiters = store.purge_stale_waiters(state.engine)
     if any(asdict(report).values()):
         logger.info("sweep", extra=asdict(report))
     return report

@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 
 from api.config import Config
-from api.db import create_engine
-from api.models import metadata
+from api.store.engine import create_engine
+from api.store.tables import metadata
 
 target_metadata = metadata
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
 from api.config import Config
-from api.db import create_engine, normalise_url
+from api.store.engine import create_engine, normalise_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,7 +24,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield normalise_url(url)
         return
-    from api.devdb import start_embedded_postgres
+    from api.cli.devdb import start_embedded_postgres
 
     url, server = start_embedded_postgres(tmp_path_factory.mktemp("pg"))
     yield url
@@ -52,7 +52,7 @@ def database_url(server_url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def migrated_url(database_url: str) -> str:
     """The test database upgraded to head."""
-    from api import migrate
+    from api.store import migrate
 
     engine = create_engine(Config(), url=database_url, pool_size=1)
     migrate.upgrade(engine)

@@ -15,9 +15,9 @@ import pytest
 import requests
 from google.cloud import tasks_v2
 
+from api.cloud.queues import Queues
+from api.cloud.tasks import make_client, sync_queues
 from api.config import Config
-from api.queues import Queues
-from api.tasks import make_client, sync_queues
 from emulator import Emulator
 from tests.conftest import ROOT
 
@@ -93,6 +93,7 @@ def stack(migrated_url: str) -> Iterator[Stack]:
             "CLOUD_TASKS_EMULATOR_HOST": emu.address,
             "HANDLER_BASE_URL": url,
             "HANDLER_AUTH": "oidc",
+            "DEMO_JOB_TYPES": "true",
             "AUTH": "none",
             "TASKS_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
             "OIDC_CERTS_URL": emu.certs_url,

@@ -22,7 +22,7 @@ def cloudjobs(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CLOUDJOBS_URL": stack.url}
     env.pop("CLOUDJOBS_API_KEY", None)
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args],
+        [sys.executable, "-m", "api.cli.main", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

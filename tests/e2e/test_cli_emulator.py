@@ -9,13 +9,13 @@ import sys
 
 from google.cloud import tasks_v2
 
+from api.cloud.tasks import make_client
 from api.config import Config
-from api.tasks import make_client
 from tests.conftest import ROOT
 
 
 def test_cloudjobs_emulator_serves_the_real_client() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "emulator", "--port", "0", "--http-port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "api.cli.main", "emulator", "--port", "0", "--http-port", "0"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         address = None

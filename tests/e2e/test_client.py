@@ -1,4 +1,4 @@
-"""api.client against gunicorn, the emulator and PostgreSQL; a lossy front for its retries."""
+"""cloudjobs_client.client against gunicorn, the emulator and PostgreSQL; a lossy front for its retries."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import requests
 import sqlalchemy as sa
+from cloudjobs_client.client import Client, Conflict, Job, NotFound, Unauthorized, Unavailable, ValidationFailed
 from sqlalchemy.engine import Engine
 
-from api.client import Client, Conflict, Job, NotFound, Unauthorized, Unavailable, ValidationFailed
 from tests.e2e.conftest import Stack
 
 

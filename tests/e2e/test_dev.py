@@ -26,7 +26,7 @@ def test_cloudjobs_dev_runs_the_tutorial_flow_on_an_embedded_postgres(tmp_path: 
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "HANDLER_AUTH")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "dev", "--port", str(port), "--emulator-port", "0",
+        [sys.executable, "-m", "api.cli.main", "dev", "--port", str(port), "--emulator-port", "0",
          "--data-dir", str(tmp_path / "data")],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         # Started as a shell starts a background job, with SIGINT ignored: Ctrl-C (or kill -INT)

@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.cloud import tasks_v2
 
-from api import migrate
+from api.cli.devdb import start_embedded_postgres
+from api.cloud.queues import Queues
+from api.cloud.tasks import make_client, queue_path, sync_queues
 from api.config import Config
-from api.db import create_engine
-from api.devdb import start_embedded_postgres
-from api.queues import Queues
-from api.tasks import make_client, queue_path, sync_queues
+from api.store import migrate
+from api.store.engine import create_engine
 from emulator import Emulator
 from tests.conftest import ROOT
 from tests.e2e.conftest import SERVICE_ACCOUNT, TEST_QUEUES, free_port, start_gunicorn, wait_healthy
@@ -141,6 +141,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
         "CLOUD_TASKS_EMULATOR_HOST": f"127.0.0.1:{emu_port}",
         "HANDLER_BASE_URL": url,
         "HANDLER_AUTH": "oidc",
+        "DEMO_JOB_TYPES": "true",
         "AUTH": "none",
         "TASKS_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
         "OIDC_CERTS_URL": f"http://127.0.0.1:{emu_http_port}/oauth2/v1/certs",
@@ -205,7 +206,7 @@ def test_emulator_down_during_create_is_202_and_the_sweeper_enqueues_later(fault
         assert faults.get(f"/v1/jobs/{job['id']}").json()["state"] == "CREATED"
     finally:
         faults.start_emulator()
-    proc = subprocess.run([sys.executable, "-m", "api.cli", "sweep"], cwd=ROOT, env=faults.env,
+    proc = subprocess.run([sys.executable, "-m", "api.cli.main", "sweep"], cwd=ROOT, env=faults.env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["enqueued"] >= 1

@@ -12,7 +12,7 @@ from google.api_core.exceptions import NotFound
 from google.cloud import tasks_v2
 from sqlalchemy.engine import Engine
 
-from api.tasks import queue_path
+from api.cloud.tasks import queue_path
 from tests.e2e.conftest import Stack
 
 

@@ -34,6 +34,7 @@ def logged_app(stack: Stack, migrated_url: str, tmp_path: Path) -> Iterator[tupl
         "CLOUD_TASKS_EMULATOR_HOST": stack.emulator.address,
         "HANDLER_BASE_URL": url,
         "HANDLER_AUTH": "oidc",
+        "DEMO_JOB_TYPES": "true",
         "AUTH": "none",
         "TASKS_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
         "OIDC_CERTS_URL": stack.emulator.certs_url,

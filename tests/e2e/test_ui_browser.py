@@ -18,7 +18,7 @@ from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
 from sqlalchemy.engine import Engine
 
-from api import auth
+from api.web import auth
 from tests.e2e.conftest import (
     SERVICE_ACCOUNT,
     TEST_QUEUES,
@@ -166,6 +166,7 @@ def keys_stack(stack: Stack, migrated_url: str) -> Iterator[str]:
         "CLOUD_TASKS_EMULATOR_HOST": stack.emulator.address,
         "HANDLER_BASE_URL": stack.url,  # tasks run on the first stack; this one only serves pages
         "HANDLER_AUTH": "oidc",
+        "DEMO_JOB_TYPES": "true",
         "AUTH": "keys",
         "TASKS_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
         "OIDC_CERTS_URL": stack.emulator.certs_url,

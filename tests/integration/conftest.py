@@ -12,9 +12,9 @@ from google.cloud import tasks_v2
 from sqlalchemy.engine import Engine
 
 from api import create_app
+from api.cloud.queues import Queues
+from api.cloud.tasks import make_client, queue_path, sync_queues
 from api.config import Config
-from api.queues import Queues
-from api.tasks import make_client, queue_path, sync_queues
 from bench.pgwire import CountingProxy
 from emulator import Emulator
 from tests.conftest import ROOT
@@ -42,6 +42,7 @@ def config(migrated_url: str, emulator: Emulator) -> Config:
         tasks_service_account=SERVICE_ACCOUNT,
         oidc_certs_url=emulator.certs_url,
         queues_file=TEST_QUEUES,
+        demo_job_types=True,  # sleep, echo, flaky
     )
 
 

@@ -11,8 +11,8 @@ from flask.testing import FlaskClient
 from google.cloud import tasks_v2
 from sqlalchemy.engine import Engine
 
+from api.cloud.tasks import queue_path
 from api.config import Config
-from api.tasks import queue_path
 
 
 def post(client: FlaskClient, body: Any, **headers: str) -> Any:

@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 from google.cloud import tasks_v2
 from sqlalchemy.engine import Engine
 
-from api.tasks import queue_path
+from api.cloud.tasks import queue_path
 from tests.integration.test_api import count_jobs
 
 

@@ -11,7 +11,7 @@ from google.api_core.exceptions import NotFound
 from google.cloud import tasks_v2
 from sqlalchemy.engine import Engine
 
-from api import store
+from api.store import jobs as store
 from tests.integration.test_handlers import attempts, create, deliver, job
 
 

@@ -9,13 +9,13 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from api import migrate
+from api.store import migrate
 from tests.conftest import ROOT
 
 
 def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATABASE_URL": database_url}
-    return subprocess.run([sys.executable, "-m", "api.cli", "keys", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "api.cli.main", "keys", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -47,7 +47,7 @@ def test_migrate_brings_an_empty_database_to_head(server_url: str) -> None:
     url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
     try:
         env = {**os.environ, "DATABASE_URL": url}
-        proc = subprocess.run([sys.executable, "-m", "api.cli", "migrate"], cwd=ROOT, env=env,
+        proc = subprocess.run([sys.executable, "-m", "api.cli.main", "migrate"], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
@@ -61,14 +61,14 @@ def test_migrate_brings_an_empty_database_to_head(server_url: str) -> None:
 
 
 def test_queues_sync_creates_then_updates_the_queues(emulator: Any, tmp_path: Any) -> None:
+    from api.cloud.tasks import make_client
     from api.config import Config
-    from api.tasks import make_client
 
     queues = tmp_path / "queues.yaml"
     queues.write_text("queues:\n  alpha:\n    retry_config: {max_attempts: 4}\n  beta: {}\n")
     env = {**os.environ, "CLOUD_TASKS_EMULATOR_HOST": emulator.address, "GOOGLE_CLOUD_PROJECT": "sync-project",
            "QUEUES_FILE": str(queues)}
-    run = [sys.executable, "-m", "api.cli", "queues", "sync"]
+    run = [sys.executable, "-m", "api.cli.main", "queues", "sync"]
     first = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
     assert first.stdout.split("\n")[:2] == ["created alpha", "created beta"]

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from api.config import Config
-from api.db import autocommit, create_engine
+from api.store.engine import autocommit, create_engine
 
 
 def test_autocommit_statements_commit_alone_and_the_pool_gets_a_transactional_connection(

@@ -14,12 +14,12 @@ import sqlalchemy as sa
 from google.cloud import tasks_v2
 from sqlalchemy.engine import make_url
 
-from api import migrate
+from api.cli.doctor import Check, diagnose
+from api.cloud.queues import Queues
+from api.cloud.tasks import make_client, queue_path, sync_queues
 from api.config import Config
-from api.db import create_engine
-from api.doctor import Check, diagnose
-from api.queues import Queues
-from api.tasks import make_client, queue_path, sync_queues
+from api.store import migrate
+from api.store.engine import create_engine
 from emulator import Emulator
 from tests.conftest import ROOT
 
@@ -192,7 +192,7 @@ def test_the_command_exits_0_when_all_pass_and_1_with_a_problem(
         "TASKS_SERVICE_ACCOUNT": good.tasks_service_account or "",
         "QUEUES_FILE": str(good.queues_file),
     }
-    cmd = [sys.executable, "-m", "api.cli", "doctor"]
+    cmd = [sys.executable, "-m", "api.cli.main", "doctor"]
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all checks passed" in done.stdout

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from flask.testing import FlaskClient
 from sqlalchemy.engine import Engine
 
-from api import store
+from api.store import jobs as store
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Engine, make_url
 
-from api import migrate
 from api.config import Config
-from api.db import create_engine
-from api.models import metadata
+from api.store import migrate
+from api.store.engine import create_engine
+from api.store.tables import metadata
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from flask import Flask
 from google.cloud import tasks_v2
 from sqlalchemy.engine import Engine
 
-from api import store
-from api.logs import JsonFormatter
-from api.observability import SPAN_ID, TRACE, TRACE_SAMPLED
+from api.observability.logs import JsonFormatter
+from api.observability.traces import SPAN_ID, TRACE, TRACE_SAMPLED
+from api.store import jobs as store
 from handlers.sweep import sweep
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"

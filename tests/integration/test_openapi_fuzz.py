@@ -12,7 +12,7 @@ from flask import Flask
 from hypothesis import HealthCheck, Phase, given, settings
 from sqlalchemy.engine import Engine
 
-from api import auth
+from api.web import auth
 
 # The document is exact about shapes, types and queues; some limits are relative to other
 # fields or to now (max_attempts within the chosen queue's, run_at within 30 days), so a

@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from api import pgfast
 from api.config import Config
-from api.db import create_engine
+from api.store import pgfast
+from api.store.engine import create_engine
 from bench.pgwire import CountingProxy, counting
 
 
@@ -42,7 +42,7 @@ def test_a_statement_is_one_round_trip_and_so_is_commit(proxied: tuple[Engine, C
 def test_an_idle_connection_is_pinged_and_a_dead_one_replaced(
     proxied: tuple[Engine, CountingProxy], monkeypatch: pytest.MonkeyPatch, db: Engine
 ) -> None:
-    from api import db as api_db
+    from api.store import engine as api_db
 
     engine, proxy = proxied
     with engine.connect() as conn:
@@ -151,7 +151,7 @@ def test_timestamps_read_as_before(db: Engine) -> None:
 def test_an_autocommit_statement_after_an_idle_ping_stays_committed(
     proxied: tuple[Engine, CountingProxy], monkeypatch: pytest.MonkeyPatch, db: Engine
 ) -> None:
-    from api import db as api_db
+    from api.store import engine as api_db
 
     engine, _ = proxied
     monkeypatch.setattr(api_db, "PING_AFTER_IDLE_S", 0.0)  # the checkout pings
@@ -268,7 +268,7 @@ def test_statements_planned_each_time_are_not_prepared(one_connection: Engine) -
 
 
 def test_reports_are_planned_with_their_window_each_time(one_connection: Engine) -> None:
-    from api.reports import ReportQuery, run_report
+    from api.reporting.reports import ReportQuery, run_report
 
     end = datetime.now(UTC)
     with one_connection.connect() as conn:

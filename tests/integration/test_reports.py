@@ -17,9 +17,9 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.engine import Engine
 
-from api import auth
-from api.history import purge, seed_history
-from api.reports import ReportQuery, run_report
+from api.reporting.history import purge, seed_history
+from api.reporting.reports import ReportQuery, run_report
+from api.web import auth
 from tests.conftest import ROOT
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
@@ -249,7 +249,7 @@ def test_purge_deletes_only_old_finished_jobs_in_batches(db: Engine, history: di
 
 def test_report_cli_formats(migrated_url: str, db: Engine, history: dict[str, uuid.UUID]) -> None:
     env = {**os.environ, "DATABASE_URL": migrated_url}
-    base = [sys.executable, "-m", "api.cli", "report", "summary", "--from", T0.isoformat(),
+    base = [sys.executable, "-m", "api.cli.main", "report", "summary", "--from", T0.isoformat(),
             "--to", (T0 + 24 * H).isoformat(), "--by", "type"]
     table = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert table.returncode == 0, table.stderr

@@ -17,10 +17,10 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.engine import Engine
 
-from api import rollups
-from api.history import purge, seed_history
-from api.reports import ReportQuery, queries, run_report, uses_rollups
-from api.resources import rfc3339
+from api.reporting import rollups
+from api.reporting.history import purge, seed_history
+from api.reporting.reports import ReportQuery, queries, run_report, uses_rollups
+from api.web.resources import rfc3339
 from tests.conftest import ROOT
 from tests.integration.test_reports import _as_reporting_role, _attempt, _job
 
@@ -183,11 +183,11 @@ def test_analysts_read_rollups_and_their_percentiles(db: Engine, history: dict[s
 
 def test_rollup_cli(migrated_url: str, db: Engine, history: dict[str, uuid.UUID]) -> None:
     env = {**os.environ, "DATABASE_URL": migrated_url}
-    out = subprocess.run([sys.executable, "-m", "api.cli", "rollup"], cwd=ROOT, env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "api.cli.main", "rollup"], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("rolled up ") and " 0 hours" not in out.stdout
-    again = subprocess.run([sys.executable, "-m", "api.cli", "rollup"], cwd=ROOT, env=env, capture_output=True,
+    again = subprocess.run([sys.executable, "-m", "api.cli.main", "rollup"], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=60)
     assert again.stdout.startswith("rolled up 0 hours and 0 days")
 

@@ -16,9 +16,9 @@ from flask.testing import FlaskClient
 from google.auth import jwt
 from sqlalchemy.engine import Engine
 
-from api import auth
+from api.web import auth
+from api.web.callers import sign
 from emulator import Emulator
-from handlers.auth import sign
 from tests.integration.conftest import SERVICE_ACCOUNT
 
 AUDIENCE = "http://127.0.0.1:9"  # the test config's handler_base_url, the default audience

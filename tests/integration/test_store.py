@@ -9,9 +9,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from api import store
-from api.models import jobs
-from api.store import Delivery, Finish, JobFilter, NewJob
+from api.store import jobs as store
+from api.store.jobs import Delivery, Finish, JobFilter, NewJob
+from api.store.tables import jobs
 
 
 def new_job(**kw: Any) -> NewJob:

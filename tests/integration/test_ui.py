@@ -13,8 +13,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.engine import Engine
 
-from api import auth, store
-from api.ui import COOKIE, CSP
+from api.store import jobs as store
+from api.ui.views import COOKIE, CSP
+from api.web import auth
 
 
 def create(

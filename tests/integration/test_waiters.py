@@ -15,8 +15,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.engine import Engine
 
-from api import store
-from api.waiters import JobWaiters
+from api.store import jobs as store
+from api.web.waiting import JobWaiters
 
 Transition = Callable[[Engine, uuid.UUID], None]
 
@@ -356,7 +356,7 @@ def _registered(db: Engine, job_id: uuid.UUID) -> bool:
 
 
 def test_the_sweeper_removes_registrations_a_dead_process_left(db: Engine) -> None:
-    from api.waiters import STALE_REGISTRATION_S, purge_stale_waiters
+    from api.store.jobs import STALE_REGISTRATION_S, purge_stale_waiters
 
     old, fresh = uuid.uuid4(), uuid.uuid4()
     with db.begin() as conn:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from api import auth
+from api.web import auth
 
 
 @dataclass

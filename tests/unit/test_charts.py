@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from api.charts import Series, bar_chart, line_chart, nice_max
+from api.ui.charts import Series, bar_chart, line_chart, nice_max
 
 NS = "{http://www.w3.org/2000/svg}"
 

@@ -7,9 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-
-from api.cli_client import ProgressLine, render
-from api.client import Job, _job_body
+from cloudjobs_client.cli import ProgressLine, render
+from cloudjobs_client.client import Job, _job_body
 
 BASE: dict[str, Any] = {
     "id": "0b9f3c1e-0000-4000-8000-000000000001",

@@ -51,7 +51,7 @@ def test_no_database_is_refused() -> None:
 
 
 def test_pgserver_uri_becomes_a_pg8000_socket_url() -> None:
-    from api.devdb import pg8000_url
+    from api.cli.devdb import pg8000_url
 
     assert pg8000_url("postgresql://postgres:@/postgres?host=/tmp/x") == (
         "postgresql+pg8000://postgres@/postgres?unix_sock=/tmp/x/.s.PGSQL.5432"

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from api.cli.doctor import check_config
 from api.config import Config
-from api.doctor import check_config
 from tests.conftest import ROOT
 
 ENTRYPOINT = re.compile(r'gunicorn -c (\S+) "?([\w.]+):(\w+)\(\)"?')
@@ -56,7 +56,7 @@ def test_the_dockerfile_runs_gunicorn_on_the_app_factory_as_a_non_root_user() ->
     assert re.search(r"^COPY gunicorn\.conf\.py queues\.yaml \./$", text, re.M)
     user = re.findall(r"^USER (\S+)$", text, re.M)
     assert user and user[-1] not in ("root", "0")
-    assert re.search(r'pip install "/src', text)
+    assert re.search(r'pip install /src/clients/python "/src', text)  # the client package too
 
 
 def test_the_build_context_keeps_what_the_image_needs() -> None:
@@ -69,6 +69,7 @@ def test_the_build_context_keeps_what_the_image_needs() -> None:
         "pyproject.toml",
         "README.md",
         "api",
+        "clients",
         "handlers",
         "migrations",
         "gunicorn.conf.py",

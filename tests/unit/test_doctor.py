@@ -7,10 +7,10 @@ from datetime import timedelta
 
 import pytest
 
+from api.cli.doctor import Check, check_config, is_local, queue_differences, report
+from api.cloud.queues import QueueSpec, RetryConfig
+from api.cloud.tasks import build_queue
 from api.config import Config
-from api.doctor import Check, check_config, is_local, queue_differences, report
-from api.queues import QueueSpec, RetryConfig
-from api.tasks import build_queue
 
 URL = "https://cloudjobs-123456789.europe-west1.run.app"
 SA = "cloudjobs-tasks@proj-1.iam.gserviceaccount.com"

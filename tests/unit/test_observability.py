@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from api import logs
-from api.observability import (
+from api.observability import logs
+from api.observability.traces import (
     SPAN_ID,
     TRACE,
     TRACE_SAMPLED,
@@ -21,7 +21,7 @@ from api.observability import (
     trace_fields,
     trace_from_headers,
 )
-from api.store import Finish
+from api.store.jobs import Finish
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
@@ -132,11 +132,11 @@ def test_the_context_is_on_every_line_until_cleared_and_extra_wins() -> None:
 def test_the_attempt_line_carries_the_job_and_no_error_message(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from api.observability import log_attempt
+    from api.observability.traces import log_attempt
 
     job_id = uuid.uuid4()
     finish = Finish(job_id, 3, "QUEUED", "RETRY", error={"code": "FLAKY", "message": "card 4242…"})
-    with caplog.at_level(logging.INFO, logger="api.observability"):
+    with caplog.at_level(logging.INFO, logger="api.observability.traces"):
         log_attempt(job_type="flaky", queue="default", finish=finish, state="QUEUED", seconds=0.25)
     entry = json.loads(logs.JsonFormatter().format(caplog.records[-1]))
     assert {k: entry[k] for k in ("job_id", "type", "queue", "attempt", "outcome", "state")} == {

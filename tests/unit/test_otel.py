@@ -33,7 +33,8 @@ OURS = (
 
 PRELUDE = """
 from pathlib import Path
-from api import create_app, observability
+from api import create_app
+from api.observability import traces as observability
 from api.config import Config, ConfigurationInvalid
 config = Config(database_url="postgresql://nobody@127.0.0.1:1/none", handler_auth="none",
                 queues_file=Path("queues.yaml"), project="p1")

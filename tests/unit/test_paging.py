@@ -5,8 +5,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from api import paging
 from api.errors import InvalidRequest
+from api.web import paging
 
 POS = (datetime(2026, 1, 1, tzinfo=UTC), uuid.uuid4())
 

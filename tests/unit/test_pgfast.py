@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from api import pgfast
+from api.store import pgfast
 
 ORIGINAL = pgfast._original_array_string_escape
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.queues import Queues, QueuesInvalid, QueueSpec, RetryConfig, parse_duration
+from api.cloud.queues import Queues, QueuesInvalid, QueueSpec, RetryConfig, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from api.rollups import ceil_hour, floor_day, merge_ranges, plan
+from api.reporting.rollups import ceil_hour, floor_day, merge_ranges, plan
 
 H = timedelta(hours=1)
 D = timedelta(days=1)

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 from google.cloud import tasks_v2
 
+from api.cloud.queues import QueueSpec, RetryConfig
+from api.cloud.tasks import build_queue, build_task, task_id_for, task_path
 from api.config import Config
-from api.queues import QueueSpec, RetryConfig
-from api.tasks import build_queue, build_task, task_id_for, task_path
 
 CONFIG = Config(project="p1", location="europe-west1", handler_base_url="https://svc.example")
 JOB = uuid.UUID("12345678-1234-5678-1234-567812345678")

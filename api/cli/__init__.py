@@ -1,0 +1,1 @@
+"""The `cloudjobs` command: server commands, `dev`, the embedded database, `doctor`."""

@@ -1,0 +1,1 @@
+"""Google Cloud: the Cloud Tasks client, queue specs (queues.yaml) and queue sync."""

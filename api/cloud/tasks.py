@@ -1,0 +1,168 @@
+"""Cloud Tasks: one client per process, pure task builders, and the enqueue call."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from datetime import datetime, timedelta
+
+from google.api_core import exceptions as gexc
+from google.cloud import tasks_v2
+
+from api.cloud.queues import QueueSpec, duration_proto
+from api.config import Config
+
+logger = logging.getLogger(__name__)
+
+
+def task_id_for(job_id: uuid.UUID, run: int = 0) -> str:
+    """The task id of a job's run: derived from the job id, so a re-enqueue is de-duplicated."""
+    return f"job-{job_id.hex}-{run}"
+
+
+def queue_path(config: Config, queue: str) -> str:
+    """projects/P/locations/L/queues/Q."""
+    return f"projects/{config.project}/locations/{config.location}/queues/{queue}"
+
+
+def task_path(config: Config, queue: str, task_id: str) -> str:
+    """The full task name."""
+    return f"{queue_path(config, queue)}/tasks/{task_id}"
+
+
+def build_task(
+    *,
+    job_id: uuid.UUID,
+    task_name: str,
+    config: Config,
+    spec: QueueSpec,
+    timeout_s: int,
+    schedule_time: datetime | None = None,
+    headers: dict[str, str] | None = None,
+) -> tasks_v2.Task:
+    """The HTTP task that makes Cloud Tasks call POST /handlers/run for one job.
+
+    Built as the raw protobuf and wrapped (no copy): proto-plus's keyword constructors cost
+    ~90 µs a task, a tenth of a batchCreate of 500 (issue #7)."""
+    pb = _TASK_PB(
+        name=task_name,
+        http_request=_HTTP_REQUEST_PB(
+            http_method=_POST,
+            url=f"{config.handler_base_url}/handlers/run",
+            headers={"Content-Type": "application/json", **(headers or {})},
+            body=b'{"job_id": "' + str(job_id).encode() + b'"}',
+        ),
+    )
+    if config.tasks_service_account:
+        pb.http_request.oidc_token.service_account_email = config.tasks_service_account
+        pb.http_request.oidc_token.audience = config.audience
+    # The queue's deadline bounds a job's timeout; a little headroom lets the handler record
+    # a timed-out attempt before Cloud Tasks gives up on the request.
+    pb.dispatch_deadline.FromTimedelta(timedelta(seconds=min(max(timeout_s + 15, 15), spec.dispatch_deadline, 1800)))
+    if schedule_time is not None:
+        pb.schedule_time.FromDatetime(schedule_time)
+    return tasks_v2.Task.wrap(pb)
+
+
+_TASK_PB = tasks_v2.Task.pb()
+_HTTP_REQUEST_PB = tasks_v2.HttpRequest.pb()
+_POST = int(tasks_v2.HttpMethod.POST)
+
+
+def build_queue(config: Config, spec: QueueSpec) -> tasks_v2.Queue:
+    """The Cloud Tasks queue that queues.yaml declares."""
+    r = spec.retry
+    return tasks_v2.Queue(
+        name=queue_path(config, spec.name),
+        rate_limits=tasks_v2.RateLimits(
+            max_dispatches_per_second=spec.max_dispatches_per_second,
+            max_concurrent_dispatches=spec.max_concurrent_dispatches,
+        ),
+        retry_config=tasks_v2.RetryConfig(
+            max_attempts=r.max_attempts,
+            max_retry_duration=duration_proto(r.max_retry_duration),
+            min_backoff=duration_proto(r.min_backoff),
+            max_backoff=duration_proto(r.max_backoff),
+            max_doublings=r.max_doublings,
+        ),
+    )
+
+
+class TasksClient:
+    """The process's CloudTasksClient, built on first use (after gunicorn forks)."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._client: tasks_v2.CloudTasksClient | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> tasks_v2.CloudTasksClient:
+        """The underlying client, created once per process."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = make_client(self._config)
+        return self._client
+
+    def create_task(self, task: tasks_v2.Task, *, queue: str, timeout: float = 10.0) -> bool:
+        """Create the task; False when a task of that name exists or existed recently."""
+        try:
+            self.client.create_task(
+                parent=queue_path(self._config, queue), task=task, timeout=timeout
+            )
+        except gexc.AlreadyExists:
+            return False
+        return True
+
+    def batch_create_tasks(self, tasks: list[tasks_v2.Task], *, queue: str, timeout: float = 30.0) -> None:
+        """Create up to 100 tasks of one queue in one call (all or nothing)."""
+        parent = queue_path(self._config, queue)
+        request = tasks_v2.BatchCreateTasksRequest.pb()(parent=parent)
+        for t in tasks:  # raw protobuf, as build_task: proto-plus would convert each again
+            request.requests.add(parent=parent).task.CopyFrom(tasks_v2.Task.pb(t))
+        operation = self.client.batch_create_tasks(
+            request=tasks_v2.BatchCreateTasksRequest.wrap(request), timeout=timeout
+        )
+        operation.result(timeout=timeout)
+
+    def delete_task(self, name: str, *, timeout: float = 10.0) -> bool:
+        """Delete a task; False when it is already gone."""
+        try:
+            self.client.delete_task(name=name, timeout=timeout)
+        except gexc.NotFound:
+            return False
+        return True
+
+
+def make_client(config: Config) -> tasks_v2.CloudTasksClient:
+    """A CloudTasksClient for Google, or for the emulator when CLOUD_TASKS_EMULATOR_HOST is set."""
+    if config.emulator_host:
+        import grpc
+        from google.cloud.tasks_v2.services.cloud_tasks.transports import (
+            CloudTasksGrpcTransport,
+        )
+
+        channel = grpc.insecure_channel(config.emulator_host)
+        return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+    return tasks_v2.CloudTasksClient()
+
+
+def sync_queues(client: tasks_v2.CloudTasksClient, config: Config, specs: list[QueueSpec]) -> list[str]:
+    """Create or update each queue; returns one line per queue saying what happened."""
+    lines = []
+    parent = f"projects/{config.project}/locations/{config.location}"
+    for spec in specs:
+        queue = build_queue(config, spec)
+        try:
+            client.get_queue(name=queue.name)
+        except gexc.NotFound:
+            client.create_queue(parent=parent, queue=queue)
+            lines.append(f"created {spec.name}")
+            continue
+        client.update_queue(
+            queue=queue, update_mask={"paths": ["rate_limits", "retry_config"]}
+        )
+        lines.append(f"updated {spec.name}")
+    return lines

@@ -1,0 +1,1 @@
+"""Observability without Flask: JSON logs, trace headers, attempt logs, OpenTelemetry."""

@@ -1,0 +1,363 @@
+"""Creating jobs: validate against the type and queue, insert, commit, then enqueue."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from pydantic import ValidationError
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import DBAPIError
+
+from api.cloud.tasks import build_task, task_id_for, task_path
+from api.errors import IdempotencyKeyReused, InvalidRequest, JobStateConflict, ValidationFailed
+from api.observability import traces as observability
+from api.state import AppState
+from api.store import jobs as store
+from api.store.engine import autocommit
+from api.web.resources import CreateJob
+
+logger = logging.getLogger(__name__)
+
+MAX_SCHEDULE_AHEAD = timedelta(days=30)
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per job
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def unstorable(value: Any, path: str = "payload") -> str | None:
+    """The path of the first string PostgreSQL's JSONB cannot hold (NUL, lone surrogates)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return path
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            bad = unstorable(k, path) or unstorable(v, f"{path}.{k}")
+            if bad:
+                return bad
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            bad = unstorable(v, f"{path}[{i}]")
+            if bad:
+                return bad
+    return None
+
+
+def field_errors(e: ValidationError, prefix: str = "") -> list[dict[str, str]]:
+    """Pydantic's errors as problem+json `errors` entries: a dotted field and a message."""
+    out = []
+    for err in e.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        out.append({"field": f"{prefix}{loc}" if loc else prefix.rstrip("."), "message": err["msg"]})
+    return out
+
+
+def parse_create(state: AppState, body: Any) -> CreateJob:
+    """Validate a create request against its model, job type and queue; raise 422 if not."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    try:
+        req = CreateJob.model_validate(body)
+    except ValidationError as e:
+        raise ValidationFailed("the job is not valid", errors=field_errors(e)) from None
+    errors = check_job(state, req)
+    if errors:
+        raise ValidationFailed("the job is not valid", errors=errors)
+    return req
+
+
+def check_job(state: AppState, req: CreateJob) -> list[dict[str, str]]:
+    """Field errors of a job that its model alone cannot see: type, payload, queue, limits."""
+    jt = state.registry.types.get(req.type)
+    if jt is None:
+        known = ", ".join(sorted(state.registry.types))
+        return [{"field": "type", "message": f"unknown job type {req.type!r}; known: {known}"}]
+    errors: list[dict[str, str]] = []
+    for name, value in (("payload", req.payload), ("labels", req.labels)):
+        if bad := unstorable(value, name):
+            return [{"field": bad, "message": "text may not hold NUL characters or unpaired surrogates"}]
+    size = len(_compact_json(req.payload))
+    if size > state.config.max_payload_bytes:
+        return [{"field": "payload", "message": f"{size} bytes; at most {state.config.max_payload_bytes}"}]
+    try:
+        jt.parse(req.payload)
+    except ValidationError as e:
+        errors += field_errors(e, "payload.")
+    queue = req.queue or jt.queue or state.queues.route(req.type)
+    if queue not in state.queues:
+        known = ", ".join(state.queues.specs)
+        return errors + [{"field": "queue", "message": f"unknown queue {queue!r}; known: {known}"}]
+    spec = state.queues[queue]
+    if req.max_attempts and spec.retry.max_attempts > 0 and req.max_attempts > spec.retry.max_attempts:
+        errors.append({
+            "field": "max_attempts",
+            "message": f"at most {spec.retry.max_attempts}, the queue's max_attempts",
+        })
+    if req.timeout_s and req.timeout_s > spec.dispatch_deadline:
+        errors.append({
+            "field": "timeout_s",
+            "message": f"at most {spec.dispatch_deadline:g}, the queue's dispatch deadline",
+        })
+    if req.run_at and req.run_at - datetime.now(UTC) > MAX_SCHEDULE_AHEAD:
+        errors.append({"field": "run_at", "message": "at most 30 days ahead"})
+    return errors
+
+
+def new_job(
+    state: AppState, req: CreateJob, *, idempotency_key: str | None = None, owner: str | None = None
+) -> store.NewJob:
+    """The row for a validated request, with its defaults resolved."""
+    jt = state.registry[req.type]
+    queue = req.queue or jt.queue or state.queues.route(req.type)
+    spec = state.queues[queue]
+    queue_max = spec.retry.max_attempts if spec.retry.max_attempts > 0 else 1000
+    max_attempts = min(req.max_attempts or jt.max_attempts or queue_max, queue_max)
+    timeout_s = min(req.timeout_s or jt.timeout_s, int(spec.dispatch_deadline))
+    job_id = uuid.uuid4()
+    return store.NewJob(
+        id=job_id,
+        type=req.type,
+        queue=queue,
+        payload=req.payload,
+        max_attempts=max_attempts,
+        timeout_s=timeout_s,
+        labels=req.labels,
+        task_name=task_path(state.config, queue, task_id_for(job_id)),
+        # A run_at in the past means now; it must not skew queue-wait history.
+        scheduled_time=req.run_at if req.run_at and req.run_at > datetime.now(UTC) else None,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash(req) if idempotency_key else None,
+        owner=owner,
+    )
+
+
+def request_hash(req: CreateJob) -> str:
+    """A digest of the request, to tell a replay from another request under the same key."""
+    canonical = json.dumps(req.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    """The Idempotency-Key header, if any, within its limits."""
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise InvalidRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters")
+    return key
+
+
+def create_job(
+    state: AppState, req: CreateJob, *, idempotency_key: str | None, owner: str | None
+) -> tuple[Row[Any], bool]:
+    """Insert and commit the job, then enqueue it; returns the job and whether it is new.
+
+    Commit first, then enqueue: a task must never reach the handler before its row exists.
+    The row is inserted QUEUED, so a create costs one INSERT and one CreateTask. If the
+    enqueue fails, the job is put back to CREATED, durable, and the sweeper enqueues it
+    later; if the process dies in between, the sweeper finds a QUEUED job without a task
+    (docs/semantics.md). The INSERT commits by itself (one round trip): the read of a
+    replay's original needs no transaction with it.
+    """
+    new = new_job(state, req, idempotency_key=idempotency_key, owner=owner)
+    with autocommit(state.engine) as conn:
+        row = store.insert_job(conn, new)
+        if row is None:
+            existing = store.job_by_idempotency_key(conn, idempotency_key or "", owner=owner)
+            if existing is None:  # deleted between the two statements; treat as a conflict
+                raise IdempotencyKeyReused("the Idempotency-Key is in use; try again")
+            if existing.request_hash != new.request_hash:
+                raise IdempotencyKeyReused(
+                    "this Idempotency-Key was used with a different request", job_id=str(existing.id)
+                )
+            return existing, False
+    return enqueue(state, [row])[0], True
+
+
+MAX_BATCH = 500
+
+
+def parse_batch(state: AppState, body: Any) -> list[CreateJob]:
+    """Validate `{jobs: [...]}`: all or nothing, errors named by index (`jobs[3].payload.x`)."""
+    if not isinstance(body, dict) or not isinstance(body.get("jobs"), list):
+        raise InvalidRequest("the body must be a JSON object with a list `jobs`")
+    items = body["jobs"]
+    if not 1 <= len(items) <= MAX_BATCH:
+        raise ValidationFailed(
+            f"a batch holds 1 to {MAX_BATCH} jobs, not {len(items)}",
+            errors=[{"field": "jobs", "message": f"1 to {MAX_BATCH} jobs"}],
+        )
+    if set(body) - {"jobs"}:
+        extra = sorted(set(body) - {"jobs"})
+        raise ValidationFailed("unknown fields", errors=[{"field": k, "message": "unknown field"} for k in extra])
+    reqs, errors = [], []
+    for i, item in enumerate(items):
+        prefix = f"jobs[{i}]."
+        if not isinstance(item, dict):
+            errors.append({"field": f"jobs[{i}]", "message": "must be an object"})
+            continue
+        try:
+            req = CreateJob.model_validate(item)
+        except ValidationError as e:
+            errors += field_errors(e, prefix)
+            continue
+        errors += [{**err, "field": prefix + err["field"]} for err in check_job(state, req)]
+        reqs.append(req)
+    if errors:
+        first = errors[0]["field"].split(".")[0]
+        raise ValidationFailed(f"the batch is refused: {first} is not valid", errors=errors)
+    return reqs
+
+
+def create_jobs(
+    state: AppState, reqs: list[CreateJob], *, idempotency_key: str | None, owner: str | None
+) -> tuple[list[Row[Any]], bool]:
+    """Insert a batch in one statement and one transaction, then enqueue it.
+
+    With an Idempotency-Key, job i takes the key `KEY:i`; a replay of the whole batch returns
+    the original jobs.
+    """
+    new = [
+        new_job(state, req, idempotency_key=f"{idempotency_key}:{i}" if idempotency_key else None, owner=owner)
+        for i, req in enumerate(reqs)
+    ]
+    with state.engine.begin() as conn:
+        if idempotency_key:
+            existing = [store.job_by_idempotency_key(conn, j.idempotency_key or "", owner=owner) for j in new]
+            if any(existing):
+                same = all(
+                    e is not None and e.request_hash == j.request_hash for e, j in zip(existing, new, strict=True)
+                )
+                if not same:
+                    raise IdempotencyKeyReused("this Idempotency-Key was used with a different batch")
+                return [e for e in existing if e is not None], False
+        rows = store.insert_jobs(conn, new)
+    return enqueue(state, rows), True
+
+
+def cancel_job(state: AppState, job_id: uuid.UUID, *, scope: str | None) -> Row[Any] | None:
+    """Cancel a job: at once if it has not started, cooperatively if it runs. Idempotent.
+
+    Returns the job, or None if there is none; raises JobStateConflict for a finished job.
+    """
+    with state.engine.begin() as conn:
+        row = store.request_cancel(conn, job_id, owner=scope)
+        if row is None:
+            current = store.get_job(conn, job_id, owner=scope)
+            if current is None:
+                return None
+            if current.state in ("COMPLETED", "FAILED"):
+                raise JobStateConflict(f"the job is {current.state}; it cannot be cancelled", state=current.state)
+            return current  # already cancelled, or cancellation already requested
+    if row.state == "CANCELLED":
+        # Best effort: a task left behind finds the job CANCELLED and is acknowledged.
+        try:
+            state.tasks.delete_task(row.task_name)
+        except gexc.GoogleAPIError as e:
+            logger.warning("could not delete a cancelled job's task", extra={"job_id": str(job_id), "error": type(e).__name__})
+    return row
+
+
+def retry_job(state: AppState, job_id: uuid.UUID, *, scope: str | None) -> Row[Any] | None:
+    """Run a FAILED or CANCELLED job again (same id, attempts go on). Idempotent.
+
+    Returns the job, or None if there is none; raises JobStateConflict for a COMPLETED job.
+    """
+    with state.engine.begin() as conn:
+        row = store.retry_job(conn, job_id, owner=scope)
+        if row is None:
+            current = store.get_job(conn, job_id, owner=scope)
+            if current is None:
+                return None
+            if current.state == "COMPLETED":
+                raise JobStateConflict("the job COMPLETED; there is nothing to retry", state=current.state)
+            return current  # already retried: it is on its way
+    return enqueue(state, [row])[0]
+
+
+# Cloud Tasks' BatchCreateTasks takes at most this many tasks, all for one queue.
+TASK_BATCH = 100
+
+
+def enqueue(state: AppState, rows: list[Row[Any]]) -> list[Row[Any]]:
+    """Create each job's task; returns the rows as they are now.
+
+    One CreateTask per job, or one BatchCreateTasks per 100 jobs of a queue. CREATED jobs
+    (the sweeper's, a retry's) are marked QUEUED once their task exists; QUEUED ones (new
+    jobs, inserted QUEUED) go back to CREATED if their task could not be created.
+    """
+    by_queue: dict[str, list[Row[Any]]] = {}
+    for row in rows:
+        by_queue.setdefault(row.queue, []).append(row)
+    enqueued: list[uuid.UUID] = []
+    for queue, group in by_queue.items():
+        for i in range(0, len(group), TASK_BATCH):
+            enqueued += _create_tasks(state, queue, group[i : i + TASK_BATCH])
+    done = set(enqueued)
+    to_mark = [r.id for r in rows if r.state == "CREATED" and r.id in done]
+    to_revert = [r for r in rows if r.state == "QUEUED" and r.id not in done]
+    if not to_mark and not to_revert:
+        return rows
+    moved: dict[uuid.UUID, Row[Any]] = {}
+    try:
+        with state.engine.begin() as conn:
+            if to_mark:
+                moved.update((r.id, r) for r in store.mark_queued(conn, to_mark))
+                # A job the handler already claimed moved on from CREATED; read it as it is now.
+                for job_id in set(to_mark) - set(moved):
+                    current = store.get_job(conn, job_id)
+                    if current is not None:
+                        moved[job_id] = current
+            if to_revert:
+                moved.update((r.id, r) for r in store.mark_not_enqueued(conn, to_revert))
+    except DBAPIError as e:
+        if not to_revert:
+            raise
+        # Still not lost: a QUEUED job without a task is found by the sweeper.
+        logger.warning("could not mark unenqueued jobs CREATED", extra={"error": type(e).__name__})
+    return [moved.get(r.id, r) for r in rows]
+
+
+def _create_tasks(state: AppState, queue: str, rows: list[Row[Any]]) -> list[uuid.UUID]:
+    now = datetime.now(UTC)
+    tasks = [
+        build_task(
+            job_id=row.id,
+            task_name=row.task_name,
+            config=state.config,
+            spec=state.queues[row.queue],
+            timeout_s=row.timeout_s,
+            schedule_time=row.scheduled_time if row.scheduled_time > now else None,
+            headers=observability.trace_headers(),  # the attempt logs under the creator's trace
+        )
+        for row in rows
+    ]
+    if len(tasks) > 1:
+        try:
+            state.tasks.batch_create_tasks(tasks, queue=queue)
+            return [r.id for r in rows]
+        except gexc.GoogleAPIError as e:
+            # ALREADY_EXISTS for one task fails the batch; so may an outage. One by one
+            # tells them apart, and a task that exists counts as enqueued.
+            logger.info("batch enqueue fell back to one by one", extra={"error": type(e).__name__})
+    done = []
+    for row, task in zip(rows, tasks, strict=True):
+        try:
+            state.tasks.create_task(task, queue=queue)  # ALREADY_EXISTS counts as enqueued
+        except gexc.GoogleAPIError as e:
+            # Not lost: the row is committed as CREATED and the sweeper enqueues it later.
+            logger.warning(
+                "enqueue failed, job stays CREATED for the sweeper",
+                extra={"job_id": str(row.id), "error": type(e).__name__},
+            )
+            continue
+        done.append(row.id)
+    return done

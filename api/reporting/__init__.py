@@ -1,0 +1,1 @@
+"""Reporting over job history: reports, rollups, history generation and retention, their SQL."""

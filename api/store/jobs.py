@@ -1,0 +1,599 @@
+"""Every statement that changes a job, each a guarded transition. Callers own the transaction.
+
+A transition that matches no row is a duplicate or a race, and callers treat it so:
+`UPDATE … WHERE id = … AND state IN (…) RETURNING` makes each transition happen once.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import namedtuple
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Connection, Engine, Row
+
+from api.store.tables import job_attempts, jobs
+
+# A lease outlives the job's timeout by this much, so a slow finish is not taken over.
+LEASE_MARGIN_S = 30
+
+TERMINAL_SQL = "('COMPLETED', 'FAILED', 'CANCELLED')"
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job about to be inserted."""
+
+    id: uuid.UUID
+    type: str
+    queue: str
+    payload: dict[str, Any]
+    max_attempts: int
+    timeout_s: int
+    labels: dict[str, str]
+    task_name: str
+    scheduled_time: datetime | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What Cloud Tasks said about one delivery (its X-CloudTasks-* headers)."""
+
+    task_name: str | None = None
+    retry_count: int | None = None
+    execution_count: int | None = None
+    retry_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Finish:
+    """How one attempt ended: the job's next state and the attempt's outcome."""
+
+    job_id: uuid.UUID
+    attempt: int
+    state: str  # COMPLETED | FAILED | QUEUED (a retry) | CANCELLED
+    outcome: str  # COMPLETED | FAILED | RETRY | CANCELLED | TIMED_OUT
+    result: Any = None
+    error: dict[str, str] | None = None
+    delivery: Delivery = Delivery()
+
+
+def _row_values(job: NewJob, state: str) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "id": job.id,
+        "type": job.type,
+        "queue": job.queue,
+        "state": state,
+        "payload": job.payload,
+        "max_attempts": job.max_attempts,
+        "timeout_s": job.timeout_s,
+        "labels": job.labels,
+        "task_name": job.task_name,
+        "idempotency_key": job.idempotency_key,
+        "request_hash": job.request_hash,
+        "owner": job.owner,
+    }
+    if job.scheduled_time is not None:
+        values["scheduled_time"] = job.scheduled_time
+    return values
+
+
+# The expression of the idempotency index, with '' written into the SQL: as a bound parameter
+# it matches the index only when the value is known at planning, which a prepared
+# statement's generic plan does not know.
+_OWNER_KEY = sa.func.coalesce(jobs.c.owner, sa.literal_column("''"))
+
+# The hot statements are built once, their values bound at execution: building a statement
+# and its cache key cost SQLAlchemy about a fifth of a create's CPU (issue #7).
+_INSERT_JOB = (
+    pg_insert(jobs)
+    .on_conflict_do_nothing(
+        index_elements=[_OWNER_KEY, jobs.c.idempotency_key],
+        index_where=jobs.c.idempotency_key.isnot(None),
+    )
+    .returning(*jobs.c)
+)
+
+
+def insert_job(conn: Connection, job: NewJob, *, state: str = "QUEUED") -> Row[Any] | None:
+    """Insert a job (QUEUED: its task is created next); None when its idempotency key is taken."""
+    return conn.execute(_INSERT_JOB, _row_values(job, state)).first()
+
+
+def job_by_idempotency_key(conn: Connection, key: str, *, owner: str | None) -> Row[Any] | None:
+    """The job a caller created under an idempotency key."""
+    stmt = sa.select(jobs).where(
+        _OWNER_KEY == (owner or ""),  # noqa: SIM300 (an SQL expression, not a constant)
+        jobs.c.idempotency_key == key,
+    )
+    return conn.execute(stmt).first()
+
+
+def mark_not_enqueued(conn: Connection, rows: Sequence[Row[Any]]) -> list[Row[Any]]:
+    """QUEUED → CREATED for jobs whose task could not be created, so the sweeper sends it.
+
+    Only while the job is still QUEUED under that task (a delivery may have claimed it: the
+    task existed after all)."""
+    stmt = sa.text(
+        """
+        UPDATE jobs SET state = 'CREATED', updated_time = now()
+        WHERE id = ANY(CAST(:ids AS uuid[])) AND state = 'QUEUED'
+          AND task_name = ANY(CAST(:names AS text[]))
+        RETURNING *
+        """
+    ).columns(*jobs.c)
+    return list(conn.execute(stmt, {"ids": [r.id for r in rows], "names": [r.task_name for r in rows]}))
+
+
+def mark_queued(conn: Connection, job_ids: Sequence[uuid.UUID]) -> list[Row[Any]]:
+    """CREATED → QUEUED once the task exists in Cloud Tasks."""
+    stmt = (
+        sa.update(jobs)
+        .where(jobs.c.id.in_(job_ids), jobs.c.state == "CREATED")
+        .values(state="QUEUED", updated_time=sa.func.now())
+        .returning(*jobs.c)
+    )
+    return list(conn.execute(stmt))
+
+
+_CLAIM = sa.text(
+    """
+    WITH named AS MATERIALIZED (
+        -- By primary key alone: with a condition on state beside it, the planner may walk
+        -- an index by state instead, through the entries of every job that left RUNNING
+        -- since the last vacuum (thousands, under load), on each claim.
+        SELECT id, state, lease_expires_time, attempts, attempts_base, max_attempts,
+               attempt_started_time, task_name, type, queue, owner
+        FROM jobs
+        WHERE id = ANY(CAST(:ids AS uuid[]))
+        -- No FOR UPDATE: the UPDATE below locks and re-checks the row, and a row this
+        -- statement modifies would be skipped by a lock here. Joined with `claimed`, these
+        -- snapshot values are those of the attempt that was taken over.
+    ), expired AS (
+        SELECT * FROM named
+        WHERE state = 'RUNNING' AND lease_expires_time < now() AND attempts - attempts_base < max_attempts
+    ), claimed AS (
+        UPDATE jobs SET
+            state = 'RUNNING',
+            attempts = attempts + 1,
+            started_time = coalesce(started_time, now()),
+            attempt_started_time = now(),
+            lease_expires_time = now() + make_interval(secs => timeout_s + :margin),
+            updated_time = now()
+        WHERE id = ANY(CAST(:ids AS uuid[]))
+          AND attempts - attempts_base < max_attempts
+          AND NOT cancel_requested
+          AND (state IN ('CREATED', 'QUEUED')
+               OR (state = 'RUNNING' AND lease_expires_time < now()))
+        RETURNING jobs.*
+    ), lost AS (
+        -- The attempt whose lease ran out never finished: record it before the next one.
+        INSERT INTO job_attempts (job_id, number, outcome, error, started_time, finished_time,
+                                  task_name, type, queue, owner)
+        SELECT e.id, e.attempts, 'TIMED_OUT',
+               '{"code": "LEASE_EXPIRED", "message": "the attempt outlived its lease"}'::jsonb,
+               e.attempt_started_time, now(), e.task_name, e.type, e.queue, e.owner
+        FROM expired e JOIN claimed c ON c.id = e.id
+        ON CONFLICT DO NOTHING
+    )
+    SELECT id, type, queue, state, payload, attempts, attempts_base, max_attempts, timeout_s,
+           started_time, attempt_started_time, lease_expires_time
+    FROM claimed
+    """
+).columns(  # typed, so SQLAlchemy builds the result's metadata once, not per execution
+    jobs.c.id, jobs.c.type, jobs.c.queue, jobs.c.state, jobs.c.payload, jobs.c.attempts,
+    jobs.c.attempts_base, jobs.c.max_attempts, jobs.c.timeout_s, jobs.c.started_time,
+    jobs.c.attempt_started_time, jobs.c.lease_expires_time,
+)
+
+
+def claim_jobs(
+    conn: Connection, job_ids: Sequence[uuid.UUID], *, lease_margin_s: int = LEASE_MARGIN_S
+) -> list[Row[Any]]:
+    """QUEUED (or CREATED, or RUNNING with an expired lease) → RUNNING, as a new attempt.
+
+    Each row holds what running the attempt needs (id, type, queue, state, payload, attempts,
+    attempts_base, max_attempts, timeout_s and the times), not the whole job: a column is
+    parsed by the driver on every claim."""
+    rows = conn.execute(_CLAIM, {"ids": [str(i) for i in job_ids], "margin": lease_margin_s})
+    return list(rows)
+
+
+_FINISH = sa.text(
+    """
+    WITH f AS (
+        SELECT * FROM unnest(
+            CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:states AS text[]),
+            CAST(:outcomes AS text[]), CAST(:results AS text[]), CAST(:errors AS text[]),
+            CAST(:task_names AS text[]), CAST(:retry_counts AS int[]),
+            CAST(:execution_counts AS int[]), CAST(:retry_reasons AS text[])
+        ) AS f(id, attempt, state, outcome, result, error, task_name, retry_count,
+               execution_count, retry_reason)
+    ), done AS (
+        -- A cancel requested while the attempt ran turns anything but success into
+        -- CANCELLED; the SET reads the row as it is when locked, so no request is missed.
+        UPDATE jobs j SET
+            state = CASE WHEN j.cancel_requested AND f.state <> 'COMPLETED'
+                         THEN 'CANCELLED' ELSE f.state END,
+            result = CAST(f.result AS jsonb),
+            error = CAST(f.error AS jsonb),
+            done_time = CASE WHEN f.state IN ('COMPLETED', 'FAILED', 'CANCELLED')
+                                  OR (j.cancel_requested AND f.state <> 'COMPLETED')
+                             THEN now() END,
+            progress = CASE WHEN f.state = 'COMPLETED'
+                            THEN jsonb_build_object('fraction', 1.0, 'message',
+                                                    j.progress -> 'message')
+                            ELSE j.progress END,
+            lease_expires_time = NULL,
+            updated_time = now()
+        FROM f
+        WHERE j.id = f.id AND j.state = 'RUNNING' AND j.attempts = f.attempt
+        RETURNING j.*, f.outcome AS f_outcome, f.task_name AS f_task_name,
+                  f.retry_count AS f_retry_count, f.execution_count AS f_execution_count,
+                  f.retry_reason AS f_retry_reason
+    ), history AS (
+        INSERT INTO job_attempts (job_id, number, outcome, error, started_time, finished_time,
+                                  task_name, retry_count, execution_count, retry_reason,
+                                  type, queue, owner)
+        SELECT d.id, d.attempts,
+               CASE WHEN d.state = 'CANCELLED' THEN 'CANCELLED' ELSE d.f_outcome END,
+               d.error, d.attempt_started_time, now(),
+               d.f_task_name, d.f_retry_count, d.f_execution_count, d.f_retry_reason,
+               d.type, d.queue, d.owner
+        FROM done d
+        ON CONFLICT DO NOTHING
+    )
+    SELECT id, state FROM done
+    """
+).columns(jobs.c.id, jobs.c.state)
+
+
+def finish_jobs(conn: Connection, finishes: Iterable[Finish]) -> dict[uuid.UUID, str]:
+    """RUNNING → the attempt's outcome, with its attempt row; returns the new state of each that moved.
+
+    The guard on the attempt number keeps an attempt whose lease was taken over from
+    finishing the job under the attempt that replaced it.
+    """
+    fs = list(finishes)
+    if not fs:
+        return {}
+    params = {
+        "ids": [str(f.job_id) for f in fs],
+        "attempts": [f.attempt for f in fs],
+        "states": [f.state for f in fs],
+        "outcomes": [f.outcome for f in fs],
+        "results": [None if f.result is None else _json(f.result) for f in fs],
+        "errors": [None if f.error is None else _json(f.error) for f in fs],
+        "task_names": [f.delivery.task_name for f in fs],
+        "retry_counts": [f.delivery.retry_count for f in fs],
+        "execution_counts": [f.delivery.execution_count for f in fs],
+        "retry_reasons": [f.delivery.retry_reason for f in fs],
+    }
+    return {row.id: row.state for row in conn.execute(_FINISH, params)}
+
+
+def set_progress(
+    conn: Connection, job_id: uuid.UUID, attempt: int, fraction: float | None, message: str | None
+) -> bool:
+    """Record a running attempt's progress; False when that attempt no longer holds the job."""
+    stmt = (
+        sa.update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.state == "RUNNING", jobs.c.attempts == attempt)
+        .values(progress={"fraction": fraction, "message": message}, updated_time=sa.func.now())
+    )
+    return conn.execute(stmt).rowcount == 1
+
+
+def cancel_requested(conn: Connection, job_id: uuid.UUID) -> bool:
+    """Whether someone asked to cancel the job."""
+    value = conn.execute(
+        sa.select(jobs.c.cancel_requested).where(jobs.c.id == job_id)
+    ).scalar_one_or_none()
+    return bool(value)
+
+
+# A batch is one statement with one array per column: twelve parameters whatever the batch
+# size, where a multi-row VALUES (SQLAlchemy's insertmanyvalues) has twelve per job, each
+# converted and sent on its own, and a text that changes with the size (issue #7: the
+# INSERT was three fifths of a batchCreate of 500).
+_INSERT_JOBS = sa.text(
+    """
+    INSERT INTO jobs (id, type, queue, state, payload, max_attempts, timeout_s, labels, task_name,
+                      idempotency_key, request_hash, owner, scheduled_time)
+    SELECT n.id, n.type, n.queue, :state, CAST(n.payload AS jsonb), n.max_attempts, n.timeout_s,
+           CAST(n.labels AS jsonb), n.task_name, n.idempotency_key, n.request_hash, n.owner,
+           coalesce(n.scheduled_time, now())
+    FROM unnest(
+        CAST(:ids AS uuid[]), CAST(:types AS text[]), CAST(:queues AS text[]), CAST(:payloads AS text[]),
+        CAST(:max_attempts AS int[]), CAST(:timeouts AS int[]), CAST(:labels AS text[]),
+        CAST(:task_names AS text[]), CAST(:keys AS text[]), CAST(:hashes AS text[]),
+        CAST(:owners AS text[]), CAST(:scheduled AS timestamptz[])
+    ) AS n(id, type, queue, payload, max_attempts, timeout_s, labels, task_name, idempotency_key,
+           request_hash, owner, scheduled_time)
+    RETURNING id, created_time, scheduled_time, updated_time
+    """
+).columns(jobs.c.id, jobs.c.created_time, jobs.c.scheduled_time, jobs.c.updated_time)
+
+# A job row built from what was inserted, with the columns' defaults: reading back the whole
+# row of each job (JSONB parsed again, 26 columns) was a third of a batch's CPU. The batch's
+# payloads and labels are answered as they were sent, not as JSONB normalised them (key order,
+# number spelling); the tests read every batched job back through the API and compare.
+JobRecord = namedtuple("JobRecord", [c.name for c in jobs.c])  # type: ignore[misc]
+_INSERTED_DEFAULTS = {
+    "result": None, "error": None, "attempts": 0, "progress": None, "run": 0, "attempts_base": 0,
+    "cancel_requested": False, "lease_expires_time": None, "attempt_started_time": None,
+    "started_time": None, "done_time": None,
+}
+
+
+def insert_jobs(conn: Connection, new: Sequence[NewJob], *, state: str = "QUEUED") -> list[Any]:
+    """Insert jobs in one statement, one array per column; their rows in the order given."""
+    params = {
+        "state": state,
+        "ids": [str(j.id) for j in new],
+        "types": [j.type for j in new],
+        "queues": [j.queue for j in new],
+        "payloads": [_json(j.payload) for j in new],
+        "max_attempts": [j.max_attempts for j in new],
+        "timeouts": [j.timeout_s for j in new],
+        "labels": [_json(j.labels) for j in new],
+        "task_names": [j.task_name for j in new],
+        "keys": [j.idempotency_key for j in new],
+        "hashes": [j.request_hash for j in new],
+        "owners": [j.owner for j in new],
+        "scheduled": [j.scheduled_time for j in new],
+    }
+    stored = {row.id: row for row in conn.execute(_INSERT_JOBS, params)}
+    out = []
+    for j in new:
+        values = _row_values(j, state)
+        row = stored[j.id]
+        values.update(_INSERTED_DEFAULTS, created_time=row.created_time, scheduled_time=row.scheduled_time,
+                      updated_time=row.updated_time)
+        out.append(JobRecord(**values))
+    return out
+
+
+def request_cancel(conn: Connection, job_id: uuid.UUID, *, owner: str | None = None) -> Row[Any] | None:
+    """CREATED/QUEUED → CANCELLED; RUNNING → flagged, so the attempt ends CANCELLED.
+
+    None when the job is not in one of those states (or already flagged)."""
+    stmt = sa.text(
+        """
+        UPDATE jobs SET
+            state = CASE WHEN state = 'RUNNING' THEN state ELSE 'CANCELLED' END,
+            cancel_requested = true,
+            done_time = CASE WHEN state = 'RUNNING' THEN NULL ELSE now() END,
+            updated_time = now()
+        WHERE id = :id AND state IN ('CREATED', 'QUEUED', 'RUNNING') AND NOT cancel_requested
+          AND (CAST(:owner AS text) IS NULL OR owner = :owner)
+        RETURNING *
+        """
+    )
+    return conn.execute(stmt, {"id": job_id, "owner": owner}).first()
+
+
+_SETTLE_CANCELLED = sa.text(
+    """
+    WITH settled AS (
+        UPDATE jobs SET state = 'CANCELLED', done_time = now(), lease_expires_time = NULL,
+                        updated_time = now()
+        WHERE id = ANY(CAST(:ids AS uuid[])) AND cancel_requested
+          AND (state IN ('CREATED', 'QUEUED')
+               OR (state = 'RUNNING' AND lease_expires_time < now()))
+        RETURNING id, state, attempts, attempt_started_time, task_name, lease_expires_time,
+                  type, queue, owner
+    ), lost AS (
+        INSERT INTO job_attempts (job_id, number, outcome, error, started_time, finished_time,
+                                  task_name, type, queue, owner)
+        SELECT id, attempts, 'CANCELLED',
+               '{"code": "LEASE_EXPIRED", "message": "cancelled; the attempt never finished"}'::jsonb,
+               attempt_started_time, now(), task_name, type, queue, owner
+        FROM settled WHERE attempt_started_time IS NOT NULL AND attempts > 0
+        ON CONFLICT DO NOTHING
+    )
+    SELECT id FROM settled
+    """
+)
+
+
+def settle_cancelled(conn: Connection, job_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Cancel-requested jobs that no attempt holds any more → CANCELLED."""
+    return {r.id for r in conn.execute(_SETTLE_CANCELLED, {"ids": [str(i) for i in job_ids]})}
+
+
+_RETRY = sa.text(
+    """
+    UPDATE jobs SET
+        state = 'CREATED',
+        run = run + 1,
+        attempts_base = attempts,
+        task_name = regexp_replace(task_name, '-[0-9]+$', '-' || (run + 1)),
+        result = NULL,
+        error = NULL,
+        done_time = NULL,
+        progress = NULL,
+        cancel_requested = false,
+        lease_expires_time = NULL,
+        started_time = NULL,
+        scheduled_time = now(),
+        updated_time = now()
+    WHERE id = :id AND state IN ('FAILED', 'CANCELLED')
+      AND (CAST(:owner AS text) IS NULL OR owner = :owner)
+    RETURNING *
+    """
+)
+
+
+def retry_job(conn: Connection, job_id: uuid.UUID, *, owner: str | None = None) -> Row[Any] | None:
+    """FAILED/CANCELLED → CREATED as a new run: a new task name, a fresh attempt budget."""
+    return conn.execute(_RETRY, {"id": job_id, "owner": owner}).first()
+
+
+def stale_created(conn: Connection, *, older_than_s: int, limit: int) -> list[Row[Any]]:
+    """CREATED jobs whose enqueue seems lost (the sweeper enqueues them again)."""
+    stmt = (
+        sa.select(jobs)
+        .where(jobs.c.state == "CREATED",
+               jobs.c.updated_time < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than_s))
+        .order_by(jobs.c.updated_time)
+        .limit(limit)
+    )
+    return list(conn.execute(stmt))
+
+
+def expired_leases(conn: Connection, *, limit: int) -> list[Row[Any]]:
+    """RUNNING jobs whose lease ran out: their attempt died, or is still overrunning."""
+    stmt = (
+        sa.select(jobs)
+        .where(jobs.c.state == "RUNNING", jobs.c.lease_expires_time < sa.func.now())
+        .order_by(jobs.c.lease_expires_time)
+        .limit(limit)
+    )
+    return list(conn.execute(stmt))
+
+
+def stale_queued(conn: Connection, *, older_than_s: int, limit: int) -> list[Row[Any]]:
+    """QUEUED jobs due long ago and untouched since: their task may be gone."""
+    cutoff = sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than_s)
+    stmt = (
+        sa.select(jobs)
+        .where(jobs.c.state == "QUEUED", jobs.c.updated_time < cutoff, jobs.c.scheduled_time < cutoff)
+        .order_by(jobs.c.updated_time)
+        .limit(limit)
+    )
+    return list(conn.execute(stmt))
+
+
+_ABANDON = sa.text(
+    """
+    WITH gone AS (
+        UPDATE jobs SET
+            state = CASE WHEN :requeue THEN 'CREATED' ELSE 'FAILED' END,
+            run = CASE WHEN :requeue THEN run + 1 ELSE run END,
+            task_name = CASE WHEN :requeue
+                             THEN regexp_replace(task_name, '-[0-9]+$', '-' || (run + 1))
+                             ELSE task_name END,
+            error = CAST(:error AS jsonb),
+            done_time = CASE WHEN :requeue THEN NULL ELSE now() END,
+            lease_expires_time = NULL,
+            updated_time = now()
+        WHERE id = :id AND state = :state AND attempts = :attempts
+          AND (state <> 'RUNNING' OR lease_expires_time < now())
+        RETURNING *
+    ), lost AS (
+        INSERT INTO job_attempts (job_id, number, outcome, error, started_time, finished_time,
+                                  task_name, type, queue, owner)
+        SELECT id, attempts, 'TIMED_OUT', CAST(:error AS jsonb), attempt_started_time, now(),
+               :old_task_name, type, queue, owner
+        FROM gone WHERE :state = 'RUNNING'
+        ON CONFLICT DO NOTHING
+    )
+    SELECT * FROM gone
+    """
+)
+
+
+def abandon_job(
+    conn: Connection, row: Row[Any], *, requeue: bool, error: dict[str, str]
+) -> Row[Any] | None:
+    """A job whose task Cloud Tasks no longer has: a new run (requeue) or FAILED.
+
+    Guarded on the state and attempt the sweeper saw, so a delivery that raced it wins.
+    """
+    params = {
+        "id": row.id, "state": row.state, "attempts": row.attempts, "requeue": requeue,
+        "error": _json(error), "old_task_name": row.task_name,
+    }
+    return conn.execute(_ABANDON, params).first()
+
+
+_GET_JOB = sa.select(jobs).where(jobs.c.id == sa.bindparam("id"))
+_GET_OWNED_JOB = _GET_JOB.where(jobs.c.owner == sa.bindparam("owner"))
+
+
+def get_job(conn: Connection, job_id: uuid.UUID, *, owner: str | None = None) -> Row[Any] | None:
+    """One job by id; with `owner`, only if that principal owns it."""
+    if owner is None:
+        return conn.execute(_GET_JOB, {"id": job_id}).first()
+    return conn.execute(_GET_OWNED_JOB, {"id": job_id, "owner": owner}).first()
+
+
+def list_attempts(conn: Connection, job_id: uuid.UUID) -> list[Row[Any]]:
+    """A job's attempts, oldest first."""
+    stmt = (
+        sa.select(job_attempts)
+        .where(job_attempts.c.job_id == job_id)
+        .order_by(job_attempts.c.number)
+    )
+    return list(conn.execute(stmt))
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """The filters of GET /v1/jobs."""
+
+    states: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    queues: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    owner: str | None = None  # None: every owner (admins, AUTH=none)
+
+
+def list_jobs(
+    conn: Connection,
+    flt: JobFilter,
+    *,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None = None,
+) -> list[Row[Any]]:
+    """Jobs newest first, `limit` of them after the keyset position `after`."""
+    c = jobs.c
+    stmt = sa.select(jobs)
+    if flt.owner is not None:
+        stmt = stmt.where(c.owner == flt.owner)
+    if flt.states:
+        stmt = stmt.where(c.state.in_(flt.states))
+    if flt.types:
+        stmt = stmt.where(c.type.in_(flt.types))
+    if flt.queues:
+        stmt = stmt.where(c.queue.in_(flt.queues))
+    if flt.labels:
+        stmt = stmt.where(c.labels.contains(dict(flt.labels)))
+    if flt.created_after is not None:
+        stmt = stmt.where(c.created_time > flt.created_after)
+    if flt.created_before is not None:
+        stmt = stmt.where(c.created_time < flt.created_before)
+    if after is not None:
+        stmt = stmt.where(sa.tuple_(c.created_time, c.id) < sa.tuple_(*after))
+    stmt = stmt.order_by(c.created_time.desc(), c.id.desc()).limit(limit)
+    return list(conn.execute(stmt))
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+# A registration older than this belongs to a process that died while it waited.
+STALE_REGISTRATION_S = 600  # ten times the longest ?wait=
+
+
+def purge_stale_waiters(engine: Engine) -> int:
+    """Remove registrations left by processes that died while waiting (the sweeper calls it)."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            sa.text("DELETE FROM job_waiters WHERE since < now() - make_interval(secs => :s)"),
+            {"s": STALE_REGISTRATION_S},
+        )
+    return int(result.rowcount)

@@ -1,0 +1,234 @@
+"""The tables. Alembic owns the schema; these definitions must match its head."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Computed,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+
+STATES = ("CREATED", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED")
+TERMINAL = frozenset(("COMPLETED", "FAILED", "CANCELLED"))
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
+ACTIVE = ("CREATED", "QUEUED", "RUNNING")
+OUTCOMES = ("COMPLETED", "FAILED", "RETRY", "CANCELLED", "TIMED_OUT", "LOST")
+
+metadata = MetaData()
+
+_now = text("now()")
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, comment="The job's id (a UUID; the task name is derived from it)."),
+    Column("type", Text, nullable=False, comment="The job type: the name its function was registered under with @job."),
+    Column("queue", Text, nullable=False, comment="The Cloud Tasks queue it goes to."),
+    Column("state", Text, nullable=False, comment="CREATED, QUEUED, RUNNING, COMPLETED, FAILED or CANCELLED."),
+    Column("payload", JSONB, nullable=False, comment="The job's input, validated by its type's schema."),
+    Column("result", JSONB, comment="What the job function returned (COMPLETED jobs)."),
+    Column("error", JSONB, comment="The last failure: {code, message}."),
+    Column("attempts", Integer, nullable=False, server_default=text("0"), comment="Attempts started, over every run."),
+    Column("max_attempts", Integer, nullable=False, comment="The attempt budget of each run (at most the queue's)."),
+    Column("timeout_s", Integer, nullable=False, comment="Per-attempt time limit, seconds."),
+    Column("progress", JSONB, comment="The running attempt's last report: {fraction, message}."),
+    Column("labels", JSONB, nullable=False, server_default=text("'{}'::jsonb"), comment="Free-form string labels."),
+    Column("task_name", Text, nullable=False, comment="The full name of the current run's Cloud Tasks task."),
+    # Each :retry starts a run: a new task name, and a fresh max_attempts budget counted
+    # from attempts_base (attempts go on across runs).
+    Column("run", Integer, nullable=False, server_default=text("0"), comment="How many times :retry started the job again."),
+    Column("attempts_base", Integer, nullable=False, server_default=text("0"), comment="attempts when the current run began (its budget counts from here)."),
+    Column("owner", Text, comment="The principal that created the job (key:<id>, sa:<email>, or null without auth)."),  # the principal that created the job
+    Column("idempotency_key", Text, comment="The creating request's Idempotency-Key, unique per owner."),
+    Column("request_hash", Text, comment="SHA-256 of the creating request, to tell a replay from a different request."),
+    Column("cancel_requested", Boolean, nullable=False, server_default=text("false"), comment="True once a cancel was asked for while the job ran."),
+    Column("lease_expires_time", DateTime(timezone=True), comment="Until when the running attempt holds the job."),
+    Column("attempt_started_time", DateTime(timezone=True), comment="When the current attempt started."),
+    Column("created_time", DateTime(timezone=True), nullable=False, server_default=_now, comment="When the job was accepted."),
+    Column("scheduled_time", DateTime(timezone=True), nullable=False, server_default=_now, comment="When the job was due (run_at, or its creation)."),
+    Column("started_time", DateTime(timezone=True), comment="When the current run's first attempt started."),
+    Column("done_time", DateTime(timezone=True), comment="When it reached a terminal state."),
+    Column("updated_time", DateTime(timezone=True), nullable=False, server_default=_now, comment="The last change."),
+    CheckConstraint(
+        "state IN ('CREATED','QUEUED','RUNNING','COMPLETED','FAILED','CANCELLED')",
+        name="jobs_state_valid",
+    ),
+    CheckConstraint("max_attempts >= 1", name="jobs_max_attempts_positive"),
+    CheckConstraint("timeout_s >= 1", name="jobs_timeout_positive"),
+    # Listing: newest first, keyset on (created_time, id); unfiltered, jobs_report_idx below.
+    Index("jobs_state_created_idx", "state", "created_time", "id"),
+    Index("jobs_type_created_idx", "type", "created_time", "id"),
+    Index("jobs_queue_created_idx", "queue", "created_time", "id"),
+    Index("jobs_labels_idx", "labels", postgresql_using="gin", postgresql_ops={"labels": "jsonb_path_ops"}),
+    # The sweeper looks only at live jobs: its cost follows them, not the history.
+    Index(
+        "jobs_active_idx",
+        "state",
+        "updated_time",
+        postgresql_where=text("state IN ('CREATED','QUEUED','RUNNING')"),
+    ),
+    # An Idempotency-Key belongs to its caller.
+    Index(
+        "jobs_owner_idempotency_key_idx",
+        text("coalesce(owner, '')"),
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
+    Index("jobs_owner_created_idx", "owner", "created_time", "id"),
+    Index(
+        "jobs_report_idx",
+        "created_time",
+        "id",
+        postgresql_include=["type", "queue", "state", "owner", "attempts", "scheduled_time",
+                            "started_time", "done_time"],
+    ),
+    comment="One row per job: its state, input, output and times. Written only by api/store.py.",
+)
+
+job_attempts = Table(
+    "job_attempts",
+    metadata,
+    Column("job_id", UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, comment="The job."),
+    Column("number", Integer, nullable=False, comment="1 for the job's first attempt, and on across runs."),
+    Column("outcome", Text, nullable=False, comment="COMPLETED, FAILED, RETRY, CANCELLED, TIMED_OUT or LOST."),
+    Column("error", JSONB, comment="The failure: {code, message}."),
+    Column("started_time", DateTime(timezone=True), nullable=False, comment="When the attempt started."),
+    Column("finished_time", DateTime(timezone=True), nullable=False, comment="When it ended, or was found to have died."),
+    Column("task_name", Text, comment="The Cloud Tasks task that delivered it."),
+    Column("retry_count", Integer, comment="X-CloudTasks-TaskRetryCount of the delivery."),
+    Column("execution_count", Integer, comment="X-CloudTasks-TaskExecutionCount of the delivery."),
+    Column("retry_reason", Text, comment="X-CloudTasks-TaskRetryReason of the delivery."),
+    # Copied from the job so reports need no join.
+    Column("type", Text, comment="The job's type (copied from jobs, so reports need no join)."),
+    Column("queue", Text, comment="The job's queue (copied from jobs)."),
+    Column("owner", Text, comment="The principal that owns the job (copied from jobs)."),
+    Column(
+        "duration_ms",
+        BigInteger,
+        Computed("((extract(epoch FROM finished_time - started_time) * 1000)::bigint)", persisted=True),
+        comment="finished_time - started_time, in milliseconds.",
+    ),
+    Column(
+        "error_code",
+        Text,
+        Computed("error ->> 'code'", persisted=True),
+        comment="error->>'code': the failure's code (FLAKY, TIMED_OUT, EXCEPTION, …).",
+    ),
+    PrimaryKeyConstraint("job_id", "number", name="job_attempts_pkey"),
+    CheckConstraint(
+        "outcome IN ('COMPLETED','FAILED','RETRY','CANCELLED','TIMED_OUT','LOST')",
+        name="job_attempts_outcome_valid",
+    ),
+    Index(
+        "job_attempts_report_idx",
+        "finished_time",
+        postgresql_include=["type", "queue", "owner", "outcome", "error_code", "duration_ms"],
+    ),
+    # Failed attempts only, with what the failures report counts.
+    Index(
+        "job_attempts_failures_idx",
+        "finished_time",
+        postgresql_include=["type", "queue", "owner", "error_code", "job_id"],
+        postgresql_where=text("outcome <> 'COMPLETED' AND error_code IS NOT NULL"),
+    ),
+    comment="One row per attempt that reached the handler (append-only): when it ran and how it ended.",
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Text, primary_key=True, comment="The public part of the key: cj_<id>_<secret>."),  # the public part of the key: cj_<id>_<secret>
+    Column("name", Text, nullable=False, comment="Who the key is for; unique among live keys."),
+    Column("secret_hash", Text, nullable=False, comment="SHA-256 of the secret; the key itself is shown once and never stored."),  # SHA-256 of the secret; the key is shown once
+    Column("admin", Boolean, nullable=False, server_default=text("false"), comment="An admin key sees and acts on every job."),
+    Column("created_time", DateTime(timezone=True), nullable=False, server_default=_now, comment="When the key was made."),
+    Column("revoked_time", DateTime(timezone=True), comment="When it was revoked; null while it is live."),
+    Index("api_keys_name_idx", "name", unique=True, postgresql_where=text("revoked_time IS NULL")),
+    comment="API keys of callers (AUTH=keys); secrets are stored as hashes only.",
+)
+
+
+# Rollups of job history for long-window reports (api/rollups.py, migration 0005).
+job_rollups = Table(
+    "job_rollups",
+    metadata,
+    Column("grain", Text, nullable=False, comment="hour or day."),
+    Column("period", DateTime(timezone=True), nullable=False,
+           comment="The start of the hour or day (UTC) the jobs were created in."),
+    Column("type", Text, nullable=False, comment="The job type."),
+    Column("queue", Text, nullable=False, comment="The queue."),
+    Column("owner", Text, nullable=False, comment="The owner ('' for jobs created without auth)."),
+    Column("jobs", Integer, nullable=False, comment="Jobs created."),
+    Column("completed", Integer, nullable=False, comment="Of those, COMPLETED."),
+    Column("failed", Integer, nullable=False, comment="FAILED."),
+    Column("cancelled", Integer, nullable=False, comment="CANCELLED."),
+    Column("active", Integer, nullable=False, comment="Not finished when rolled up (CREATED, QUEUED or RUNNING)."),
+    Column("retries", BigInteger, nullable=False, comment="Attempts beyond the first, summed."),
+    Column("ran", Integer, nullable=False, comment="Jobs with at least one attempt."),
+    Column("retried", Integer, nullable=False, comment="Jobs with more than one attempt."),
+    Column("wait_buckets", ARRAY(Integer), nullable=False,
+           comment="Queue wait histogram: bucket numbers (see reporting.duration_bucket)."),
+    Column("wait_counts", ARRAY(BigInteger), nullable=False, comment="Queue wait histogram: jobs in each of wait_buckets."),
+    Column("run_buckets", ARRAY(Integer), nullable=False,
+           comment="Run time histogram (first start to done): bucket numbers."),
+    Column("run_counts", ARRAY(BigInteger), nullable=False, comment="Run time histogram: jobs in each of run_buckets."),
+    Column("level", SmallInteger, nullable=False, server_default=text("0"),
+           comment="What the row is summed over, as GROUPING(type, queue, owner) bits: 4 type, 2 queue, 1 owner "
+                   "(those columns hold ''); 0: one type, queue and owner."),
+    Column("wait_p", ARRAY(Float(precision=53)),
+           comment="p50, p95 and p99 of the queue wait histogram, in seconds (a report point made of this row alone)."),
+    Column("run_p", ARRAY(Float(precision=53)),
+           comment="p50, p95 and p99 of the run time histogram, in seconds (a report point made of this row alone)."),
+    PrimaryKeyConstraint("grain", "period", "level", "type", "queue", "owner", name="job_rollups_pkey"),
+    CheckConstraint("grain IN ('hour', 'day')", name="job_rollups_grain_valid"),
+    comment="Jobs per hour or day (of created_time, UTC), type, queue and owner: counts and duration histograms. "
+            "Maintained by api/rollups.py; read by long-window reports.",
+)
+
+job_rollup_dirty = Table(
+    "job_rollup_dirty",
+    metadata,
+    Column("hour", DateTime(timezone=True), nullable=False, comment="The hour (UTC, of created_time) of a job that changed."),
+    Index("job_rollup_dirty_hour_idx", "hour"),
+    comment="Marks (append-only) of hours whose jobs changed after they may have been rolled up; "
+            "the next refresh recomputes them.",
+)
+
+job_rollup_state = Table(
+    "job_rollup_state",
+    metadata,
+    Column("id", Boolean, primary_key=True, server_default=text("true"), comment="Always true: there is one row."),
+    Column("rolled_until", DateTime(timezone=True),
+           comment="Every hour before this is rolled up (unless marked dirty); null: none yet."),
+    Column("refreshed_time", DateTime(timezone=True), comment="When the last refresh finished."),
+    CheckConstraint("id", name="job_rollup_state_one_row"),
+    comment="One row: how far job_rollups reaches.",
+)
+
+job_waiters = Table(
+    "job_waiters",
+    metadata,
+    Column("job_id", UUID(as_uuid=True), nullable=False, comment="The job waited on."),
+    Column("waiter", UUID(as_uuid=True), nullable=False, comment="A random id of the waiting request."),
+    Column("since", DateTime(timezone=True), nullable=False, server_default=_now,
+           comment="When the request registered; the sweeper removes rows left by a process that died."),
+    PrimaryKeyConstraint("job_id", "waiter", name="job_waiters_pkey"),
+    comment="Requests waiting for a job to end (GET /v1/jobs/{id}?wait=S), one row each while they wait; "
+            "a job that ends with a row here is announced on the cloudjobs_job_done channel. Unlogged.",
+    prefixes=["UNLOGGED"],
+)

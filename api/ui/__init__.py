@@ -1,0 +1,1 @@
+"""The dashboard (/ui): views, charts, templates, static files."""

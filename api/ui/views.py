@@ -1,0 +1,353 @@
+"""The dashboard (/ui): jobs, a job and its attempts, and report charts, rendered on the server.
+
+Read-only: it changes no job, so the only state-changing requests are login and logout.
+Authentication is the API's (the same authenticator, the same owner scoping); with AUTH=keys
+a browser may also present its key in the `cloudjobs_key` cookie set by /ui/login. See
+docs/dashboard.md for the CSP and CSRF decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from flask import Blueprint, Response, g, redirect, render_template, request, url_for
+from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
+
+from api.errors import JobNotFound, Problem, Unauthenticated
+from api.reporting.reports import BUCKETS, ReportQuery, run_report
+from api.store import jobs as store
+from api.store.tables import STATES
+from api.ui import charts
+from api.web import paging
+from api.web.auth import Principal
+from api.web.http import current_state, filter_digest, parse_filter, parse_job_id
+from api.web.resources import TERMINAL, attempt_resource, job_resource
+
+bp = Blueprint(
+    "ui",
+    __name__,
+    url_prefix="/ui",
+    template_folder="templates",
+    static_folder="static/ui",
+    static_url_path="/static",
+)
+
+COOKIE = "cloudjobs_key"
+# No inline script or style at all: the stylesheet is a file, charts colour with attributes.
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+# Unauthenticated pages: the login form, logout, the stylesheet.
+OPEN = {"ui.login", "ui.logout", "ui.static"}
+WINDOWS = {  # the reports page's windows and the bucket each is charted by
+    "1h": (timedelta(hours=1), "minute"),
+    "6h": (timedelta(hours=6), "hour"),
+    "24h": (timedelta(hours=24), "hour"),
+    "7d": (timedelta(days=7), "day"),
+    "30d": (timedelta(days=30), "day"),
+}
+FILTERS = ("state", "type", "queue", "label")
+COMPLETED, FAILED, OTHER = "#16a34a", "#dc2626", "#9ca3af"
+P50, P95 = "#2563eb", "#f59e0b"
+
+
+# ---- authentication --------------------------------------------------------------------
+
+
+@bp.before_request
+def _authenticate() -> None:
+    if request.endpoint in OPEN:
+        return
+    g.principal = _principal()
+
+
+def _principal() -> Principal:
+    state = current_state()
+    key = request.cookies.get(COOKIE)
+    if state.config.api_auth == "keys" and key and "Authorization" not in request.headers:
+        return state.authenticator.key_principal(key)
+    return state.authenticator.principal(request)
+
+
+def principal() -> Principal:
+    """The caller of this dashboard request."""
+    return g.principal  # type: ignore[no-any-return]
+
+
+def _same_origin() -> bool:
+    """Whether a POST comes from a page of this app (Origin, else Referer, must match)."""
+    source = request.headers.get("Origin") or request.headers.get("Referer")
+    if not source or source == "null":
+        return False
+    parts = urlsplit(source)
+    schemes = {request.scheme}
+    if _https():
+        schemes.add("https")
+    return parts.scheme in schemes and parts.netloc == request.host
+
+
+def _cookie_path() -> str:
+    return request.script_root + (bp.url_prefix or "")
+
+
+def _https() -> bool:
+    # Behind Cloud Run's or App Engine's front end the app sees http; the proxy says https.
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip()
+    return request.is_secure or forwarded == "https"
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Response | str | tuple[str, int]:
+    """A form to paste an API key; POST checks it and keeps it in an HttpOnly cookie."""
+    state = current_state()
+    if state.config.api_auth != "keys":
+        return redirect(url_for("ui.jobs"), code=303)  # type: ignore[return-value]
+    if request.method == "GET":
+        return render_template("ui/login.html", error=None)
+    if not _same_origin():
+        return render_template(
+            "ui/login.html", error="Refused: the form was not sent from this site."
+        ), 403
+    key = request.form.get("key", "").strip()
+    try:
+        state.authenticator.key_principal(key)
+    except Unauthenticated as e:
+        return render_template("ui/login.html", error=e.detail), 401
+    resp = redirect(url_for("ui.jobs"), code=303)
+    resp.set_cookie(
+        COOKIE, key, httponly=True, samesite="Strict", secure=_https(), path=_cookie_path()
+    )
+    return resp  # type: ignore[return-value]
+
+
+@bp.route("/logout", methods=["GET", "POST"])
+def logout() -> Response:
+    """Forget the key cookie (harmless if forged: it only logs out)."""
+    resp = redirect(url_for("ui.login"), code=303)
+    _forget(resp)
+    return resp  # type: ignore[return-value]
+
+
+def _forget(resp: BaseResponse) -> None:
+    resp.delete_cookie(
+        COOKIE, path=_cookie_path(), httponly=True, samesite="Strict", secure=_https()
+    )
+
+
+# ---- pages ------------------------------------------------------------------------------
+
+
+@bp.get("")
+@bp.get("/")
+@bp.get("/jobs")
+def jobs() -> str:
+    """Jobs, newest first, filtered by state, type, queue and label, paged by keyset."""
+    state = current_state()
+    args = MultiDict([(k, v.strip()) for k, v in request.args.items(multi=True) if v.strip()])
+    flt = parse_filter(args, owner=principal().scope)
+    size = paging.page_size(args.get("page_size"))
+    scope = filter_digest(flt)
+    after = None
+    if token := args.get("page_token"):
+        after = paging.decode(state.config.page_token_key, token, scope)
+    with state.engine.connect() as conn:
+        rows = store.list_jobs(conn, flt, limit=size + 1, after=after)
+    next_url = None
+    kept = [(k, v) for k, v in args.items(multi=True) if k != "page_token"]
+    if len(rows) > size:
+        rows = rows[:size]
+        last = rows[-1]
+        token = paging.encode(state.config.page_token_key, (last.created_time, last.id), scope)
+        next_url = url_for("ui.jobs") + "?" + _query(kept + [("page_token", token)])
+    return render_template(
+        "ui/jobs.html",
+        jobs=[job_resource(r) for r in rows],
+        next_url=next_url,
+        first_url=url_for("ui.jobs") + "?" + _query(kept) if after else None,
+        chosen={k: args.get(k, "") for k in FILTERS},
+        states=STATES,
+        types=sorted(state.registry.types),
+        queues=sorted(state.queues.specs),
+    )
+
+
+def _query(pairs: list[tuple[str, str]]) -> str:
+    return urlencode(pairs)
+
+
+@bp.get("/jobs/<job_id>")
+def job(job_id: str) -> str:
+    """One job, its payload, result, error and progress, and its attempts."""
+    state = current_state()
+    jid = parse_job_id(job_id)
+    with state.engine.connect() as conn:
+        row = store.get_job(conn, jid, owner=principal().scope)
+        if row is None:
+            raise JobNotFound(f"no job {job_id}")
+        attempts = [attempt_resource(a) for a in store.list_attempts(conn, jid)]
+    resource = job_resource(row)
+    return render_template(
+        "ui/job.html",
+        job=resource,
+        attempts=attempts,
+        pretty=_pretty,
+        refresh=row.state not in TERMINAL,
+    )
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+@bp.get("/reports")
+def reports() -> str:
+    """Throughput, failure rate and run-time percentiles over a window, as SVG and tables."""
+    state = current_state()
+    window = request.args.get("window", "24h")
+    if window not in WINDOWS:
+        window = "24h"
+    span, bucket = WINDOWS[window]
+    end = datetime.now(UTC)
+    q = ReportQuery(start=end - span, end=end, owner=principal().scope, bucket=bucket, limit=10)
+    series = run_report(state.reporting_engine, "timeseries", q)
+    summaries: list[dict[str, Any] | None] = [*run_report(state.reporting_engine, "summary", q)]
+    [summary] = summaries or [None]
+    failures = run_report(state.reporting_engine, "failures", q)
+    points = fill_buckets(series, start=q.start, end=q.end, bucket=bucket)
+    labels = [_label(p["bucket"], bucket) for p in points]
+    return render_template(
+        "ui/reports.html",
+        window=window,
+        windows=list(WINDOWS),
+        bucket=bucket,
+        start=q.start,
+        end=q.end,
+        summary=summary,
+        failures=failures,
+        rows=[p for p in points if p["jobs"]],
+        throughput=charts.bar_chart(
+            f"Jobs created per {bucket}",
+            labels,
+            [
+                charts.Series("completed", [p["completed"] for p in points], COMPLETED),
+                charts.Series("failed", [p["failed"] for p in points], FAILED),
+                charts.Series(
+                    "other", [p["jobs"] - p["completed"] - p["failed"] for p in points], OTHER
+                ),
+            ],
+        ),
+        failure_rate=charts.line_chart(
+            f"Failure rate per {bucket}",
+            labels,
+            [
+                charts.Series("failed / finished", [p["failure_rate"] for p in points], FAILED),
+            ],
+            y_format=lambda v: f"{v:.0%}",
+            y_max=1.0,
+        ),
+        run_time=charts.line_chart(
+            f"Run time per {bucket} (seconds)",
+            labels,
+            [
+                charts.Series("p50", [p["run_p50_s"] for p in points], P50),
+                charts.Series("p95", [p["run_p95_s"] for p in points], P95),
+            ],
+            y_format=lambda v: f"{v:.3g}s",
+        ),
+    )
+
+
+def fill_buckets(
+    rows: list[dict[str, Any]], *, start: datetime, end: datetime, bucket: str
+) -> list[dict[str, Any]]:
+    """Every bucket of the window in order, empty ones as zeros, with a failure rate."""
+    step = BUCKETS[bucket]
+    origin = datetime.fromtimestamp(start.timestamp() // step * step, UTC)
+    count = int((end - origin).total_seconds() // step) + 1
+    empty = {
+        "jobs": 0,
+        "completed": 0,
+        "failed": 0,
+        "cancelled": 0,
+        "retries": 0,
+        "run_p50_s": None,
+        "run_p95_s": None,
+    }
+    points: list[dict[str, Any]] = [
+        {"bucket": origin + timedelta(seconds=i * step), **empty} for i in range(count)
+    ]
+    for row in rows:
+        at = datetime.fromisoformat(row["bucket"].replace("Z", "+00:00"))
+        i = int((at - origin).total_seconds() // step)
+        if 0 <= i < count:
+            p = points[i]
+            for k in empty:
+                if k.startswith("run_"):
+                    p[k] = row[k] if p[k] is None else max(p[k], row[k] or 0)
+                else:
+                    p[k] += row[k] or 0
+    for p in points:
+        finished = p["completed"] + p["failed"] + p["cancelled"]
+        p["failure_rate"] = p["failed"] / finished if finished else None
+    return points
+
+
+def _label(at: datetime, bucket: str) -> str:
+    return at.strftime("%d %b" if bucket == "day" else "%H:%M")
+
+
+# ---- errors and headers -----------------------------------------------------------------
+
+
+@bp.errorhandler(Problem)
+def _problem(e: Problem) -> Response | tuple[str, int]:
+    if isinstance(e, Unauthenticated) and current_state().config.api_auth == "keys":
+        resp = redirect(url_for("ui.login"), code=303)
+        if request.cookies.get(COOKIE):  # revoked or unknown: forget it
+            _forget(resp)
+        return resp  # type: ignore[return-value]
+    return render_template(
+        "ui/error.html", status=e.status, title=e.title, detail=e.detail
+    ), e.status
+
+
+@bp.errorhandler(HTTPException)
+def _http(e: HTTPException) -> tuple[str, int]:
+    return render_template(
+        "ui/error.html", status=e.code, title=e.name, detail=e.description
+    ), e.code or 500
+
+
+@bp.after_request
+def _headers(resp: Response) -> Response:
+    # Runs before the app-wide after_app_request, whose setdefault keeps these.
+    resp.headers["Content-Security-Policy"] = CSP
+    # Not no-referrer: with it, a browser sends `Origin: null` on the login POST and the
+    # same-origin check could not tell the dashboard's own form from anyone else's.
+    resp.headers["Referrer-Policy"] = "same-origin"
+    return resp
+
+
+@bp.context_processor
+def _context() -> dict[str, Any]:
+    return {"keys_login": current_state().config.api_auth == "keys"}
+
+
+@bp.app_template_filter("ui_time")
+def _when(value: str | None) -> str:
+    """An RFC 3339 time as `2026-01-01 10:00:00Z`, or a dash."""
+    if not value:
+        return "—"
+    return value.replace("T", " ")[:19] + "Z"
+
+
+@bp.app_template_global("job_url")
+def _job_url(job_id: str | uuid.UUID) -> str:
+    return url_for("ui.job", job_id=str(job_id))

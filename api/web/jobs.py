@@ -1,0 +1,122 @@
+"""The REST API (/v1): views parse, call, commit, enqueue and serialise."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, request
+
+from api.errors import JobNotFound
+from api.orchestration import lifecycle
+from api.store import jobs as store
+from api.store.engine import autocommit
+from api.web import paging
+from api.web import waiting as waiters
+from api.web.http import (
+    authenticate,
+    current_state,
+    filter_digest,
+    json_body,
+    json_response,
+    parse_filter,
+    parse_job_id,
+    principal,
+)
+from api.web.resources import attempt_resource, job_resource
+
+bp = Blueprint("jobs", __name__)
+bp.before_request(authenticate)
+
+
+@bp.post("/v1/jobs")
+def create_job() -> Response:
+    """Create a job: 202 and the job, or 200 and the original for an idempotent replay."""
+    state = current_state()
+    key = lifecycle.check_idempotency_key(request.headers.get("Idempotency-Key"))
+    req = lifecycle.parse_create(state, json_body(request))
+    row, created = lifecycle.create_job(state, req, idempotency_key=key, owner=principal().owner)
+    return json_response(
+        job_resource(row),
+        status=202 if created else 200,
+        headers={"Location": f"/v1/jobs/{row.id}"},
+    )
+
+
+@bp.post("/v1/jobs:batchCreate")
+def batch_create() -> Response:
+    """Create up to 500 jobs, all or nothing, in order."""
+    state = current_state()
+    key = lifecycle.check_idempotency_key(request.headers.get("Idempotency-Key"))
+    reqs = lifecycle.parse_batch(state, json_body(request))
+    rows, created = lifecycle.create_jobs(state, reqs, idempotency_key=key, owner=principal().owner)
+    return json_response({"jobs": [job_resource(r) for r in rows]}, status=202 if created else 200)
+
+
+@bp.post("/v1/jobs/<job_id>:cancel")
+def cancel_job(job_id: str) -> Response:
+    """Cancel a job; idempotent; 409 for a job that already COMPLETED or FAILED."""
+    state = current_state()
+    row = lifecycle.cancel_job(state, parse_job_id(job_id), scope=principal().scope)
+    if row is None:
+        raise JobNotFound(f"no job {job_id}")
+    return json_response(job_resource(row))
+
+
+@bp.post("/v1/jobs/<job_id>:retry")
+def retry_job(job_id: str) -> Response:
+    """Run a FAILED or CANCELLED job again; idempotent; 409 for a COMPLETED job."""
+    state = current_state()
+    row = lifecycle.retry_job(state, parse_job_id(job_id), scope=principal().scope)
+    if row is None:
+        raise JobNotFound(f"no job {job_id}")
+    return json_response(job_resource(row))
+
+
+@bp.get("/v1/jobs/<job_id>")
+def get_job(job_id: str) -> Response:
+    """One job."""
+    state = current_state()
+    jid = parse_job_id(job_id)
+    wait_s = waiters.wait_seconds(request.args.get("wait"))
+    with autocommit(state.engine) as conn:  # one statement: no BEGIN, no ROLLBACK
+        row = store.get_job(conn, jid, owner=principal().scope)
+    if row is None:
+        raise JobNotFound(f"no job {job_id}")
+    if wait_s is not None:  # the re-read below must filter as the read above does
+        scope = principal().scope
+        row = waiters.wait_until_done(state, row, wait_s, lambda c: store.get_job(c, jid, owner=scope))
+        if row is None:
+            raise JobNotFound(f"no job {job_id}")
+    return json_response(job_resource(row))
+
+
+@bp.get("/v1/jobs/<job_id>/attempts")
+def list_attempts(job_id: str) -> Response:
+    """A job's attempts, oldest first."""
+    state = current_state()
+    jid = parse_job_id(job_id)
+    with state.engine.connect() as conn:
+        if store.get_job(conn, jid, owner=principal().scope) is None:
+            raise JobNotFound(f"no job {job_id}")
+        rows = store.list_attempts(conn, jid)
+    return json_response({"attempts": [attempt_resource(r) for r in rows]})
+
+
+@bp.get("/v1/jobs")
+def list_jobs() -> Response:
+    """Jobs, newest first, filtered and paged by keyset."""
+    state = current_state()
+    flt = parse_filter(request.args, owner=principal().scope)
+    size = paging.page_size(request.args.get("page_size"))
+    scope = filter_digest(flt)
+    after = None
+    if token := request.args.get("page_token"):
+        after = paging.decode(state.config.page_token_key, token, scope)
+    with state.engine.connect() as conn:
+        rows = store.list_jobs(conn, flt, limit=size + 1, after=after)
+    next_token = ""
+    if len(rows) > size:
+        rows = rows[:size]
+        last = rows[-1]
+        next_token = paging.encode(state.config.page_token_key, (last.created_time, last.id), scope)
+    return json_response({"jobs": [job_resource(r) for r in rows], "next_page_token": next_token})
+
+

@@ -1,0 +1,275 @@
+"""The OpenAPI 3.1 document, from the same pydantic models that validate and serialise."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from api.web.resources import AttemptList, CreateJob, Job, JobList
+
+REF = "#/components/schemas/{model}"
+
+PROBLEM = {
+    "type": "object",
+    "description": "RFC 9457 problem details.",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "format": "uri"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+    "additionalProperties": True,
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(model=name)}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _problems(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "Malformed request",
+        401: "Not authenticated",
+        404: "No such job",
+        409: "Conflict",
+        413: "Request too large",
+        415: "Not JSON",
+        422: "Validation failed",
+        500: "Internal error",
+        503: "Database unavailable",
+    }
+    return {
+        str(c): {
+            "description": text[c],
+            "content": {"application/problem+json": {"schema": _ref("Problem")}},
+        }
+        for c in codes
+    }
+
+
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "description": "A replay with the same key and body returns the original job(s).",
+}
+
+JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+WAIT = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 60},
+    "description": "Hold the request until the job is done or this many seconds pass, then "
+    "answer the job as it is (done or not). The server may answer sooner.",
+}
+
+
+def _query(name: str, description: str, schema: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    return {"name": name, "in": "query", "description": description, "schema": schema or {"type": "string"}, **kw}
+
+
+@cache
+def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document; `types` and `queues` make the job fields exact."""
+    _, defs = models_json_schema(
+        [(m, "validation" if m is CreateJob else "serialization") for m in (CreateJob, Job, JobList, AttemptList)],
+        ref_template=REF,
+    )
+    schemas = dict(defs["$defs"])
+    create = schemas["CreateJob"]
+    if types:
+        create["properties"]["type"]["enum"] = list(types)
+    if queues:
+        create["properties"]["queue"] = {
+            "anyOf": [{"type": "string", "enum": list(queues)}, {"type": "null"}],
+            "default": None,
+            "description": create["properties"]["queue"].get("description", ""),
+        }
+    schemas["Problem"] = PROBLEM
+    schemas["Report"] = {
+        "type": "object",
+        "required": ["report", "from", "to", "group_by", "rows"],
+        "properties": {
+            "report": {"type": "string"},
+            "from": {"type": "string", "format": "date-time"},
+            "to": {"type": "string", "format": "date-time"},
+            "group_by": {"type": "string"},
+            "bucket": {"type": "string"},
+            "rows": {"type": "array", "items": {"type": "object"}},
+        },
+    }
+    schemas["BatchCreate"] = {
+        "type": "object",
+        "required": ["jobs"],
+        "additionalProperties": False,
+        "properties": {"jobs": {"type": "array", "minItems": 1, "maxItems": 500, "items": _ref("CreateJob")}},
+    }
+    schemas["BatchJobs"] = {
+        "type": "object",
+        "required": ["jobs"],
+        "properties": {"jobs": {"type": "array", "items": _ref("Job")}},
+    }
+    schemas["Health"] = {"type": "object", "properties": {"status": {"type": "string"}}}
+    array = {"type": "array", "items": {"type": "string"}}
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "cloudjobs",
+            "version": "1",
+            "description": "Jobs recorded in PostgreSQL and run through Google Cloud Tasks.",
+        },
+        "paths": {
+            "/v1/jobs": {
+                "post": {
+                    "operationId": "createJob",
+                    "summary": "Create a job",
+                    "parameters": [IDEMPOTENCY_KEY],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("CreateJob")}}},
+                    "responses": {
+                        "202": {**_json(_ref("Job"), "Created"), "headers": {"Location": {"schema": {"type": "string"}}}},
+                        "200": _json(_ref("Job"), "An idempotent replay: the original job"),
+                        **_problems(400, 409, 413, 415, 422, 503),
+                    },
+                },
+                "get": {
+                    "operationId": "listJobs",
+                    "summary": "List jobs, newest first",
+                    "parameters": [
+                        _query("state", "Comma-separated states", array, style="form", explode=True),
+                        _query("type", "Comma-separated job types", array, style="form", explode=True),
+                        _query("queue", "Comma-separated queues", array, style="form", explode=True),
+                        _query("label", "key:value, repeatable", array, style="form", explode=True),
+                        _query("created_after", "RFC 3339", {"type": "string", "format": "date-time"}),
+                        _query("created_before", "RFC 3339", {"type": "string", "format": "date-time"}),
+                        _query("page_size", "Default 50; above 500 is coerced to 500", {"type": "integer", "minimum": 0}),
+                        _query("page_token", "next_page_token of the previous page"),
+                    ],
+                    "responses": {"200": _json(_ref("JobList"), "A page of jobs"), **_problems(400, 503)},
+                },
+            },
+            "/v1/jobs/{job_id}": {
+                "get": {
+                    "operationId": "getJob",
+                    "summary": "Get a job; with wait, once it is done or the wait has passed",
+                    "parameters": [JOB_ID, WAIT],
+                    "responses": {"200": _json(_ref("Job"), "The job"), **_problems(400, 404, 503)},
+                }
+            },
+            "/v1/jobs:batchCreate": {
+                "post": {
+                    "operationId": "batchCreateJobs",
+                    "summary": "Create up to 500 jobs, all or nothing",
+                    "parameters": [IDEMPOTENCY_KEY],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("BatchCreate")}}},
+                    "responses": {
+                        "202": _json(_ref("BatchJobs"), "Created, in the order given"),
+                        "200": _json(_ref("BatchJobs"), "An idempotent replay: the original jobs"),
+                        **_problems(400, 409, 413, 415, 422, 503),
+                    },
+                }
+            },
+            "/v1/jobs/{job_id}:cancel": {
+                "post": {
+                    "operationId": "cancelJob",
+                    "summary": "Cancel a job (idempotent); a running job stops cooperatively",
+                    "parameters": [JOB_ID],
+                    "responses": {"200": _json(_ref("Job"), "The job"), **_problems(404, 409, 503)},
+                }
+            },
+            "/v1/jobs/{job_id}:retry": {
+                "post": {
+                    "operationId": "retryJob",
+                    "summary": "Run a FAILED or CANCELLED job again (idempotent)",
+                    "parameters": [JOB_ID],
+                    "responses": {"200": _json(_ref("Job"), "The job"), **_problems(404, 409, 503)},
+                }
+            },
+            "/v1/jobs/{job_id}/attempts": {
+                "get": {
+                    "operationId": "listAttempts",
+                    "summary": "A job's attempts, oldest first",
+                    "parameters": [JOB_ID],
+                    "responses": {"200": _json(_ref("AttemptList"), "The attempts"), **_problems(404, 503)},
+                }
+            },
+            "/v1/reports/{name}": {
+                "get": {
+                    "operationId": "getReport",
+                    "summary": "A report over job history (the caller's jobs; an admin's: all)",
+                    "parameters": [
+                        {"name": "name", "in": "path", "required": True,
+                         "schema": {"type": "string", "enum": ["summary", "timeseries", "failures"]}},
+                        _query("from", "RFC 3339; default 24 h before `to`", {"type": "string", "format": "date-time"}),
+                        _query("to", "RFC 3339; default now", {"type": "string", "format": "date-time"}),
+                        _query("type", "Only this job type"),
+                        _query("queue", "Only this queue"),
+                        _query("group_by", "Rows per type, per queue, or one row", {"type": "string", "enum": ["type", "queue", "none"]}),
+                        _query("bucket", "timeseries: bucket size", {"type": "string", "enum": ["minute", "hour", "day"]}),
+                        _query("limit", "failures: rows, 1 to 100", {"type": "integer", "minimum": 1, "maximum": 100}),
+                    ],
+                    "responses": {"200": _json(_ref("Report"), "The report"), **_problems(400, 401, 404, 503)},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi", "security": [],
+                    "summary": "This document",
+                    "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz", "security": [],
+                    "summary": "Liveness",
+                    "responses": {"200": _json(_ref("Health"), "Alive")},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz", "security": [],
+                    "summary": "Readiness: the database answers",
+                    "responses": {"200": _json(_ref("Health"), "Ready"), **_problems(503)},
+                }
+            },
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key (cj_…) or, with AUTH=google, a Google-signed ID token.",
+                }
+            },
+        },
+        "security": [{"bearer": []}],
+    }
+    for path, ops in doc["paths"].items():  # every /v1 operation needs credentials
+        if path.startswith("/v1/"):
+            for op in ops.values():
+                op["responses"].update(_problems(401))
+    return doc

@@ -1,0 +1,56 @@
+"""The service's own endpoints: health, readiness, the OpenAPI document; security headers."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import Blueprint, Response
+
+from api.web.http import current_state, json_response
+from api.web.openapi import openapi_document
+
+bp = Blueprint("api", __name__)
+# Open to anyone: liveness, readiness, and the API's description.
+PUBLIC = {"api.openapi", "api.healthz", "api.readyz"}
+
+
+_SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+    ("Strict-Transport-Security", "max-age=31536000; includeSubDomains"),
+    ("Cache-Control", "no-store"),
+)
+
+
+@bp.after_app_request
+def _security_headers(resp: Response) -> Response:
+    # Each unless the response set its own. One look at the names, not a setdefault each:
+    # werkzeug scans the header list per call (49 -> 18 us a response).
+    h = resp.headers
+    present = {name.lower() for name in h.keys()}  # noqa: SIM118 (iterating Headers gives pairs)
+    h.extend([(name, value) for name, value in _SECURITY_HEADERS if name.lower() not in present])
+    return resp
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 document of this API."""
+    state = current_state()
+    types = tuple(sorted(state.registry.types))
+    return json_response(openapi_document(types, tuple(state.queues.specs)))
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """Liveness: the process answers."""
+    return json_response({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Readiness: the database answers."""
+    state = current_state()
+    with state.engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+    return json_response({"status": "ok", "database": "ok"})

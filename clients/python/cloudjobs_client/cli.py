@@ -1,0 +1,436 @@
+"""`cloudjobs submit | get | list | watch | attempts | cancel | retry`: the REST API for people.
+
+Each command talks to `--url` (else `CLOUDJOBS_URL`, else http://127.0.0.1:8080) with the key
+in `CLOUDJOBS_API_KEY`, through cloudjobs_client.client. `--output json` prints the API's JSON instead of
+text. Exit status: 0 done (a waited-for job COMPLETED); 1 a waited-for job FAILED or was
+CANCELLED, or the service failed (5xx, unreachable); 2 the request was refused (4xx) or the
+command line is wrong; 124 `--timeout` passed before the job was done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from cloudjobs_client.client import ApiError, Client, Job
+
+COMMANDS = ("submit", "get", "list", "watch", "attempts", "cancel", "retry")
+DEFAULT_URL = "http://127.0.0.1:8080"
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
+EXIT_TIMEOUT = 124  # as timeout(1)
+CLI_RETRIES = 3  # a person at a terminal would rather see the error than wait long for it
+BAR_WIDTH = 20
+COLOURS = {"COMPLETED": "32", "FAILED": "31", "CANCELLED": "33", "RUNNING": "36"}
+
+
+class UsageError(Exception):
+    """A command-line value that cannot be used; the message says which and why."""
+
+
+def register(subparsers: Any) -> None:
+    """Add the client commands to the `cloudjobs` parser's subparsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url", help=f"the cloudjobs API (default: $CLOUDJOBS_URL, else {DEFAULT_URL})"
+    )
+    common.add_argument(
+        "-o", "--output", choices=("text", "json"), default="text", help="text (default) or json"
+    )
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return subparsers.add_parser(name, parents=[common], help=help, description=help)  # type: ignore[no-any-return]
+
+    p = command("submit", "create a job; with --wait, follow it until it is done")
+    p.add_argument("type", help="the job type, e.g. echo")
+    p.add_argument("--payload", default="{}", help="a JSON object, @FILE, or - for stdin")
+    p.add_argument("--queue", help="a queue of queues.yaml (default: routed by type)")
+    p.add_argument("--label", action="append", default=[], metavar="K=V", help="repeatable")
+    p.add_argument("--max-attempts", type=int)
+    p.add_argument("--idempotency-key", help="default: a new one per command")
+    p.add_argument("--wait", action="store_true", help="show progress until the job is done")
+    p.add_argument("--timeout", type=float, help="with --wait: stop waiting after S seconds")
+
+    p = command("get", "show a job")
+    p.add_argument("job_id")
+
+    p = command("list", "list jobs, newest first")
+    p.add_argument("--state", action="append", default=[], help="repeatable, or comma-separated")
+    p.add_argument("--type", action="append", default=[], help="repeatable, or comma-separated")
+    p.add_argument("--queue", action="append", default=[], help="repeatable, or comma-separated")
+    p.add_argument("--label", action="append", default=[], metavar="K=V", help="repeatable")
+    p.add_argument("--limit", type=int, default=20, help="at most N jobs (0: all); default 20")
+
+    p = command("watch", "follow a job until it is done")
+    p.add_argument("job_id")
+    p.add_argument("--timeout", type=float, help="stop watching after S seconds")
+
+    for name, text in (
+        ("attempts", "show a job's attempts"),
+        ("cancel", "cancel a job"),
+        ("retry", "run a FAILED or CANCELLED job again"),
+    ):
+        command(name, text).add_argument("job_id")
+
+
+def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
+    """Run one client command; the exit status."""
+    from cloudjobs_client.client import ApiError, Client
+
+    if getattr(args, "log_level", "INFO").upper() != "DEBUG":
+        # urllib3 logs each retry as a warning; a person needs only the outcome.
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
+    env = os.environ if env is None else env
+    url = args.url or env.get("CLOUDJOBS_URL") or DEFAULT_URL
+    client = Client(url, api_key=env.get("CLOUDJOBS_API_KEY") or None, retries=CLI_RETRIES)
+    try:
+        return _HANDLERS[args.command](client, args)
+    except ApiError as e:
+        _problem(e)
+        return EXIT_REFUSED if e.status is not None and 400 <= e.status < 500 else EXIT_FAILED
+    except UsageError as e:
+        print(f"cloudjobs {args.command}: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    finally:
+        client.close()
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def _submit(client: Client, args: argparse.Namespace) -> int:
+    job = client.submit(
+        args.type,
+        _payload(args.payload),
+        queue=args.queue,
+        labels=_labels(args.label),
+        max_attempts=args.max_attempts,
+        idempotency_key=args.idempotency_key,
+    )
+    if args.wait:
+        return _follow(client, job.id, args)
+    if args.output == "json":
+        _json(job.raw)
+    else:
+        print(job.id)  # alone, so that ID=$(cloudjobs submit …) works
+    return 0
+
+
+def _get(client: Client, args: argparse.Namespace) -> int:
+    job = client.get(args.job_id)
+    if args.output == "json":
+        _json(job.raw)
+    else:
+        _describe(job)
+    return 0
+
+
+def _list(client: Client, args: argparse.Namespace) -> int:
+    limit = args.limit if args.limit > 0 else None
+    found = client.list(
+        state=_multi(args.state) or None,
+        type=_multi(args.type) or None,
+        queue=_multi(args.queue) or None,
+        labels=_labels(args.label) or None,
+        page_size=min(limit or 500, 500),
+    )
+    jobs = []
+    for job in found:
+        jobs.append(job)
+        if limit is not None and len(jobs) >= limit:
+            break
+    if args.output == "json":
+        _json([j.raw for j in jobs])
+        return 0
+    rows = [
+        [
+            j.id,
+            j.type,
+            j.queue,
+            j.state,
+            f"{j.attempts}/{j.max_attempts}",
+            _when(j.created_time),
+            _progress_text(j),
+            ",".join(f"{k}={v}" for k, v in sorted(j.labels.items())),
+        ]
+        for j in jobs
+    ]
+    header = ["ID", "TYPE", "QUEUE", "STATE", "ATTEMPTS", "CREATED", "PROGRESS", "LABELS"]
+    _table(header, rows)
+    return 0
+
+
+def _watch(client: Client, args: argparse.Namespace) -> int:
+    return _follow(client, args.job_id, args)
+
+
+def _attempts(client: Client, args: argparse.Namespace) -> int:
+    attempts = client.attempts(args.job_id)
+    if args.output == "json":
+        _json([a.raw for a in attempts])
+        return 0
+    rows = [
+        [
+            str(a.number),
+            a.outcome,
+            _when(a.started_time),
+            f"{a.duration_s:.3f}s",
+            "" if a.retry_count is None else str(a.retry_count),
+            f"{a.error.code}: {a.error.message}" if a.error else "",
+        ]
+        for a in attempts
+    ]
+    _table(["#", "OUTCOME", "STARTED", "DURATION", "RETRY COUNT", "ERROR"], rows)
+    return 0
+
+
+def _cancel(client: Client, args: argparse.Namespace) -> int:
+    return _show_state(client.cancel(args.job_id), args)
+
+
+def _retry(client: Client, args: argparse.Namespace) -> int:
+    return _show_state(client.retry(args.job_id), args)
+
+
+_HANDLERS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
+    "submit": _submit,
+    "get": _get,
+    "list": _list,
+    "watch": _watch,
+    "attempts": _attempts,
+    "cancel": _cancel,
+    "retry": _retry,
+}
+
+
+# -- following a job -------------------------------------------------------------------------
+
+
+def _follow(client: Client, job_id: str, args: argparse.Namespace) -> int:
+    """Show the job until it is done (or --timeout passes); the exit status for how it ended."""
+    as_json = args.output == "json"
+    # Progress goes to the terminal: stdout in text mode; in json mode stdout carries only
+    # the JSON, so progress goes to stderr, and only when that is a terminal.
+    stream = sys.stderr if as_json else sys.stdout
+    shown = not as_json or stream.isatty()
+    line = ProgressLine(stream, live=stream.isatty())
+    if not as_json:
+        print(job_id)  # in full, once: the progress line shows only its start
+    started = time.monotonic()
+    job = None
+    for job in client.watch(job_id, timeout=args.timeout, interval=1.0):
+        if shown:
+            line.show(job, time.monotonic() - started)
+    assert job is not None
+    if shown:
+        line.end()
+    if as_json:
+        _json(job.raw)
+    elif job.done:
+        if job.error:
+            print(f"error: {job.error.code}: {job.error.message}")
+        elif job.result is not None:
+            print("result: " + json.dumps(job.result))
+    if not job.done:
+        print(f"cloudjobs: {job.id} is still {job.state} after {args.timeout:g}s", file=sys.stderr)
+        return EXIT_TIMEOUT
+    return 0 if job.state == "COMPLETED" else EXIT_FAILED
+
+
+class ProgressLine:
+    """One terminal line rewritten in place (a TTY), or one printed line per change."""
+
+    def __init__(self, stream: TextIO, *, live: bool) -> None:
+        self.stream = stream
+        self.live = live
+        self.colour = live and "NO_COLOR" not in os.environ
+        self._last: tuple[Any, ...] | None = None
+
+    def show(self, job: Job, elapsed: float) -> None:
+        """Show the job's state, progress bar, message and the time since we started."""
+        if self.live:
+            width = shutil.get_terminal_size((100, 20)).columns
+            text = render(job, elapsed, colour=self.colour, width=width - 1)
+            self.stream.write("\r\x1b[2K" + text)
+            self.stream.flush()
+            return
+        key = (job.state, job.attempts, job.progress)
+        if key != self._last:  # a pipe or a log gets a line per change, not per refresh
+            self._last = key
+            self.stream.write(render(job, elapsed, colour=False) + "\n")
+            self.stream.flush()
+
+    def end(self) -> None:
+        """Leave the line as it is and move below it."""
+        if self.live:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def render(job: Job, elapsed: float, *, colour: bool = False, width: int | None = None) -> str:
+    """`0b9f3c1e  RUNNING   1/3  [########------------]  40%  resizing  12.5s` (attempt 1 of 3)."""
+    state = f"{job.state:<9}"
+    fraction = job.progress.fraction if job.progress else None
+    if job.state == "COMPLETED":
+        fraction = 1.0
+    if fraction is None:
+        bar, pct = "[" + " " * BAR_WIDTH + "]", "    "
+    else:
+        fraction = min(max(fraction, 0.0), 1.0)
+        filled = round(fraction * BAR_WIDTH)
+        bar = "[" + "#" * filled + "-" * (BAR_WIDTH - filled) + "]"
+        pct = f"{fraction:>4.0%}"
+    message = (job.progress.message if job.progress else None) or ""
+    head = f"{job.id[:8]}  {state} {job.attempts}/{job.max_attempts}  {bar} {pct}  "
+    tail = f"  {_duration(elapsed)}"
+    if width is not None:
+        # The message gives way first: the line must fit, or \r cannot rewrite it.
+        room = width - len(head) - len(tail)
+        if len(message) > room:
+            message = message[: max(room - 1, 0)] + ("…" if room > 0 else "")
+    line = head + message + tail
+    if width is not None:
+        line = line[:width]
+    if colour and job.state in COLOURS:
+        line = line.replace(state, f"\x1b[{COLOURS[job.state]}m{state}\x1b[0m", 1)
+    return line
+
+
+# -- output helpers --------------------------------------------------------------------------
+
+
+def _describe(job: Job) -> None:
+    fields = [
+        ("id", job.id),
+        ("type", job.type),
+        ("queue", job.queue),
+        ("state", job.state),
+        ("attempts", f"{job.attempts}/{job.max_attempts}"),
+        ("progress", _progress_text(job)),
+        ("labels", ", ".join(f"{k}={v}" for k, v in sorted(job.labels.items()))),
+        ("created", _when(job.created_time)),
+        ("scheduled", _when(job.scheduled_time)),
+        ("started", _when(job.started_time)),
+        ("done", _when(job.done_time)),
+        ("payload", json.dumps(job.payload)),
+        ("result", "" if job.result is None else json.dumps(job.result)),
+        ("error", f"{job.error.code}: {job.error.message}" if job.error else ""),
+    ]
+    width = max(len(k) for k, _ in fields)
+    for k, v in fields:
+        if v:
+            print(f"{k:<{width}}  {v}")
+
+
+def _show_state(job: Job, args: argparse.Namespace) -> int:
+    if args.output == "json":
+        _json(job.raw)
+    else:
+        print(f"{job.id}  {job.state}")
+    return 0
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+    for r in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _progress_text(job: Job) -> str:
+    if not job.progress:
+        return ""
+    parts = []
+    if job.progress.fraction is not None:
+        parts.append(f"{job.progress.fraction:.0%}")
+    if job.progress.message:
+        parts.append(job.progress.message)
+    return " ".join(parts)
+
+
+def _when(value: datetime | None) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def _problem(e: ApiError) -> None:
+    status = f" ({e.status})" if e.status else ""
+    print(
+        f"cloudjobs: {e.title}{status}: {e.detail}"
+        if e.detail
+        else f"cloudjobs: {e.title}{status}",
+        file=sys.stderr,
+    )
+    for err in e.errors:
+        print(f"  {err.get('field', '')}: {err.get('message', '')}", file=sys.stderr)
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+def _payload(raw: str) -> dict[str, Any]:
+    if raw == "-":
+        text = sys.stdin.read()
+    elif raw.startswith("@"):
+        try:
+            with open(raw[1:], encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise UsageError(f"--payload {raw}: {e.strerror}") from None
+    else:
+        text = raw
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"--payload is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise UsageError("--payload must be a JSON object")
+    return value
+
+
+def _labels(raw: Iterable[str]) -> dict[str, str]:
+    labels = {}
+    for item in raw:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise UsageError(f"--label {item!r} must be KEY=VALUE")
+        labels[k] = v
+    return labels
+
+
+def _multi(raw: Iterable[str]) -> list[str]:
+    return [v for item in raw for v in item.split(",") if v]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`cloudjobs-client COMMAND …`: the client commands alone, for who installed only this package."""
+    parser = argparse.ArgumentParser(prog="cloudjobs-client", description="The cloudjobs REST API from a shell.")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
