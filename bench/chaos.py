@@ -135,7 +135,7 @@ class Chaos:
         """What Cloud Scheduler would do: a sweep every second."""
         from api import create_app
         from api.config import Config
-        from handlers.sweep import sweep
+        from api.orchestration.sweep import sweep
 
         app = create_app(Config.from_env(self.stack.env))
         state = app.extensions["cloudjobs"]

@@ -85,6 +85,79 @@ class Stack:
         return create_engine(self.config, url=self.database_url, pool_size=2)
 
 
+def stack_env(
+    *,
+    database_url: str,
+    emulator: Any,
+    url: str,
+    queues_file: Path,
+    project: str = "bench-project",
+    service_account: str = SERVICE_ACCOUNT,
+    log_level: str = "ERROR",
+    **extra: str,
+) -> dict[str, str]:
+    """The environment of an app wired as in production: OIDC callbacks from the emulator.
+
+    The tests' stacks and the benchmark's are built from this one function."""
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "GOOGLE_CLOUD_PROJECT": project,
+        "CLOUD_TASKS_EMULATOR_HOST": emulator.address,
+        "HANDLER_BASE_URL": url,
+        "HANDLER_AUTH": "oidc",
+        "DEMO_JOB_TYPES": "true",
+        "AUTH": "none",
+        "TASKS_SERVICE_ACCOUNT": service_account,
+        "OIDC_CERTS_URL": emulator.certs_url,
+        "QUEUES_FILE": str(queues_file),
+        "LOG_LEVEL": log_level,
+        **extra,
+    }
+
+
+def start_gunicorn(
+    env: dict[str, str],
+    port: int,
+    *,
+    workers: int = 2,
+    app: str = "api:create_app()",
+    args: list[str] | None = None,
+    stderr: Any = subprocess.DEVNULL,
+) -> subprocess.Popen[bytes]:
+    """gunicorn with the production config file, on a loopback port."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+         "--bind", f"127.0.0.1:{port}", "--workers", str(workers), *(args or []), app],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+    )
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], *, path: str = "/healthz", timeout: float = 60.0) -> None:
+    """Wait until the server answers `path`; fail at once if it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            raise RuntimeError(f"gunicorn exited during start-up: {err}")
+        try:
+            if requests.get(url + path, timeout=5).ok:
+                return
+        except requests.RequestException:  # not listening yet, or a worker still booting
+            time.sleep(0.1)
+    raise RuntimeError(f"gunicorn did not answer {path} within {timeout:.0f}s")
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextmanager
 def running_stack(
     database_url: str,
@@ -100,48 +173,13 @@ def running_stack(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with Emulator(host="127.0.0.1", port=0, http_port=0) as emu:
-        env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "GOOGLE_CLOUD_PROJECT": "bench-project",
-            "CLOUD_TASKS_EMULATOR_HOST": emu.address,
-            "HANDLER_BASE_URL": url,
-            "HANDLER_AUTH": "oidc",
-            "DEMO_JOB_TYPES": "true",
-            "AUTH": "none",
-            "TASKS_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
-            "OIDC_CERTS_URL": emu.certs_url,
-            "QUEUES_FILE": str(queues_file),
-            "LOG_LEVEL": "ERROR",
-            **(extra_env or {}),
-        }
+        env = stack_env(database_url=database_url, emulator=emu, url=url, queues_file=queues_file,
+                        **(extra_env or {}))
         config = Config.from_env(env)
         sync_queues(make_client(config), config, list(Queues.load(queues_file).specs.values()))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
-             "--bind", f"127.0.0.1:{port}", "--workers", str(workers), *(gunicorn_args or []),
-             "api:create_app()"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        proc = start_gunicorn(env, port, workers=workers, args=gunicorn_args)
         try:
-            _wait_healthy(url, proc)
+            wait_healthy(url, proc)
             yield Stack(url, env, config, emu, proc, database_url)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("gunicorn exited during start-up")
-        try:
-            if requests.get(url + "/healthz", timeout=5).ok:
-                return
-        except requests.RequestException:
-            time.sleep(0.1)
-    raise RuntimeError("gunicorn did not become healthy")
+            stop(proc)

@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import requests
 import sqlalchemy as sa
 
 from bench.stack import (
@@ -59,6 +58,9 @@ from bench.stack import (
     free_port,
     fresh_database,
     running_stack,
+    start_gunicorn,
+    stop,
+    wait_healthy,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -387,44 +389,13 @@ def floor_server(
     """gunicorn serving bench.floor_app with the production gunicorn.conf.py."""
     port = free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "LOG_LEVEL": "ERROR"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            str(ROOT / "gunicorn.conf.py"),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "bench.floor_app:create_app()",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_gunicorn(env, port, workers=workers, app="bench.floor_app:create_app()")
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError("the floor's gunicorn exited during start-up")
-            try:
-                if requests.get(url + "/hello", timeout=5).ok:
-                    break
-            except requests.RequestException:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the floor's gunicorn did not start") from None
-                time.sleep(0.1)
+        wait_healthy(url, proc, path="/hello")
         yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 class PeerProcess:

@@ -91,6 +91,13 @@ def run_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_emulator(argv: list[str]) -> int:
+    """`cloudjobs emulator …`: the local Cloud Tasks emulator alone, with its own flags."""
+    from emulator import main as emulator_main
+
+    return emulator_main(argv)
+
+
 @contextmanager
 def _step(name: str) -> Iterator[None]:
     """Prints how long a part took to stop, so a slow shutdown says which part it was."""

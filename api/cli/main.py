@@ -22,9 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["emulator"]:
         # The emulator owns its flags (--host, --port, --http-port, --key-file, ...).
-        from emulator import main as emulator_main
+        from api.cli.dev import run_emulator
 
-        return emulator_main(args_list[1:])
+        return run_emulator(args_list[1:])
     parser = argparse.ArgumentParser(prog="cloudjobs", description="A job orchestrator for Google Cloud.")
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -287,9 +287,9 @@ def _sweep() -> int:
     import json
     from dataclasses import asdict
 
+    from api.orchestration.sweep import sweep
     from api.state import AppState
     from handlers.registry import Registry
-    from handlers.sweep import sweep
 
     # The sweep needs the database, the queues and Cloud Tasks, not a web app or job types.
     state = AppState.build(Config.from_env(), registry=Registry())

@@ -17,10 +17,10 @@ from sqlalchemy.exc import DBAPIError
 from api.cloud.tasks import build_task, task_id_for, task_path
 from api.errors import IdempotencyKeyReused, InvalidRequest, JobStateConflict, ValidationFailed
 from api.observability import traces as observability
+from api.orchestration.requests import CreateJob
 from api.state import AppState
 from api.store import jobs as store
 from api.store.engine import autocommit
-from api.web.resources import CreateJob
 
 logger = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ from werkzeug.wrappers import Response as BaseResponse
 from api.errors import JobNotFound, Problem, Unauthenticated
 from api.reporting.reports import BUCKETS, ReportQuery, run_report
 from api.store import jobs as store
-from api.store.tables import STATES
+from api.store.tables import STATES, TERMINAL
 from api.ui import charts
 from api.web import paging
 from api.web.auth import Principal
 from api.web.http import current_state, filter_digest, parse_filter, parse_job_id
-from api.web.resources import TERMINAL, attempt_resource, job_resource
+from api.web.resources import attempt_resource, job_resource
 
 bp = Blueprint(
     "ui",

@@ -23,11 +23,10 @@ def create_app(
 ) -> Flask:
     """Build the Flask app; `registry` and `queues` replace the configured ones (tests).
 
-    This is the one place the server imports `handlers`: the job types it registers and the
-    work behind /handlers/*. Nothing connects to the database or Cloud Tasks here.
+    Here the server imports `handlers`: the job types it registers and the running of them
+    behind /handlers/run. Nothing connects to the database or Cloud Tasks here.
     """
     import handlers.run
-    import handlers.sweep
     from api.ui.views import bp as ui_bp
     from api.web import callbacks, jobs, problems, reports, service, telemetry
     from handlers.builtin import demo
@@ -54,6 +53,6 @@ def create_app(
     app.register_blueprint(service.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(reports.bp)
-    app.register_blueprint(callbacks.blueprint(run_jobs=handlers.run.run_jobs, sweep=handlers.sweep.sweep))
+    app.register_blueprint(callbacks.blueprint(run_jobs=handlers.run.run_jobs))
     app.register_blueprint(ui_bp)  # the dashboard (/ui)
     return app

@@ -1,8 +1,8 @@
 """/handlers/*: the endpoints Cloud Tasks and Cloud Scheduler call.
 
 Each checks its caller (fail closed, api/web/callers.py), parses the request and answers
-the queue; the work itself is the job author's side, `handlers.run` and `handlers.sweep`,
-which create_app hands in (the server imports `handlers` nowhere else).
+the queue. Running jobs is the job authors' side, `handlers.run.run_jobs`, which create_app
+hands in; the sweep is api/orchestration/sweep.py.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import Any
 from flask import Blueprint, Request, Response, request
 
 from api.errors import InvalidRequest, LeaseHeld, Problem
+from api.orchestration.sweep import sweep
 from api.state import AppState
 from api.store import jobs as store
 from api.web.callers import require_task_caller
 from api.web.http import current_state, json_body, json_response
 
 RunJobs = Callable[[AppState, Sequence[uuid.UUID], store.Delivery], Any]
-Sweep = Callable[[AppState], Any]
 
 
 class RetryRequested(Problem):
@@ -64,8 +64,8 @@ def job_ids_from(body: Any) -> list[uuid.UUID]:
         raise InvalidRequest("job_id must be a UUID") from None
 
 
-def blueprint(*, run_jobs: RunJobs, sweep: Sweep) -> Blueprint:
-    """The /handlers blueprint, running jobs and sweeps with the functions given."""
+def blueprint(*, run_jobs: RunJobs) -> Blueprint:
+    """The /handlers blueprint, running the jobs of a task with `run_jobs`."""
     bp = Blueprint("handlers", __name__, url_prefix="/handlers")
 
     @bp.post("/run")

@@ -7,7 +7,8 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from api.web.resources import AttemptList, CreateJob, Job, JobList
+from api.orchestration.requests import CreateJob
+from api.web.resources import AttemptList, Job, JobList
 
 REF = "#/components/schemas/{model}"
 

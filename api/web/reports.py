@@ -9,8 +9,8 @@ from flask import Blueprint, Response, request
 
 from api.errors import InvalidRequest, Problem
 from api.reporting.reports import REPORTS, ReportQuery, run_report
+from api.times import rfc3339
 from api.web.http import authenticate, current_state, json_response, parse_time, principal
-from api.web.resources import rfc3339
 
 bp = Blueprint("reports", __name__)
 bp.before_request(authenticate)

@@ -2,68 +2,17 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field
 from sqlalchemy.engine import Row
 
 from api.store.tables import TERMINAL
 from api.times import rfc3339
 
-LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
-MAX_LABELS = 64
-MAX_LABEL_VALUE = 256
-
 State = Literal["CREATED", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
-
-
-class CreateJob(BaseModel):
-    """The body of POST /v1/jobs."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: str = Field(min_length=1, max_length=128, description="A registered job type.")
-    payload: dict[str, Any] = Field(
-        default_factory=dict, description="The job's input, validated by its type's schema."
-    )
-    queue: str | None = Field(
-        default=None, max_length=100, description="A queue of queues.yaml; routed by type if absent."
-    )
-    run_at: AwareDatetime | None = Field(
-        default=None, description="Run no earlier than this (RFC 3339, at most 30 days ahead)."
-    )
-    # Strict, as the document says: an integer, not true or "5" (which pydantic would convert).
-    max_attempts: int | None = Field(
-        default=None, ge=1, le=1000, strict=True, description="At most the queue's max_attempts."
-    )
-    timeout_s: int | None = Field(
-        default=None, ge=1, le=1800, strict=True,
-        description="Per-attempt time limit, within the queue's dispatch deadline.",
-    )
-    labels: dict[str, str] = Field(default_factory=dict, description="Free-form string labels.")
-
-    @field_validator("run_at", mode="before")
-    @classmethod
-    def _run_at_is_text(cls, value: Any) -> Any:
-        # RFC 3339 text only: pydantic would take a number as Unix seconds.
-        if value is not None and not isinstance(value, str):
-            raise ValueError("run_at must be an RFC 3339 date-time string")
-        return value
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        if len(labels) > MAX_LABELS:
-            raise ValueError(f"at most {MAX_LABELS} labels")
-        for k, v in labels.items():
-            if not LABEL_KEY.match(k):
-                raise ValueError(f"label key {k!r} must match {LABEL_KEY.pattern}")
-            if len(v) > MAX_LABEL_VALUE:
-                raise ValueError(f"label {k!r} is longer than {MAX_LABEL_VALUE} characters")
-        return labels
 
 
 class JobError(BaseModel):

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +11,16 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import ROOT
-from tests.e2e.conftest import SERVICE_ACCOUNT, TEST_QUEUES, Stack, free_port, wait_healthy
+from tests.e2e.conftest import (
+    SERVICE_ACCOUNT,
+    TEST_QUEUES,
+    Stack,
+    free_port,
+    stack_env,
+    start_gunicorn,
+    stop,
+    wait_healthy,
+)
 
 TRACE_ID = "5b8aa5a2d2c872e8321cf37308d69df2"
 TRACEPARENT = f"00-{TRACE_ID}-051581bf3cb55c13-01"
@@ -27,45 +32,15 @@ def logged_app(stack: Stack, migrated_url: str, tmp_path: Path) -> Iterator[tupl
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "gunicorn.log"
-    env = {
-        **os.environ,
-        "DATABASE_URL": migrated_url,
-        "GOOGLE_CLOUD_PROJECT": "e2e-project",
-        "CLOUD_TASKS_EMULATOR_HOST": stack.emulator.address,
-        "HANDLER_BASE_URL": url,
-        "HANDLER_AUTH": "oidc",
-        "DEMO_JOB_TYPES": "true",
-        "AUTH": "none",
-        "TASKS_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
-        "OIDC_CERTS_URL": stack.emulator.certs_url,
-        "QUEUES_FILE": str(TEST_QUEUES),
-        "LOG_LEVEL": "INFO",
-    }
+    env = stack_env(database_url=migrated_url, emulator=stack.emulator, url=url, queues_file=TEST_QUEUES,
+                    project="e2e-project", service_account=SERVICE_ACCOUNT, log_level="INFO")
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                str(ROOT / "gunicorn.conf.py"),
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                "1",
-                "api:create_app()",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-        )
+        proc = start_gunicorn(env, port, workers=1, stderr=out)
         try:
             wait_healthy(url, proc)
             yield url, log
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            stop(proc)
 
 
 def _entries(log: Path) -> list[dict[str, Any]]:

@@ -24,7 +24,9 @@ from tests.e2e.conftest import (
     TEST_QUEUES,
     Stack,
     free_port,
+    stack_env,
     start_gunicorn,
+    stop,
     wait_healthy,
 )
 
@@ -159,27 +161,15 @@ def keys_stack(stack: Stack, migrated_url: str) -> Iterator[str]:
     """A second gunicorn on the same database and emulator, with AUTH=keys."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": migrated_url,
-        "GOOGLE_CLOUD_PROJECT": "e2e-project",
-        "CLOUD_TASKS_EMULATOR_HOST": stack.emulator.address,
-        "HANDLER_BASE_URL": stack.url,  # tasks run on the first stack; this one only serves pages
-        "HANDLER_AUTH": "oidc",
-        "DEMO_JOB_TYPES": "true",
-        "AUTH": "keys",
-        "TASKS_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
-        "OIDC_CERTS_URL": stack.emulator.certs_url,
-        "QUEUES_FILE": str(TEST_QUEUES),
-        "LOG_LEVEL": "WARNING",
-    }
+    # tasks run on the first stack (HANDLER_BASE_URL is its URL); this one only serves pages
+    env = stack_env(database_url=migrated_url, emulator=stack.emulator, url=stack.url, queues_file=TEST_QUEUES,
+                    project="e2e-project", service_account=SERVICE_ACCOUNT, log_level="WARNING", AUTH="keys")
     proc = start_gunicorn(env, port, workers=1)
     try:
         wait_healthy(url, proc)
         yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)
 
 
 @pytest.mark.timeout(900)

@@ -275,3 +275,16 @@ def test_an_idempotent_replay_reads_the_original_in_autocommit(proxied_app: Any)
         again = post(client, {"type": "echo"}, **{"Idempotency-Key": "k-rt"})
     assert again.status_code == 200 and again.get_json()["id"] == first.get_json()["id"]
     assert (c.round_trips, dict(c.kinds)) == (2, {"insert": 1, "select": 1}), c.kinds
+
+
+@pytest.mark.parametrize(("demo", "status"), [(False, 422), (True, 202)])
+def test_the_demo_types_exist_only_when_asked_for(
+    make_app: Any, db: Engine, demo: bool, status: int
+) -> None:
+    client = make_app(demo_job_types=demo).test_client()
+    resp = client.post("/v1/jobs", json={"type": "sleep", "payload": {"seconds": 3600}})
+    assert resp.status_code == status, resp.get_json()
+    if not demo:
+        assert "unknown job type 'sleep'" in resp.get_json()["errors"][0]["message"]
+        with db.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM jobs")).scalar() == 0

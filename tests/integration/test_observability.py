@@ -16,8 +16,8 @@ from sqlalchemy.engine import Engine
 
 from api.observability.logs import JsonFormatter
 from api.observability.traces import SPAN_ID, TRACE, TRACE_SAMPLED
+from api.orchestration.sweep import sweep
 from api.store import jobs as store
-from handlers.sweep import sweep
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 TRACEPARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from api.reporting import rollups
 from api.reporting.history import purge, seed_history
 from api.reporting.reports import ReportQuery, queries, run_report, uses_rollups
-from api.web.resources import rfc3339
+from api.times import rfc3339
 from tests.conftest import ROOT
 from tests.integration.test_reports import _as_reporting_role, _attempt, _job
 
@@ -156,7 +156,7 @@ def test_new_jobs_mark_nothing(make_app: Callable[..., Flask], db: Engine) -> No
 
 
 def test_the_sweeper_refreshes_the_rollups(make_app: Callable[..., Flask], db: Engine) -> None:
-    from handlers.sweep import sweep
+    from api.orchestration.sweep import sweep
 
     with db.begin() as c:  # finished history only: live jobs would send the sweeper to Cloud Tasks
         _job(c, type="echo", queue="default", state="COMPLETED", attempts=1, created=T0, wait=1, run=2)

@@ -13,8 +13,8 @@ from flask.testing import FlaskClient
 from google.cloud import tasks_v2
 from sqlalchemy.engine import Engine
 
+from api.orchestration.sweep import sweep
 from api.store import jobs as store
-from handlers.sweep import sweep
 from tests.integration.test_handlers import attempts, create, job
 
 
