@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -81,13 +82,17 @@ def execute(state: AppState, row: Row[Any], delivery: store.Delivery) -> store.F
     """Run one claimed job's function and decide how its attempt ends."""
     attempt = row.attempts
     spec = state.queues.specs.get(row.queue)
+    # One clock: the lease is the database's (claim and finish compare with its now()); the
+    # attempt's own time is measured here on the monotonic clock, so a wall clock that is
+    # ahead of or behind the database's neither cuts an attempt short nor lets it overrun.
+    began = time.monotonic()
 
     def finish(job_state: str, outcome: str, **kw: Any) -> store.Finish:
         return store.Finish(row.id, attempt, job_state, outcome, delivery=delivery, **kw)
 
     def failed(code: str, message: str, *, retryable: bool, outcome: str | None = None) -> store.Finish:
         error = {"code": code, "message": message[:2000]}
-        if retryable and not is_last_attempt(row, spec, delivery):
+        if retryable and not is_last_attempt(row, spec, delivery, ran_s=time.monotonic() - began):
             return finish("QUEUED", outcome or "RETRY", error=error)
         return finish("FAILED", outcome or "FAILED", error=error)
 
@@ -102,7 +107,7 @@ def execute(state: AppState, row: Row[Any], delivery: store.Delivery) -> store.F
     ctx = JobContext(
         job_id=row.id,
         attempt=attempt,
-        deadline=row.attempt_started_time + timedelta(seconds=row.timeout_s),
+        deadline=datetime.now(UTC) + timedelta(seconds=row.timeout_s),
         _report=lambda fraction, message: _progress(state, row.id, attempt, fraction, message),
         _check_cancel=lambda: _cancel_requested(state, row.id),
     )
@@ -122,7 +127,7 @@ def execute(state: AppState, row: Row[Any], delivery: store.Delivery) -> store.F
         json.dumps(result)
     except (TypeError, ValueError) as e:
         return failed("RESULT_NOT_JSON", f"the job's result is not JSON: {e}", retryable=False)
-    if datetime.now(UTC) > ctx.deadline:
+    if time.monotonic() - began > row.timeout_s:
         # Its lease may already be another attempt's: an overrun is a timeout, whatever it returned.
         return failed(
             "TIMED_OUT", f"the attempt ran past its {row.timeout_s}s timeout",
@@ -131,14 +136,17 @@ def execute(state: AppState, row: Row[Any], delivery: store.Delivery) -> store.F
     return finish("COMPLETED", "COMPLETED", result=result)
 
 
-def is_last_attempt(row: Row[Any], spec: Any, delivery: store.Delivery) -> bool:
-    """Whether no attempt follows this one: the job's own limit, or the queue's retry config."""
+def is_last_attempt(row: Row[Any], spec: Any, delivery: store.Delivery, *, ran_s: float = 0.0) -> bool:
+    """Whether no attempt follows this one: the job's own limit, or the queue's retry config.
+
+    `ran_s` is how long this attempt has run since its claim."""
     if row.attempts - row.attempts_base >= row.max_attempts:
         return True
     if spec is None or delivery.retry_count is None:
         return False
-    started = row.started_time
-    age = (datetime.now(UTC) - started).total_seconds() if started else None
+    # The job's age by the database's clock at the claim, then this attempt's run time: the
+    # app's wall clock, which may be off, is never compared with a time the database wrote.
+    age = row.started_age_s + ran_s if row.started_age_s is not None else None
     return bool(spec.attempts_exhausted(delivery.retry_count, age))
 
 

@@ -186,13 +186,15 @@ _CLAIM = sa.text(
         ON CONFLICT DO NOTHING
     )
     SELECT id, type, queue, state, payload, attempts, attempts_base, max_attempts, timeout_s,
-           started_time, attempt_started_time, lease_expires_time
+           started_time, attempt_started_time, lease_expires_time,
+           -- how long ago the job first started, by the database's clock: the app's may differ
+           extract(epoch FROM now() - started_time)::float8 AS started_age_s
     FROM claimed
     """
 ).columns(  # typed, so SQLAlchemy builds the result's metadata once, not per execution
     jobs.c.id, jobs.c.type, jobs.c.queue, jobs.c.state, jobs.c.payload, jobs.c.attempts,
     jobs.c.attempts_base, jobs.c.max_attempts, jobs.c.timeout_s, jobs.c.started_time,
-    jobs.c.attempt_started_time, jobs.c.lease_expires_time,
+    jobs.c.attempt_started_time, jobs.c.lease_expires_time, sa.column("started_age_s", sa.Float),
 )
 
 

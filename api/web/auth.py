@@ -198,7 +198,10 @@ def _max_age(cache_control: str) -> int:
 
 # Verified tokens kept at most; past it the cache starts again (a token is ~1 kB).
 VERIFIED_TOKENS_MAX = 1024
-CLOCK_SKEW_S = 10
+# Clock skew allowed on a token's times (iat, nbf, exp): an instance whose clock is a minute
+# or two behind Google's would refuse every callback with less. Google's own verifiers allow
+# five minutes (the Java IdTokenVerifier, oauth2client); google-auth's default is none.
+CLOCK_SKEW_S = 300
 
 
 class TokenVerifier:
