@@ -223,23 +223,25 @@ def create_jobs(
     """Insert a batch in one statement and one transaction, then enqueue it.
 
     With an Idempotency-Key, job i takes the key `KEY:i`; a replay of the whole batch returns
-    the original jobs.
+    the original jobs. Race-free: the INSERT skips taken keys (waiting for a concurrent
+    insert of the same keys to commit or roll back), so of concurrent replays exactly one
+    inserts and the others answer what it stored. A batch that finds only some of its keys
+    taken, or the keys taken by other requests, is refused and inserts nothing.
     """
     new = [
         new_job(state, req, idempotency_key=f"{idempotency_key}:{i}" if idempotency_key else None, owner=owner)
         for i, req in enumerate(reqs)
     ]
     with state.engine.begin() as conn:
-        if idempotency_key:
-            existing = [store.job_by_idempotency_key(conn, j.idempotency_key or "", owner=owner) for j in new]
-            if any(existing):
-                same = all(
-                    e is not None and e.request_hash == j.request_hash for e, j in zip(existing, new, strict=True)
-                )
-                if not same:
-                    raise IdempotencyKeyReused("this Idempotency-Key was used with a different batch")
-                return [e for e in existing if e is not None], False
         rows = store.insert_jobs(conn, new)
+        if len(rows) < len(new):
+            existing = store.jobs_by_idempotency_keys(conn, [j.idempotency_key or "" for j in new], owner=owner)
+            replay = not rows and len(existing) == len(new) and all(
+                e.request_hash == j.request_hash for e, j in zip(existing, new, strict=True)
+            )
+            if not replay:  # the transaction rolls back what this batch inserted
+                raise IdempotencyKeyReused("this Idempotency-Key was used with a different batch")
+            return existing, False
     return enqueue(state, rows), True
 
 

@@ -118,6 +118,16 @@ def job_by_idempotency_key(conn: Connection, key: str, *, owner: str | None) -> 
     return conn.execute(stmt).first()
 
 
+def jobs_by_idempotency_keys(conn: Connection, keys: Sequence[str], *, owner: str | None) -> list[Row[Any]]:
+    """The jobs a caller created under these idempotency keys, in the order of the keys given."""
+    stmt = sa.select(jobs).where(
+        _OWNER_KEY == (owner or ""),  # noqa: SIM300 (an SQL expression, not a constant)
+        jobs.c.idempotency_key == sa.func.any(sa.bindparam("keys", type_=sa.ARRAY(sa.Text))),
+    )
+    found = {row.idempotency_key: row for row in conn.execute(stmt, {"keys": list(keys)})}
+    return [found[k] for k in keys if k in found]
+
+
 def mark_not_enqueued(conn: Connection, rows: Sequence[Row[Any]]) -> list[Row[Any]]:
     """QUEUED → CREATED for jobs whose task could not be created, so the sweeper sends it.
 
@@ -321,6 +331,9 @@ _INSERT_JOBS = sa.text(
         CAST(:owners AS text[]), CAST(:scheduled AS timestamptz[])
     ) AS n(id, type, queue, payload, max_attempts, timeout_s, labels, task_name, idempotency_key,
            request_hash, owner, scheduled_time)
+    -- A job whose idempotency key is taken is left out; a concurrent insert of the same key
+    -- is waited for, then left out too: the caller reads what holds the keys (race-free).
+    ON CONFLICT (coalesce(owner, ''), idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, created_time, scheduled_time, updated_time
     """
 ).columns(jobs.c.id, jobs.c.created_time, jobs.c.scheduled_time, jobs.c.updated_time)
@@ -338,7 +351,10 @@ _INSERTED_DEFAULTS = {
 
 
 def insert_jobs(conn: Connection, new: Sequence[NewJob], *, state: str = "QUEUED") -> list[Any]:
-    """Insert jobs in one statement, one array per column; their rows in the order given."""
+    """Insert jobs in one statement, one array per column; their rows in the order given.
+
+    A job whose idempotency key is already taken is not inserted and not answered: fewer
+    rows than jobs means some keys were taken (see jobs_by_idempotency_keys)."""
     params = {
         "state": state,
         "ids": [str(j.id) for j in new],
@@ -357,6 +373,8 @@ def insert_jobs(conn: Connection, new: Sequence[NewJob], *, state: str = "QUEUED
     stored = {row.id: row for row in conn.execute(_INSERT_JOBS, params)}
     out = []
     for j in new:
+        if j.id not in stored:
+            continue
         values = _row_values(j, state)
         row = stored[j.id]
         values.update(_INSERTED_DEFAULTS, created_time=row.created_time, scheduled_time=row.scheduled_time,

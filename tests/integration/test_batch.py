@@ -94,3 +94,43 @@ def test_a_batched_job_is_stored_and_shown_as_a_single_create_would(client: Flas
     assert one[:-2] == two[:-2] and (one[-2], two[-2]) == ("one", "two:1") and one[-1] and two[-1]
     for job in batched:  # and the API reads back what the batch answered
         assert client.get(f"/v1/jobs/{job['id']}").get_json() == job
+
+
+def test_concurrent_replays_of_a_batch_create_it_once(client: FlaskClient, db: Engine) -> None:
+    """Issue #21 finding 7: 8 replays at once under one key gave 409s and 500s (unique violations)."""
+    import threading
+    from collections import Counter
+
+    app = client.application
+    outcomes: Counter[int] = Counter()
+    for round_no in range(10):
+        body = {"jobs": [{"type": "echo", "payload": {"round": round_no, "i": i}} for i in range(5)]}
+        start = threading.Barrier(8)
+        answers: list[tuple[int, list[str]]] = []
+
+        def replay(body: dict[str, Any] = body, start: threading.Barrier = start,
+                   answers: list[tuple[int, list[str]]] = answers, key: str = f"batch-{round_no}") -> None:
+            own = app.test_client()
+            start.wait()
+            resp = batch(own, body, **{"Idempotency-Key": key})
+            answers.append((resp.status_code, [j["id"] for j in (resp.get_json() or {}).get("jobs", [])]))
+
+        threads = [threading.Thread(target=replay) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        codes = Counter(code for code, _ in answers)
+        outcomes.update(codes)
+        assert codes == Counter({202: 1, 200: 7}), (round_no, answers)
+        assert len({tuple(ids) for _, ids in answers}) == 1  # every replay answers the same jobs
+    assert count_jobs(db) == 50 and outcomes == Counter({202: 10, 200: 70})
+
+
+def test_a_batch_whose_keys_are_partly_taken_inserts_nothing(client: FlaskClient, db: Engine) -> None:
+    first = batch(client, {"jobs": [{"type": "echo"}, {"type": "echo"}]}, **{"Idempotency-Key": "k"})
+    assert first.status_code == 202
+    longer = batch(client, {"jobs": [{"type": "echo"}, {"type": "echo"}, {"type": "echo"}]}, **{"Idempotency-Key": "k"})
+    assert longer.status_code == 409
+    assert count_jobs(db) == 2
+    assert batch(client, {"jobs": [{"type": "echo"}, {"type": "echo"}]}, **{"Idempotency-Key": "k"}).status_code == 200
