@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +20,11 @@ GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 
 class ConfigurationInvalid(Exception):
     """The configuration cannot run safely; the message says what to set."""
+
+
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
+# The page-token key of local runs; a deployment must set its own (validate refuses this one).
+DEFAULT_PAGE_TOKEN_KEY = "cloudjobs-page-token"
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ class Config:
     # HTTP
     max_request_bytes: int = 1024 * 1024
     max_payload_bytes: int = 256 * 1024
-    page_token_key: str = "cloudjobs-page-token"
+    page_token_key: str = DEFAULT_PAGE_TOKEN_KEY
     job_modules: tuple[str, ...] = field(default_factory=tuple)
     # The demo types sleep, echo and flaky: on in `cloudjobs dev` and the tests, off in a
     # deployment unless asked for (a one-hour `sleep` is a way to tie up a worker).
@@ -116,6 +123,15 @@ class Config:
             raise ConfigurationInvalid(
                 "HANDLER_AUTH=appengine trusts X-AppEngine-QueueName, which only App Engine "
                 "strips from outside requests; it is refused elsewhere"
+            )
+        if self.page_token_key == DEFAULT_PAGE_TOKEN_KEY and not self.emulator_host and not is_local(
+            self.handler_base_url
+        ):
+            # A public constant would let anyone mint page tokens; only a local run (the
+            # emulator, or a handler URL on this machine) may keep it.
+            raise ConfigurationInvalid(
+                "PAGE_TOKEN_KEY is the built-in default: set it to a random secret (openssl rand -hex 32), "
+                "the same on every instance"
             )
 
     @classmethod
@@ -166,7 +182,7 @@ class Config:
             wait_fallback_s=float(e.get("WAIT_FALLBACK_S", "5")),
             wait_max_per_process=int(e.get("WAIT_MAX_PER_PROCESS", "4")),
             max_request_bytes=int(e.get("MAX_REQUEST_BYTES", str(1024 * 1024))),
-            page_token_key=e.get("PAGE_TOKEN_KEY", "cloudjobs-page-token"),
+            page_token_key=e.get("PAGE_TOKEN_KEY", DEFAULT_PAGE_TOKEN_KEY),
             job_modules=tuple(m for m in e.get("JOB_MODULES", "").split(",") if m.strip()),
             demo_job_types=_flag(e.get("DEMO_JOB_TYPES")),
             otel_enabled=_flag(e.get("OTEL_ENABLED")),
@@ -179,3 +195,14 @@ def _list(value: str | None) -> tuple[str, ...]:
 
 def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def is_local(url: str) -> bool:
+    """Whether a URL points at this machine (development), as opposed to a deployment."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host in LOCAL_HOSTS or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

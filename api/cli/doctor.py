@@ -9,7 +9,6 @@ service's variables and service account (docs/deploy.md), or locally against `cl
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import math
 import sys
@@ -18,13 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 from urllib.parse import urlsplit
 
-from api.config import Config, ConfigurationInvalid
+from api.config import Config, ConfigurationInvalid, is_local
 
 Status = Literal["ok", "warn", "fail"]
 
-LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 DEFAULT_PROJECT = "local-project"
-DEFAULT_PAGE_TOKEN_KEY = "cloudjobs-page-token"
 
 
 @dataclass(frozen=True)
@@ -132,17 +129,6 @@ def diagnose(
 
 
 # ---------------------------------------------------------------- variables
-
-
-def is_local(url: str) -> bool:
-    """Whether a URL points at this machine (development), as opposed to a deployment."""
-    host = (urlsplit(url).hostname or "").lower()
-    if host in LOCAL_HOSTS or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_config(config: Config) -> list[Check]:
@@ -351,14 +337,6 @@ def _production_vars(config: Config, production: bool) -> list[Check]:
                 "GOOGLE_CLOUD_PROJECT is not set (Cloud Run does not set it): queues would be "
                 f"looked up in {DEFAULT_PROJECT!r}",
                 "set GOOGLE_CLOUD_PROJECT to the project's id",
-            )
-        )
-    if config.page_token_key == DEFAULT_PAGE_TOKEN_KEY:
-        checks.append(
-            warn(
-                "page tokens",
-                "PAGE_TOKEN_KEY is the built-in default, so anyone can mint page tokens",
-                "set PAGE_TOKEN_KEY to a random secret, the same on every instance",
             )
         )
     return checks

@@ -3,6 +3,7 @@ ever reaching another's job."""
 
 from __future__ import annotations
 
+import hmac as hmac_lib
 import json
 import logging
 import time
@@ -238,6 +239,11 @@ def test_hmac_signatures_under_either_secret_are_accepted(hmac_client: FlaskClie
 @pytest.mark.parametrize(("make_sig", "needle"), [
     (lambda raw: None, "X-CloudJobs-Signature"),
     (lambda raw: "garbage", "t=<unix time>"),
+    # issue #21: the signature covers the method and path, not the body alone
+    (lambda raw: sign(SECRET_1, raw, path="/handlers/sweep"), "does not match"),
+    (lambda raw: sign(SECRET_1, raw, method="PUT"), "does not match"),
+    (lambda raw: "t={},v1={}".format(int(time.time()), hmac_lib.new(SECRET_1.encode(), b"%d." % int(time.time()) + raw,
+                                                                  "sha256").hexdigest()), "no longer accepted"),
     (lambda raw: sign("wrong-" + "c" * 40, raw), "does not match"),
     (lambda raw: sign(SECRET_1, raw + b" "), "does not match"),
     (lambda raw: sign(SECRET_1, raw, at=int(time.time()) - 301), "5 minutes"),

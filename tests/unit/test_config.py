@@ -40,6 +40,16 @@ def test_app_engine_header_is_trusted_only_on_app_engine() -> None:
     on.validate()
 
 
+def test_a_deployment_must_set_its_own_page_token_key() -> None:
+    """Issue #21: the default PAGE_TOKEN_KEY is a public constant; only local runs may keep it."""
+    deployed = {"DATABASE_URL": "postgresql://u@h/db", "HANDLER_AUTH": "none", "HANDLER_BASE_URL": "https://svc.run.app"}
+    with pytest.raises(ConfigurationInvalid, match="PAGE_TOKEN_KEY"):
+        Config.from_env(deployed).validate()
+    Config.from_env({**deployed, "PAGE_TOKEN_KEY": "0123456789abcdef" * 4}).validate()
+    Config.from_env({**deployed, "CLOUD_TASKS_EMULATOR_HOST": "127.0.0.1:8123"}).validate()
+    Config.from_env({**deployed, "HANDLER_BASE_URL": "http://127.0.0.1:8080"}).validate()
+
+
 def test_unknown_auth_mode_is_refused() -> None:
     with pytest.raises(ConfigurationInvalid):
         Config.from_env({"HANDLER_AUTH": "maybe"})
