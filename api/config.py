@@ -73,6 +73,10 @@ class Config:
     # GET /v1/jobs/{id}?wait=S
     wait_fallback_s: float = 5.0  # a waiter re-reads its job this often, in case a NOTIFY was lost
     wait_max_per_process: int = 4  # beyond this many waiters a ?wait= returns at once
+    # Job attempts one process runs at once; beyond it /handlers/run answers 429 at once and
+    # the queue delivers again later, so hung or long jobs cannot take every thread from the
+    # API and the health checks. Half the gunicorn threads by default.
+    run_concurrency: int = 4
 
     # HTTP
     max_request_bytes: int = 1024 * 1024
@@ -119,6 +123,8 @@ class Config:
             raise ConfigurationInvalid(
                 "AUTH=google needs ALLOWED_SERVICE_ACCOUNTS, the callers' service account emails"
             )
+        if self.run_concurrency < 1:
+            raise ConfigurationInvalid("RUN_CONCURRENCY must be at least 1")
         if self.handler_auth == "appengine" and not self.on_app_engine:
             raise ConfigurationInvalid(
                 "HANDLER_AUTH=appengine trusts X-AppEngine-QueueName, which only App Engine "
@@ -181,6 +187,7 @@ class Config:
             sweep_batch=int(e.get("SWEEP_BATCH", "500")),
             wait_fallback_s=float(e.get("WAIT_FALLBACK_S", "5")),
             wait_max_per_process=int(e.get("WAIT_MAX_PER_PROCESS", "4")),
+            run_concurrency=int(e.get("RUN_CONCURRENCY", max(1, int(e.get("GUNICORN_THREADS", "8")) // 2))),
             max_request_bytes=int(e.get("MAX_REQUEST_BYTES", str(1024 * 1024))),
             page_token_key=e.get("PAGE_TOKEN_KEY", DEFAULT_PAGE_TOKEN_KEY),
             job_modules=tuple(m for m in e.get("JOB_MODULES", "").split(",") if m.strip()),

@@ -104,6 +104,14 @@ class LeaseHeld(Problem):
     slug = "lease-held"
 
 
+class Busy(Problem):
+    """This process runs as many job attempts as it may; the queue should deliver again later."""
+
+    status = 429
+    title = "Busy"
+    slug = "busy"
+
+
 class DatabaseUnavailable(Problem):
     """PostgreSQL cannot be reached; the request changed nothing and may be retried."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,8 @@ class AppState:
     tasks: TasksClient
     authenticator: ApiAuthenticator
     reporting_engine: Engine
+    # Slots for job attempts in this process (RUN_CONCURRENCY); /handlers/run takes one or answers 429.
+    run_slots: threading.BoundedSemaphore
 
     @classmethod
     def build(
@@ -47,4 +50,5 @@ class AppState:
                 create_engine(config, url=config.reporting_database_url, pool_size=2)
                 if config.reporting_database_url else engine
             ),
+            run_slots=threading.BoundedSemaphore(config.run_concurrency),
         )

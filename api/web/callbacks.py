@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Request, Response, request
 
-from api.errors import InvalidRequest, LeaseHeld, Problem
+from api.errors import Busy, InvalidRequest, LeaseHeld, Problem
 from api.orchestration.sweep import sweep
 from api.state import AppState
 from api.store import jobs as store
@@ -74,7 +74,18 @@ def blueprint(*, run_jobs: RunJobs) -> Blueprint:
         state = current_state()
         require_task_caller(request, state)
         ids = job_ids_from(json_body(request))
-        outcome = run_jobs(state, ids, delivery_from(request))
+        # Refused before the claim, so the job keeps its attempts: the queue backs off on 429
+        # and delivers again, and the threads left serve the API and the health checks.
+        if not state.run_slots.acquire(blocking=False):
+            raise Busy(
+                f"this instance is running its limit of {state.config.run_concurrency} job attempts; "
+                "deliver again later",
+                headers={"Retry-After": "1"},
+            )
+        try:
+            outcome = run_jobs(state, ids, delivery_from(request))
+        finally:
+            state.run_slots.release()
         if outcome.retry:
             raise RetryRequested(
                 "the job asked for another attempt", jobs=[str(i) for i in outcome.retry]
