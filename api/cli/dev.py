@@ -98,6 +98,7 @@ def run_dev(args: argparse.Namespace) -> int:
 
         app = _AppProcess(listener, args.host, folder / LOG_FILE, log_level, settings)
         parts.on_stop("app", lambda: _report_interrupted(config, app.stop()))
+        listener.listen(128)
         app.start()
         if args.reload:
             _watch(Path.cwd(), config.queues_file, folder, stop, on_change=lambda why: _reload(app, config, why))
@@ -174,7 +175,7 @@ class _Parts:
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """The app's listening socket, made here so that it outlives the app's restarts."""
+    """The app's socket, bound here (a taken port fails before anything starts) to outlive the app's restarts."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -186,7 +187,7 @@ def _listen(host: str, port: int) -> socket.socket:
             raise CommandFailed(f"--port {port}: {host}:{port} is taken (another cloudjobs dev?); "
                                 "pass another --port") from None
         raise CommandFailed(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    sock.listen(128)
+    # Bound, not yet listening: until the app starts a connection is refused, not left waiting.
     sock.set_inheritable(True)
     return sock
 
@@ -195,13 +196,29 @@ def _start_emulator(host: str, port: int | None) -> tuple[Any, bool]:
     """The emulator on `port`, or on 8123 or else a free port; and whether 8123 was taken."""
     from emulator import Emulator
 
-    try:
-        return Emulator(host=host, port=DEFAULT_EMULATOR_PORT if port is None else port, http_port=0).start(), False
-    except OSError:
-        if port is not None:
-            raise CommandFailed(f"--emulator-port {port}: {host}:{port} is taken (another cloudjobs dev?); "
-                                "pass another port, or leave the option out for a free one") from None
+    wanted = DEFAULT_EMULATOR_PORT if port is None else port
+    # Tried here first: gRPC says a failed bind on the terminal itself, before raising.
+    if not wanted or _free(host, wanted):
+        try:
+            return Emulator(host=host, port=wanted, http_port=0).start(), False
+        except OSError:
+            pass  # taken between the try and the start
+    if port is not None:
+        raise CommandFailed(f"--emulator-port {port}: {host}:{port} is taken (another cloudjobs dev?); "
+                            "pass another port, or leave the option out for a free one")
     return Emulator(host=host, port=0, http_port=0).start(), True
+
+
+def _free(host: str, port: int) -> bool:
+    """Whether nothing listens on host:port."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+            probe.listen()
+        except OSError:
+            return False
+    return True
 
 
 def _migrate(config: Config) -> None:
