@@ -129,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return _one_line_errors(lambda: run_dev(args))  # dev sends its logs to its own log file
     logs.configure(args.log_level, json_logs=args.command != "emulator")
+    # Alembic narrates its plugins and each migration at INFO; a command's output is its answer.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     if args.command in cli_client.COMMANDS:
         return cli_client.run(args)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -198,8 +200,6 @@ def _engine(args: argparse.Namespace, reporting: bool = False) -> Any:
     """An engine of one connection on the command's database (dev's, next to it)."""
     from api.store.engine import create_engine
 
-    # Alembic narrates each migration at INFO; `database at head` is this command's answer.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     config = command_config(args.data_dir)
     url = config.reporting_database_url if reporting else None
     return create_engine(config, url=url, pool_size=1)
