@@ -6,6 +6,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -90,6 +91,10 @@ class Config:
     # Observability
     otel_enabled: bool = False  # OpenTelemetry traces to Cloud Trace (needs the otel extra)
 
+    # The command line: where `cloudjobs dev` keeps its database, log and dev.json, and where
+    # the database commands look for that file when DATABASE_URL is unset.
+    data_dir: Path = Path(".cloudjobs")
+
     @property
     def audience(self) -> str:
         """The OIDC audience tasks carry and the handler expects."""
@@ -141,9 +146,13 @@ class Config:
             )
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Config:
-        """Build the configuration from environment variables."""
-        e = dict(os.environ if env is None else env)
+    def from_env(cls, env: Mapping[str, str] | None = None, *, over: Mapping[str, str] | None = None) -> Config:
+        """Build the configuration from environment variables; `over` wins over them.
+
+        `over` is what `cloudjobs dev` wrote in its state file: next to dev, a command uses
+        dev's database, emulator and handler settings whatever the shell has.
+        """
+        e = {**(os.environ if env is None else env), **(over or {})}
         on_app_engine = e.get("GAE_ENV", "").startswith("standard")
         auth = e.get("HANDLER_AUTH") or ("appengine" if on_app_engine else None)
         if auth is not None and auth not in ("oidc", "hmac", "appengine", "none"):
@@ -193,6 +202,7 @@ class Config:
             job_modules=tuple(m for m in e.get("JOB_MODULES", "").split(",") if m.strip()),
             demo_job_types=_flag(e.get("DEMO_JOB_TYPES")),
             otel_enabled=_flag(e.get("OTEL_ENABLED")),
+            data_dir=Path(e.get("CLOUDJOBS_DATA_DIR") or ".cloudjobs"),
         )
 
 

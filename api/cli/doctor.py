@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 from urllib.parse import urlsplit
 
 from api.config import Config, ConfigurationInvalid, is_local
 
-Status = Literal["ok", "warn", "fail"]
+Status = Literal["ok", "warn", "fail", "skip"]
 
 DEFAULT_PROJECT = "local-project"
 
@@ -54,6 +53,11 @@ def warn(name: str, detail: str, fix: str) -> Check:
     return Check(name, "warn", detail, fix)
 
 
+def skip(name: str, detail: str, fix: str) -> Check:
+    """A check that cannot run here (no Google credentials); it fails nothing."""
+    return Check(name, "skip", detail, fix)
+
+
 # ---------------------------------------------------------------- the command
 
 
@@ -65,6 +69,7 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--data-dir", help="cloudjobs dev's folder, to check it (default .cloudjobs, or CLOUDJOBS_DATA_DIR)")
     p.add_argument(
         "--config-only",
         action="store_true",
@@ -74,9 +79,12 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     """Run every check against the environment's configuration; 0 if none failed, else 1."""
+    from api.cli.devstate import command_config
+
     out = out or sys.stdout
     try:
-        config = Config.from_env()
+        # Next to `cloudjobs dev` (DATABASE_URL unset, its dev.json here): dev's settings.
+        config = command_config(getattr(args, "data_dir", None), require_database=False)
     except (ConfigurationInvalid, ValueError) as e:
         report([fail("variables", f"the environment cannot be read: {e}", _FIX_ENV)], out)
         return 1
@@ -103,10 +111,15 @@ def report(checks: list[Check], out: TextIO, *, config: Config | None = None) ->
             print(f"        fix: {c.fix}", file=out)
     failed = sum(c.failed for c in checks)
     warned = sum(c.status == "warn" for c in checks)
+    skipped = sum(c.status == "skip" for c in checks)
+    tail = f", {skipped} skipped" if skipped else ""
     if failed:
-        print(f"{failed} problem(s), {warned} warning(s)", file=out)
+        print(f"{failed} problem(s), {warned} warning(s){tail}", file=out)
         return 1
-    print(f"all checks passed ({warned} warning(s))" if warned else "all checks passed", file=out)
+    if warned or skipped:
+        print(f"all checks passed ({warned} warning(s){tail})", file=out)
+    else:
+        print("all checks passed", file=out)
     return 0
 
 
@@ -159,7 +172,8 @@ def _database_vars(config: Config) -> list[Check]:
                 name,
                 "no database: neither DATABASE_URL nor INSTANCE_CONNECTION_NAME is set",
                 "set INSTANCE_CONNECTION_NAME=PROJECT:REGION:INSTANCE with DB_NAME, DB_USER and "
-                "DB_IAM_AUTH=true (Cloud SQL), or DATABASE_URL=postgresql://USER@HOST/DB",
+                "DB_IAM_AUTH=true (Cloud SQL), or DATABASE_URL=postgresql://USER@HOST/DB; or run "
+                "`cloudjobs dev` in this folder and the doctor checks it",
             )
         ]
     if config.database_url:
@@ -422,45 +436,26 @@ def _describe(e: BaseException) -> str:
 
 # ---------------------------------------------------------------- queues
 
-Field = tuple[str, Callable[[Any], float]]
-
-_FIELDS: tuple[Field, ...] = (
-    ("rate_limits.max_dispatches_per_second", lambda q: q.rate_limits.max_dispatches_per_second),
-    ("rate_limits.max_concurrent_dispatches", lambda q: q.rate_limits.max_concurrent_dispatches),
-    ("retry_config.max_attempts", lambda q: q.retry_config.max_attempts),
-    ("retry_config.max_retry_duration", lambda q: _seconds(q.retry_config.max_retry_duration)),
-    ("retry_config.min_backoff", lambda q: _seconds(q.retry_config.min_backoff)),
-    ("retry_config.max_backoff", lambda q: _seconds(q.retry_config.max_backoff)),
-    ("retry_config.max_doublings", lambda q: q.retry_config.max_doublings),
-)
-
-
-def _seconds(value: Any) -> float:
-    if value is None:
-        return 0.0
-    if hasattr(value, "total_seconds"):
-        return float(value.total_seconds())
-    return float(value.seconds) + float(value.nanos) / 1e9
-
-
-def queue_differences(actual: Any, wanted: Any) -> list[str]:
-    """The settings in which a Cloud Tasks queue differs from its queues.yaml declaration."""
-    out = []
-    for field_name, get in _FIELDS:
-        have, want = float(get(actual)), float(get(wanted))
-        if not math.isclose(have, want, rel_tol=1e-6, abs_tol=1e-3):
-            out.append(f"{field_name} is {have:g} in Cloud Tasks, {want:g} in queues.yaml")
-    return out
-
-
 def check_queues(config: Config, queues: Any, *, client: Any = None) -> list[Check]:
     """Each queue of queues.yaml exists in Cloud Tasks, runs, and has the declared settings."""
     from google.api_core import exceptions as gexc
+    from google.auth.exceptions import DefaultCredentialsError
     from google.cloud import tasks_v2
 
-    from api.cloud.tasks import build_queue, make_client
+    from api.cloud.tasks import build_queue, make_client, queue_differences
 
-    client = client or make_client(config)
+    if client is None:
+        try:
+            client = make_client(config)
+        except DefaultCredentialsError:
+            return [
+                skip(
+                    "queues",
+                    "not checked: no Google credentials here, and no emulator (CLOUD_TASKS_EMULATOR_HOST)",
+                    "run `gcloud auth application-default login` to check the queues in Cloud "
+                    "Tasks, or run the doctor next to `cloudjobs dev`",
+                )
+            ]
     sync = "run `cloudjobs queues sync` (it creates and updates the queues of queues.yaml)"
     checks = []
     for spec in queues.specs.values():

@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 _QUEUE_ID = re.compile(r"^[A-Za-z0-9-]{1,100}$")
 
 
@@ -20,12 +20,12 @@ class QueuesInvalid(Exception):
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from `30`, `30s`, `1.5m`, `2h`, `250ms`."""
+    """Seconds from `30`, `30s`, `1.5m`, `2h`, `7d`, `2w`, `250ms`."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     m = _DURATION.match(str(value))
     if not m:
-        raise QueuesInvalid(f"not a duration: {value!r} (use 30s, 5m, 1h)")
+        raise QueuesInvalid(f"not a duration: {value!r} (use 30s, 5m, 1h, 7d, 2w)")
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import tasks_v2
@@ -156,13 +159,46 @@ def sync_queues(client: tasks_v2.CloudTasksClient, config: Config, specs: list[Q
     for spec in specs:
         queue = build_queue(config, spec)
         try:
-            client.get_queue(name=queue.name)
+            actual = client.get_queue(name=queue.name)
         except gexc.NotFound:
             client.create_queue(parent=parent, queue=queue)
             lines.append(f"created {spec.name}")
             continue
+        differences = queue_differences(actual, queue)
+        if not differences:
+            lines.append(f"unchanged {spec.name}")
+            continue
         client.update_queue(
             queue=queue, update_mask={"paths": ["rate_limits", "retry_config"]}
         )
-        lines.append(f"updated {spec.name}")
+        lines.append(f"updated {spec.name}: " + "; ".join(differences))
     return lines
+
+
+_FIELDS: tuple[tuple[str, Callable[[Any], float]], ...] = (
+    ("rate_limits.max_dispatches_per_second", lambda q: q.rate_limits.max_dispatches_per_second),
+    ("rate_limits.max_concurrent_dispatches", lambda q: q.rate_limits.max_concurrent_dispatches),
+    ("retry_config.max_attempts", lambda q: q.retry_config.max_attempts),
+    ("retry_config.max_retry_duration", lambda q: _seconds(q.retry_config.max_retry_duration)),
+    ("retry_config.min_backoff", lambda q: _seconds(q.retry_config.min_backoff)),
+    ("retry_config.max_backoff", lambda q: _seconds(q.retry_config.max_backoff)),
+    ("retry_config.max_doublings", lambda q: q.retry_config.max_doublings),
+)
+
+
+def _seconds(value: Any) -> float:
+    if value is None:
+        return 0.0
+    if hasattr(value, "total_seconds"):
+        return float(value.total_seconds())
+    return float(value.seconds) + float(value.nanos) / 1e9
+
+
+def queue_differences(actual: Any, wanted: Any) -> list[str]:
+    """The settings (those sync_queues sets) in which a Cloud Tasks queue differs from its declaration."""
+    out = []
+    for field_name, get in _FIELDS:
+        have, want = float(get(actual)), float(get(wanted))
+        if not math.isclose(have, want, rel_tol=1e-6, abs_tol=1e-3):
+            out.append(f"{field_name} is {have:g} in Cloud Tasks, {want:g} in queues.yaml")
+    return out

@@ -23,14 +23,13 @@ def create_app(
 ) -> Flask:
     """Build the Flask app; `registry` and `queues` replace the configured ones (tests).
 
-    Here the server imports `handlers`: the job types it registers and the running of them
-    behind /handlers/run. Nothing connects to the database or Cloud Tasks here.
+    Here the server imports `handlers` (with `job_types` below): the job types it registers
+    and the running of them behind /handlers/run. Nothing connects to the database or Cloud Tasks here.
     """
     import handlers.run
     from api.ui.views import bp as ui_bp
-    from api.web import callbacks, jobs, problems, reports, service, telemetry
+    from api.web import callbacks, jobs, problems, reports, service, telemetry, types
     from handlers.builtin import demo
-    from handlers.registry import registry as default_registry
 
     config = config or Config.from_env()
     config.validate()
@@ -38,21 +37,31 @@ def create_app(
         logger.warning("HANDLER_AUTH=none: /handlers/* accepts any caller; keep it behind IAM")
     if config.api_auth == "none":
         logger.warning("AUTH=none: the API accepts any caller and scopes nothing; keep it behind IAM or IAP")
-    for module in config.job_modules:
-        importlib.import_module(module.strip())  # registers its types in the default registry
-    types = registry if registry is not None else default_registry
-    if config.demo_job_types:
-        types = types.merged(demo)
     app = Flask("cloudjobs", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    state = AppState.build(config, registry=types, queues=queues)
+    own = job_types(config, registry)
+    state = AppState.build(config, registry=own.merged(demo) if config.demo_job_types else own, queues=queues)
     app.extensions["cloudjobs"] = state
+    types.warn_cut_timeouts(own, state.queues)  # the demo's one-hour sleep is meant to be cut
     telemetry.install(app, state)
     problems.register(app)
     app.register_blueprint(service.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(reports.bp)
+    app.register_blueprint(types.bp)
     app.register_blueprint(callbacks.blueprint(run_jobs=handlers.run.run_jobs))
     app.register_blueprint(ui_bp)  # the dashboard (/ui)
     return app
+
+
+def job_types(config: Config, registry: Registry | None = None) -> Registry:
+    """The project's job types: JOB_MODULES' (imported here) in the default registry, or `registry`.
+
+    The app adds the demo types when DEMO_JOB_TYPES is set; so does `cloudjobs types`.
+    """
+    from handlers.registry import registry as default_registry
+
+    for module in config.job_modules:
+        importlib.import_module(module.strip())  # registers its types in the default registry
+    return registry if registry is not None else default_registry

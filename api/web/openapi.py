@@ -135,6 +135,28 @@ def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) 
         "properties": {"jobs": {"type": "array", "items": _ref("Job")}},
     }
     schemas["Health"] = {"type": "object", "properties": {"status": {"type": "string"}}}
+    schemas["JobType"] = {
+        "type": "object",
+        "description": "A registered job type, as a create sees it.",
+        "required": ["name", "queue", "timeout_s", "declared_timeout_s", "max_attempts",
+                     "dispatch_deadline_s", "schema"],
+        "properties": {
+            "name": {"type": "string"},
+            "queue": {"type": "string", "description": "The queue its jobs go to unless a create names one"},
+            "timeout_s": {"type": "integer",
+                          "description": "Its jobs' timeout: the type's, at most the queue's deadline"},
+            "declared_timeout_s": {"type": "integer", "description": "The timeout the type declares"},
+            "max_attempts": {"type": "integer", "description": "The type's, at most the queue's"},
+            "dispatch_deadline_s": {"type": "number", "description": "The queue's dispatch deadline"},
+            "schema": {"anyOf": [{"type": "object"}, {"type": "null"}],
+                       "description": "The payload's JSON Schema; null takes any object"},
+        },
+    }
+    schemas["TypeList"] = {
+        "type": "object",
+        "required": ["types"],
+        "properties": {"types": {"type": "array", "items": _ref("JobType")}},
+    }
     array = {"type": "array", "items": {"type": "string"}}
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -233,6 +255,13 @@ def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) 
                         _query("limit", "failures: rows, 1 to 100", {"type": "integer", "minimum": 1, "maximum": 100}),
                     ],
                     "responses": {"200": _json(_ref("Report"), "The report"), **_problems(400, 401, 404, 503)},
+                }
+            },
+            "/v1/types": {
+                "get": {
+                    "operationId": "listTypes",
+                    "summary": "The registered job types: schema, queue, timeout and limits",
+                    "responses": {"200": _json(_ref("TypeList"), "The types, by name"), **_problems(503)},
                 }
             },
             "/openapi.json": {

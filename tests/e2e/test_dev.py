@@ -1,7 +1,10 @@
-"""`cloudjobs dev`, as the README's first command runs it: the tutorial's flow works."""
+"""`cloudjobs dev`, as the README's first command runs it: the tutorial's flow works, and a stop is clean.
+
+The commands next to a running dev are tests/e2e/test_dev_commands.py's (one dev each)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -40,8 +43,8 @@ def test_cloudjobs_dev_runs_the_tutorial_flow_on_an_embedded_postgres(tmp_path: 
             try:
                 if requests.get(f"{url}/readyz", timeout=1).ok:
                     break
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or listening (dev holds the socket) with the app still starting
             assert time.monotonic() < deadline, "cloudjobs dev did not come up"
             time.sleep(0.2)
 
@@ -56,6 +59,19 @@ def test_cloudjobs_dev_runs_the_tutorial_flow_on_an_embedded_postgres(tmp_path: 
         assert job["result"]["slept_s"] >= 0.5 and job["done_time"]
         # Even in dev the callback is authenticated: the emulator's OIDC token, checked.
         assert requests.post(f"{url}/handlers/run", json={"job_id": job_id}, timeout=5).status_code == 401
+
+        # dev.json says where everything is, for the database commands.
+        state = json.loads((tmp_path / "data" / "dev.json").read_text())
+        assert state["app_url"] == url and state["pid"] == proc.pid
+        assert state["settings"]["DATABASE_URL"] == state["database_url"]
+
+        # A job in flight at Ctrl-C: stopped, and named.
+        resp = requests.post(f"{url}/v1/jobs", json={"type": "sleep", "payload": {"worktime": 60}}, timeout=10)
+        in_flight = resp.json()["id"]
+        deadline = time.monotonic() + 30
+        while requests.get(f"{url}/v1/jobs/{in_flight}", timeout=5).json()["state"] != "RUNNING":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -67,7 +83,13 @@ def test_cloudjobs_dev_runs_the_tutorial_flow_on_an_embedded_postgres(tmp_path: 
             out, _ = proc.communicate(timeout=10)
             pytest.fail(f"cloudjobs dev did not stop within {STOP_TIMEOUT_S}s of Ctrl-C:\n{out}")
     assert proc.returncode == 0, out
-    assert f"cloudjobs is running on {url}" in out
+    # The banner first; pgserver's initdb transcript and alembic's lines are in the log file.
+    assert out.splitlines()[0] == f"cloudjobs is running on {url}  (Ctrl-C stops everything)", out
     assert "curl -s -X POST" in out
+    for chatter in ("initdb", "pgserver", "alembic", "Running upgrade", "Traceback"):
+        assert chatter not in out, out
+    assert "initdb" in (tmp_path / "data" / "dev.log").read_text()
+    assert f"interrupted 1 running job(s): {in_flight} (sleep)" in out
+    assert not (tmp_path / "data" / "dev.json").exists()  # removed at a clean stop
     for part in ("app", "emulator", "postgres"):
         assert re.search(rf"{part} +stopped in \d+\.\ds", out), out

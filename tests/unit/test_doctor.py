@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import pytest
 
-from api.cli.doctor import Check, check_config, is_local, queue_differences, report
+from api.cli.doctor import Check, check_config, is_local, report
 from api.cloud.queues import QueueSpec, RetryConfig
-from api.cloud.tasks import build_queue
+from api.cloud.tasks import build_queue, queue_differences
 from api.config import Config
 
 URL = "https://cloudjobs-123456789.europe-west1.run.app"

@@ -7,7 +7,7 @@ from api.cloud.queues import Queues, QueuesInvalid, QueueSpec, RetryConfig, pars
 
 @pytest.mark.parametrize(
     ("raw", "seconds"),
-    [(30, 30.0), ("30s", 30.0), ("1.5m", 90.0), ("2h", 7200.0), ("250ms", 0.25), ("0s", 0.0), ("1d", 86400.0)],
+    [(30, 30.0), ("30s", 30.0), ("1.5m", 90.0), ("2h", 7200.0), ("250ms", 0.25), ("0s", 0.0), ("1d", 86400.0), ("2w", 1209600.0)],
 )
 def test_parse_duration(raw: object, seconds: float) -> None:
     assert parse_duration(raw) == seconds
