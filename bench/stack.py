@@ -173,8 +173,11 @@ def running_stack(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with Emulator(host="127.0.0.1", port=0, http_port=0) as emu:
+        # A worker service (docs/deploy.md, the split deployment): every thread may run a job, so
+        # the loaders measure the callback path, not RUN_CONCURRENCY's 429s.
+        threads = os.environ.get("GUNICORN_THREADS", "8")
         env = stack_env(database_url=database_url, emulator=emu, url=url, queues_file=queues_file,
-                        **(extra_env or {}))
+                        **{"RUN_CONCURRENCY": threads, **(extra_env or {})})
         config = Config.from_env(env)
         sync_queues(make_client(config), config, list(Queues.load(queues_file).specs.values()))
         proc = start_gunicorn(env, port, workers=workers, args=gunicorn_args)

@@ -26,7 +26,7 @@ from google.cloud import tasks_v2
 
 from api.cloud.tasks import make_client, queue_path
 from api.config import Config
-from tests.conftest import ROOT
+from tests.conftest import ROOT, empty_database
 from tests.e2e.conftest import free_port
 
 # Variables a developer's shell may have that would make the commands find a database or a
@@ -117,8 +117,8 @@ class Dev:
 
 
 @pytest.fixture(scope="module")
-def dev(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[Dev]:
-    """`cloudjobs dev` in a fresh project folder (a job module, a queues file), on a fresh database.
+def dev(tmp_path_factory: pytest.TempPathFactory, server_url: str) -> Iterator[Dev]:
+    """`cloudjobs dev` in a fresh project folder (a job module, a queues file), on a new, empty database.
 
     Dev gets the database through DATABASE_URL (faster than an embedded one; test_dev.py
     covers that); the commands get no database variable at all and must find it in dev.json.
@@ -134,24 +134,25 @@ def dev(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator
         holder.listen()
     except OSError:
         pass  # something else has it: taken all the same
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli.main", "dev", "--port", str(port), "--sweep-every", "1s"],
-        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=clean_env(DATABASE_URL=database_url, JOB_MODULES="myjobs", SWEEP_CREATED_AFTER_S="0"),
-    )
-    d = Dev(proc, project, f"http://127.0.0.1:{port}")
-    threading.Thread(target=lambda: d.lines.extend(line.rstrip("\n") for line in proc.stdout),  # type: ignore[union-attr]
-                     daemon=True).start()
-    try:
-        d.wait_line(r"app +ready", timeout=90)
-        yield d
-    finally:
-        holder.close()
-        proc.send_signal(signal.SIGINT)
+    with empty_database(server_url) as database_url:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "api.cli.main", "dev", "--port", str(port), "--sweep-every", "1s"],
+            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=clean_env(DATABASE_URL=database_url, JOB_MODULES="myjobs", SWEEP_CREATED_AFTER_S="0"),
+        )
+        d = Dev(proc, project, f"http://127.0.0.1:{port}")
+        threading.Thread(target=lambda: d.lines.extend(line.rstrip("\n") for line in proc.stdout),  # type: ignore[union-attr]
+                         daemon=True).start()
         try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            d.wait_line(r"app +ready", timeout=90)
+            yield d
+        finally:
+            holder.close()
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def test_dev_prints_its_banner_first_then_warnings_and_keeps_chatter_in_its_log(dev: Dev) -> None:
