@@ -78,6 +78,8 @@ class Config:
     # the queue delivers again later, so hung or long jobs cannot take every thread from the
     # API and the health checks. Half the gunicorn threads by default.
     run_concurrency: int = 4
+    # Log a job function's exception whole, message and all (it may quote the payload).
+    log_payloads: bool = False
 
     # HTTP
     max_request_bytes: int = 1024 * 1024
@@ -196,6 +198,7 @@ class Config:
             sweep_batch=int(e.get("SWEEP_BATCH", "500")),
             wait_fallback_s=float(e.get("WAIT_FALLBACK_S", "5")),
             wait_max_per_process=int(e.get("WAIT_MAX_PER_PROCESS", "4")),
+            log_payloads=_flag(e.get("LOG_PAYLOADS")),
             run_concurrency=int(e.get("RUN_CONCURRENCY", max(1, int(e.get("GUNICORN_THREADS", "8")) // 2))),
             max_request_bytes=int(e.get("MAX_REQUEST_BYTES", str(1024 * 1024))),
             page_token_key=e.get("PAGE_TOKEN_KEY", DEFAULT_PAGE_TOKEN_KEY),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import traceback
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -121,7 +122,17 @@ def execute(state: AppState, row: Row[Any], delivery: store.Delivery) -> store.F
         logger.info("job asked for a retry", extra=log)
         return failed(e.code or "RETRY", e.message or "the job asked for a retry", retryable=True)
     except Exception as e:  # a job function's bug is the job's failure, not the handler's
-        logger.exception("job raised", extra=log)
+        if state.config.log_payloads:
+            logger.exception("job raised", extra=log)
+        else:
+            # An exception's message often quotes the job's input: the log gets the type, the
+            # frames and the message without the payload's values, cut short (LOG_PAYLOADS=true
+            # logs it whole). The job's own error, which only its owner reads, keeps it all.
+            frames = "".join(traceback.format_list(traceback.extract_tb(e.__traceback__)))
+            logger.warning("job raised", extra={
+                **log, "exception": type(e).__name__, "error_message": redacted(str(e), row.payload),
+                "stack_trace": f"Traceback (most recent call last):\n{frames}{type(e).__name__}",
+            })
         return failed("EXCEPTION", f"{type(e).__name__}: {e}", retryable=True)
     try:
         json.dumps(result)
@@ -134,6 +145,31 @@ def execute(state: AppState, row: Row[Any], delivery: store.Delivery) -> store.F
             retryable=True, outcome="TIMED_OUT",
         )
     return finish("COMPLETED", "COMPLETED", result=result)
+
+
+LOGGED_MESSAGE_CHARS = 200
+
+
+def redacted(message: str, payload: Any) -> str:
+    """`message` with every string and number of `payload` (of 4 characters or more) blanked, cut short."""
+    values: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+        elif isinstance(node, str | int | float) and not isinstance(node, bool) and len(str(node)) >= 4:
+            values.append(str(node))
+
+    walk(payload)
+    for value in sorted(set(values), key=len, reverse=True):
+        message = message.replace(value, "[payload]")
+    if len(message) > LOGGED_MESSAGE_CHARS:
+        message = message[:LOGGED_MESSAGE_CHARS] + "…"
+    return message
 
 
 def is_last_attempt(row: Row[Any], spec: Any, delivery: store.Delivery, *, ran_s: float = 0.0) -> bool:

@@ -26,3 +26,9 @@ def not_json(payload: dict[str, Any], ctx: JobContext) -> Any:
 def boom(payload: dict[str, Any], ctx: JobContext) -> Any:
     """Raise an unexpected exception (a bug in a job function)."""
     raise KeyError("missing")
+
+
+@job("quoting")
+def quoting(payload: dict[str, Any], ctx: JobContext) -> Any:
+    """Raise an exception whose message quotes the payload, as much real code does."""
+    raise ValueError(f"no card like {payload['card']} in {payload['n']}" + " padding" * 100)

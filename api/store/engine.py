@@ -34,6 +34,9 @@ def create_engine(config: Config, *, url: str | None = None, pool_size: int | No
     """An engine for the configured database (nothing connects until first use)."""
     pgfast.install()  # pg8000: one round trip per statement, placeholders converted once
     common: dict[str, Any] = dict(
+        # A statement's parameters (payloads, results, keys' hashes) never reach an exception's
+        # text, so never a log line: SQLAlchemy appends them to every DBAPIError otherwise.
+        hide_parameters=True,
         # JSONB round trips without SQLAlchemy's extra encode/decode layers.
         json_serializer=_dumps,
         # Connections die on Cloud SQL maintenance and on idle timeouts of proxies: on checkout

@@ -239,3 +239,26 @@ def test_lines_logged_during_an_attempt_carry_the_job_and_the_trace(
         "EXCEPTION",
     )
     assert attempt["severity"] == "WARNING"
+
+
+@pytest.mark.parametrize("log_payloads", [False, True])
+def test_a_job_exception_is_logged_without_the_payload_unless_asked(
+    make_app: Any, tasks_client: tasks_v2.CloudTasksClient, lines: JsonLines, log_payloads: bool
+) -> None:
+    """Issue #21 finding 3: a job function's exception message (which quotes its input) was logged whole."""
+    app = make_app(handler_auth="none", log_payloads=log_payloads)
+    marker = "pii-4242-4242-marker"
+    job_id = post(app, "/v1/jobs", {"type": "quoting", "payload": {"card": marker, "n": 12345678}}).get_json()["id"]
+    assert post(app, "/handlers/run", {"job_id": job_id}, **{"X-CloudTasks-TaskRetryCount": "0"}).status_code == 500
+    [raised] = [e for e in lines.entries if e["message"] == "job raised"]
+    assert "ValueError" in raised["stack_trace"] and "tests/jobs.py" in raised["stack_trace"]
+    text = "".join(lines.text)
+    if log_payloads:
+        assert marker in text
+    else:
+        assert marker not in text and "12345678" not in text
+        assert raised["error_message"].startswith("no card like [payload] in [payload]")
+        assert len(raised["error_message"]) <= 201
+    # The job's own error keeps the message whole: only its owner reads it.
+    job = app.test_client().get(f"/v1/jobs/{job_id}").get_json()
+    assert marker in job["error"]["message"]
