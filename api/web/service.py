@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from flask import Blueprint, Response
 
+from api.errors import DatabaseUnavailable
 from api.web.http import current_state, json_response
 from api.web.openapi import openapi_document
 
@@ -49,8 +50,18 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Readiness: the database answers."""
+    """Readiness: the database answers and accepts writes (not a standby, not read-only)."""
     state = current_state()
     with state.engine.connect() as conn:
-        conn.execute(sa.text("SELECT 1"))
+        row = conn.execute(_WRITABLE).one()
+    if row.standby or row.read_only == "on":
+        raise DatabaseUnavailable(
+            "the database accepts no writes (a standby, or read-only); try again",
+            headers={"Retry-After": "5"},
+        )
     return json_response({"status": "ok", "database": "ok"})
+
+
+_WRITABLE = sa.text(
+    "SELECT pg_is_in_recovery() AS standby, current_setting('transaction_read_only') AS read_only"
+)

@@ -217,6 +217,27 @@ def test_health_and_readiness(client: FlaskClient) -> None:
     assert client.get("/readyz").get_json()["database"] == "ok"
 
 
+def test_readiness_fails_while_the_database_is_read_only(client: FlaskClient, db: Engine) -> None:
+    """Issue #21: /readyz answered 200 while the database refused every write."""
+    engine = client.application.extensions["cloudjobs"].engine
+    name = db.url.database
+
+    def read_only(on: bool) -> None:
+        with db.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = {"on" if on else "off"}'))
+            conn.commit()
+        engine.dispose()  # new sessions take the database's new default
+
+    read_only(True)
+    try:
+        resp = client.get("/readyz")
+        assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
+        assert "read-only" in resp.get_json()["detail"]
+    finally:
+        read_only(False)
+    assert client.get("/readyz").status_code == 200
+
+
 def test_unknown_routes_and_methods_are_problems(client: FlaskClient) -> None:
     resp = client.get("/v2/nothing")
     assert resp.status_code == 404 and resp.content_type == "application/problem+json"
