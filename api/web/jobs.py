@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from flask import Blueprint, Response, request
+from sqlalchemy.engine import Row
 
 from api.errors import JobNotFound
 from api.orchestration import lifecycle
@@ -53,18 +57,17 @@ def batch_create() -> Response:
 @bp.post("/v1/jobs/<job_id>:cancel")
 def cancel_job(job_id: str) -> Response:
     """Cancel a job; idempotent; 409 for a job that already COMPLETED or FAILED."""
-    state = current_state()
-    row = lifecycle.cancel_job(state, parse_job_id(job_id), scope=principal().scope)
-    if row is None:
-        raise JobNotFound(f"no job {job_id}")
-    return json_response(job_resource(row))
+    return _act_on(job_id, lifecycle.cancel_job)
 
 
 @bp.post("/v1/jobs/<job_id>:retry")
 def retry_job(job_id: str) -> Response:
     """Run a FAILED or CANCELLED job again; idempotent; 409 for a COMPLETED job."""
-    state = current_state()
-    row = lifecycle.retry_job(state, parse_job_id(job_id), scope=principal().scope)
+    return _act_on(job_id, lifecycle.retry_job)
+
+
+def _act_on(job_id: str, action: Callable[..., Row[Any] | None]) -> Response:
+    row = action(current_state(), parse_job_id(job_id), scope=principal().scope)
     if row is None:
         raise JobNotFound(f"no job {job_id}")
     return json_response(job_resource(row))

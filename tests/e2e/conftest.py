@@ -4,8 +4,10 @@ The stack is launched as the benchmark launches it (bench/stack.py), from one pl
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,4 +72,23 @@ def stack(migrated_url: str) -> Iterator[Stack]:
             stop(proc)
 
 
-__all__ = ["SERVICE_ACCOUNT", "TEST_QUEUES", "Stack", "free_port", "stack_env", "start_gunicorn", "stop", "wait_healthy"]
+@contextmanager
+def second_server(stack: Stack, database_url: str, *, tasks_to_self: bool = True, stderr: Any = subprocess.DEVNULL,
+                  **env: str) -> Iterator[str]:
+    """One more gunicorn (one worker) on the e2e database and emulator, with some settings
+    changed; its URL. Its tasks call it back, or the main stack with `tasks_to_self=False`."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    full = stack_env(database_url=database_url, emulator=stack.emulator, url=url if tasks_to_self else stack.url,
+                     queues_file=TEST_QUEUES, project="e2e-project", service_account=SERVICE_ACCOUNT,
+                     log_level="WARNING", **env)
+    proc = start_gunicorn(full, port, workers=1, stderr=stderr)
+    try:
+        wait_healthy(url, proc)
+        yield url
+    finally:
+        stop(proc)
+
+
+__all__ = ["SERVICE_ACCOUNT", "TEST_QUEUES", "Stack", "free_port", "second_server", "stack_env", "start_gunicorn",
+           "stop", "wait_healthy"]

@@ -13,16 +13,7 @@ from google.cloud import tasks_v2
 from sqlalchemy.engine import Engine
 
 from api.cloud.tasks import queue_path
-from tests.e2e.conftest import (
-    SERVICE_ACCOUNT,
-    TEST_QUEUES,
-    Stack,
-    free_port,
-    stack_env,
-    start_gunicorn,
-    stop,
-    wait_healthy,
-)
+from tests.e2e.conftest import Stack, second_server
 
 THREADS, RUN_CONCURRENCY, HUNG = 4, 2, 4
 
@@ -30,17 +21,8 @@ THREADS, RUN_CONCURRENCY, HUNG = 4, 2, 4
 @pytest.fixture
 def small_server(stack: Stack, migrated_url: str) -> Iterator[str]:
     """One worker of 4 threads that runs at most 2 attempts at once, on the e2e emulator."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = stack_env(database_url=migrated_url, emulator=stack.emulator, url=url, queues_file=TEST_QUEUES,
-                    project="e2e-project", service_account=SERVICE_ACCOUNT, log_level="WARNING",
-                    GUNICORN_THREADS=str(THREADS), RUN_CONCURRENCY=str(RUN_CONCURRENCY))
-    proc = start_gunicorn(env, port, workers=1)
-    try:
-        wait_healthy(url, proc)
+    with second_server(stack, migrated_url, GUNICORN_THREADS=str(THREADS), RUN_CONCURRENCY=str(RUN_CONCURRENCY)) as url:
         yield url
-    finally:
-        stop(proc)
 
 
 def timed(method: str, url: str, **kw: object) -> tuple[float, requests.Response]:

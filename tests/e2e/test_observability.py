@@ -11,16 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.e2e.conftest import (
-    SERVICE_ACCOUNT,
-    TEST_QUEUES,
-    Stack,
-    free_port,
-    stack_env,
-    start_gunicorn,
-    stop,
-    wait_healthy,
-)
+from tests.e2e.conftest import Stack, second_server
 
 TRACE_ID = "5b8aa5a2d2c872e8321cf37308d69df2"
 TRACEPARENT = f"00-{TRACE_ID}-051581bf3cb55c13-01"
@@ -29,18 +20,9 @@ TRACEPARENT = f"00-{TRACE_ID}-051581bf3cb55c13-01"
 @pytest.fixture
 def logged_app(stack: Stack, migrated_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """gunicorn with the production config file at LOG_LEVEL=INFO, its stderr kept in a file."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     log = tmp_path / "gunicorn.log"
-    env = stack_env(database_url=migrated_url, emulator=stack.emulator, url=url, queues_file=TEST_QUEUES,
-                    project="e2e-project", service_account=SERVICE_ACCOUNT, log_level="INFO")
-    with log.open("wb") as out:
-        proc = start_gunicorn(env, port, workers=1, stderr=out)
-        try:
-            wait_healthy(url, proc)
-            yield url, log
-        finally:
-            stop(proc)
+    with log.open("wb") as out, second_server(stack, migrated_url, stderr=out, LOG_LEVEL="INFO") as url:
+        yield url, log
 
 
 def _entries(log: Path) -> list[dict[str, Any]]:

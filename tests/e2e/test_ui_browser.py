@@ -19,16 +19,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from sqlalchemy.engine import Engine
 
 from api.web import auth
-from tests.e2e.conftest import (
-    SERVICE_ACCOUNT,
-    TEST_QUEUES,
-    Stack,
-    free_port,
-    stack_env,
-    start_gunicorn,
-    stop,
-    wait_healthy,
-)
+from tests.e2e.conftest import Stack, second_server
 
 CHROMIUM = "/usr/bin/chromium"
 # Headless, and quiet: no GPU, no QUIC, no calls home (updates, sync, field trials).
@@ -159,17 +150,9 @@ def test_browse_jobs_a_job_and_the_reports(
 @pytest.fixture
 def keys_stack(stack: Stack, migrated_url: str) -> Iterator[str]:
     """A second gunicorn on the same database and emulator, with AUTH=keys."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    # tasks run on the first stack (HANDLER_BASE_URL is its URL); this one only serves pages
-    env = stack_env(database_url=migrated_url, emulator=stack.emulator, url=stack.url, queues_file=TEST_QUEUES,
-                    project="e2e-project", service_account=SERVICE_ACCOUNT, log_level="WARNING", AUTH="keys")
-    proc = start_gunicorn(env, port, workers=1)
-    try:
-        wait_healthy(url, proc)
+    # tasks run on the first stack; this one only serves pages
+    with second_server(stack, migrated_url, tasks_to_self=False, AUTH="keys") as url:
         yield url
-    finally:
-        stop(proc)
 
 
 @pytest.mark.timeout(900)
