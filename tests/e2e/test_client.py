@@ -186,6 +186,16 @@ def front(stack: Stack) -> Iterator[Front]:
             if action == "drop":  # the API acted; its answer never arrives
                 self.close_connection = True
                 return
+            if action == "cut":  # the API acted; its chunked answer breaks off mid-body
+                self.send_response(upstream.status_code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                half = upstream.content[: len(upstream.content) // 2]
+                self.wfile.write(b"%x\r\n" % len(upstream.content) + half)
+                self.wfile.flush()
+                self.close_connection = True
+                return
             if action == "503":  # the API acted; the front end then answered 503
                 self._reply(
                     503, {"title": "Service Unavailable", "status": 503, "detail": "try again"}
@@ -218,7 +228,7 @@ def front(stack: Stack) -> Iterator[Front]:
     server.server_close()
 
 
-@pytest.mark.parametrize("loss", ["503", "drop"])
+@pytest.mark.parametrize("loss", ["503", "drop", "cut"])
 def test_a_submit_whose_answer_is_lost_is_retried_and_makes_one_job(
     front: Front, db: Engine, loss: str
 ) -> None:

@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError, ProtocolError
 from urllib3.util.retry import Retry
 
 __all__ = [
@@ -291,6 +292,7 @@ class Client:
             respect_retry_after_header=True,
             raise_on_status=False,  # the last answer is raised as an ApiError, with its problem
         )
+        self._retry = retry
         adapter = HTTPAdapter(max_retries=retry)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
@@ -458,20 +460,36 @@ class Client:
         headers: Mapping[str, str] | None = None,
         wait: float = 0.0,
     ) -> Any:
-        try:
-            resp = self._session.request(
-                method,
-                self.url + path,
-                params=params,
-                json=json,
-                headers=dict(headers or {}),
-                # A waiting request is answered after up to `wait` seconds, by design.
-                timeout=(self.timeout, self.timeout + wait),
-            )
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError) as e:
-            reason = e.args[0] if e.args else e
-            reason = getattr(reason, "reason", None) or reason  # urllib3's MaxRetryError wraps it
-            raise Unavailable(None, "Unreachable", f"{method} {self.url}{path}: {reason}") from e
+        # urllib3 retries what fails before the answer's headers; an answer whose body breaks
+        # off (a connection cut mid-chunk) surfaces only while requests reads it, so it is read
+        # here and the request sent again under the same Retry policy — with the same headers,
+        # so a submit keeps its Idempotency-Key and makes one job.
+        budget = self._retry.new()
+        while True:
+            try:
+                resp = self._session.request(
+                    method,
+                    self.url + path,
+                    params=params,
+                    json=json,
+                    headers=dict(headers or {}),
+                    # A waiting request is answered after up to `wait` seconds, by design.
+                    timeout=(self.timeout, self.timeout + wait),
+                )
+                resp.content  # noqa: B018 (read the whole body now, where a break can be retried)
+            except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as e:
+                cause = e.args[0] if e.args and isinstance(e.args[0], ProtocolError) else ProtocolError(str(e))
+                try:
+                    budget = budget.increment(method, self.url + path, error=cause)
+                except MaxRetryError:
+                    raise Unavailable(None, "Broken answer", f"{method} {self.url}{path}: {cause}") from e
+                budget.sleep()
+                continue
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError) as e:
+                reason = e.args[0] if e.args else e
+                reason = getattr(reason, "reason", None) or reason  # urllib3's MaxRetryError wraps it
+                raise Unavailable(None, "Unreachable", f"{method} {self.url}{path}: {reason}") from e
+            break
         if resp.status_code >= 400:
             raise error_from(resp)
         return resp.json()
