@@ -202,7 +202,6 @@ def test_emulator_down_during_create_is_202_and_the_sweeper_enqueues_later(fault
         assert resp.status_code == 202
         job = resp.json()
         assert job["state"] == "CREATED"  # durable, and visibly pending
-        time.sleep(0.3)
         assert faults.get(f"/v1/jobs/{job['id']}").json()["state"] == "CREATED"
     finally:
         faults.start_emulator()
@@ -245,7 +244,13 @@ def test_the_same_task_delivered_twice_at_once_runs_one_attempt(faults: FaultSta
     finally:
         client.resume_queue(name=parent)  # both are dispatched at the same moment
     done = faults.wait_for(job["id"], lambda j: j["done"])
-    time.sleep(1.0)  # let the loser's retry arrive and be acknowledged
+    # Both deliveries have been answered 2xx (so the loser's retry too) once Cloud Tasks holds
+    # neither task: only then is "one attempt" the final count.
+    names = {row.task_name, duplicate.name}
+    deadline = time.monotonic() + 20
+    while {t.name for t in client.list_tasks(parent=parent)} & names:
+        assert time.monotonic() < deadline, "a delivery was never acknowledged"
+        time.sleep(0.05)
     assert done["state"] == "COMPLETED" and done["attempts"] == 1
     assert len(faults.attempts(job["id"])) == 1
     assert faults.get(f"/v1/jobs/{job['id']}").json() == done

@@ -332,15 +332,25 @@ def test_a_waiter_that_registers_while_the_job_is_ending_is_not_left_waiting(
 
         waiter = threading.Thread(target=wait)
         waiter.start()
+        # Commit only once the registration waits on the row lock the ending UPDATE holds: the
+        # race this test names, seen in pg_stat_activity rather than assumed after a sleep.
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not _registered(db, job_id):
-            time.sleep(0.02)
-        time.sleep(0.2)  # the registration now waits on the row lock the ending UPDATE holds
+        while not _waiting_on_a_lock(db):
+            assert time.monotonic() < deadline, "the registration never waited on the ending job's row"
+            time.sleep(0.01)
         ending.commit()
     waiter.join(25)
     assert result["job"]["state"] == "COMPLETED"
     assert result["elapsed"] < 5, result["elapsed"]  # not the 30 s fallback
     assert not _registered(db, job_id)  # the registration is removed when the wait ends
+
+
+def _waiting_on_a_lock(db: Engine) -> bool:
+    """Whether a registration (its INSERT … FOR SHARE) is blocked on a row lock right now."""
+    with db.connect() as conn:
+        return bool(conn.execute(sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%job_waiters%'"
+        )).scalar_one())
 
 
 def _registered(db: Engine, job_id: uuid.UUID) -> bool:
@@ -349,10 +359,7 @@ def _registered(db: Engine, job_id: uuid.UUID) -> bool:
         committed = conn.execute(
             sa.text("SELECT count(*) FROM job_waiters WHERE job_id = :j"), {"j": job_id}
         ).scalar_one()
-        blocked = conn.execute(sa.text(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%job_waiters%'"
-        )).scalar_one()
-    return bool(committed or blocked)
+    return bool(committed) or _waiting_on_a_lock(db)
 
 
 def test_the_sweeper_removes_registrations_a_dead_process_left(db: Engine) -> None:
