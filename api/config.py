@@ -197,7 +197,10 @@ class Config:
             sweep_queued_after_s=int(e.get("SWEEP_QUEUED_AFTER_S", "600")),
             sweep_batch=int(e.get("SWEEP_BATCH", "500")),
             wait_fallback_s=float(e.get("WAIT_FALLBACK_S", "5")),
-            wait_max_per_process=int(e.get("WAIT_MAX_PER_PROCESS", "4")),
+            # A waiting request holds a thread under gthread, only a greenlet under gevent.
+            wait_max_per_process=int(e.get(
+                "WAIT_MAX_PER_PROCESS", "1000" if e.get("GUNICORN_WORKER_CLASS") == "gevent" else "4"
+            )),
             log_payloads=_flag(e.get("LOG_PAYLOADS")),
             run_concurrency=int(e.get("RUN_CONCURRENCY", max(1, int(e.get("GUNICORN_THREADS", "8")) // 2))),
             max_request_bytes=int(e.get("MAX_REQUEST_BYTES", str(1024 * 1024))),

@@ -262,3 +262,26 @@ def test_a_service_that_stays_unavailable_is_reported_after_the_retries(front: F
     ):
         c.get(str(uuid.uuid4()))
     assert down.value.status is None and "Unreachable" in str(down.value)
+
+
+def test_under_gevent_one_process_holds_many_waiters_and_wakes_them_all(stack: Stack, migrated_url: str) -> None:
+    """Issue #21: only 4 ?wait= requests were held per process; the rest became polling.
+
+    Under GUNICORN_WORKER_CLASS=gevent a waiter holds a greenlet, not a thread, and the default
+    limit is 1000: fifty waiters on one worker are all answered when the job ends."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.e2e.conftest import second_server
+
+    # The job runs on the main stack (its task calls that back); this server only holds waiters.
+    with second_server(stack, migrated_url, tasks_to_self=False, GUNICORN_WORKER_CLASS="gevent") as url:
+        job = requests.post(url + "/v1/jobs", json={"type": "sleep", "payload": {"seconds": 1.5},
+                                                    "queue": "unlimited"}, timeout=10).json()
+
+        def wait(_: int) -> dict[str, Any]:
+            return requests.get(f"{url}/v1/jobs/{job['id']}?wait=30", timeout=60).json()  # type: ignore[no-any-return]
+
+        with ThreadPoolExecutor(50) as pool:
+            answers = list(pool.map(wait, range(50)))
+    # With gthread's limit of 4, 46 of them would have been answered at once, not done.
+    assert [a["state"] for a in answers] == ["COMPLETED"] * 50
