@@ -20,8 +20,8 @@ logger = logging.getLogger(__name__)
 
 def build_sweeper(config: Config) -> tuple[AppState, Callable[[AppState], Any]]:
     """The parts a sweep needs (the database, the queues, Cloud Tasks; no web app, no job types)."""
-    from handlers.registry import Registry
     from api.orchestration.sweep import sweep
+    from handlers.registry import Registry
 
     return AppState.build(config, registry=Registry(), queues=None), sweep
 

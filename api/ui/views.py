@@ -27,7 +27,7 @@ from api.ui import charts
 from api.web import paging
 from api.web.auth import Principal
 from api.web.http import current_state, filter_digest, parse_filter, parse_job_id
-from api.web.resources import attempt_resource, job_resource
+from api.web.resources import attempts_resource, job_resource
 
 bp = Blueprint(
     "ui",
@@ -191,7 +191,7 @@ def job(job_id: str) -> str:
         row = store.get_job(conn, jid, owner=principal().scope)
         if row is None:
             raise JobNotFound(f"no job {job_id}")
-        attempts = [attempt_resource(a) for a in store.list_attempts(conn, jid)]
+        attempts = attempts_resource(row, store.list_attempts(conn, jid))
     resource = job_resource(row)
     return render_template(
         "ui/job.html",

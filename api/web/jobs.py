@@ -24,7 +24,7 @@ from api.web.http import (
     parse_job_id,
     principal,
 )
-from api.web.resources import attempt_resource, job_resource
+from api.web.resources import attempts_resource, job_resource
 
 bp = Blueprint("jobs", __name__)
 bp.before_request(authenticate)
@@ -97,10 +97,11 @@ def list_attempts(job_id: str) -> Response:
     state = current_state()
     jid = parse_job_id(job_id)
     with state.engine.connect() as conn:
-        if store.get_job(conn, jid, owner=principal().scope) is None:
+        job = store.get_job(conn, jid, owner=principal().scope)
+        if job is None:
             raise JobNotFound(f"no job {job_id}")
         rows = store.list_attempts(conn, jid)
-    return json_response({"attempts": [attempt_resource(r) for r in rows]})
+    return json_response({"attempts": attempts_resource(job, rows)})
 
 
 @bp.get("/v1/jobs")

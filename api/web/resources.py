@@ -63,11 +63,11 @@ class Attempt(BaseModel):
     """One delivery of a job that reached the handler."""
 
     number: int
-    outcome: Literal["COMPLETED", "FAILED", "RETRY", "CANCELLED", "TIMED_OUT", "LOST"]
+    outcome: Literal["RUNNING", "COMPLETED", "FAILED", "RETRY", "CANCELLED", "TIMED_OUT", "LOST"]
     error: JobError | None = None
     started_time: datetime
-    finished_time: datetime
-    duration_s: float
+    finished_time: datetime | None = Field(default=None, description="None while the attempt runs (RUNNING).")
+    duration_s: float | None = Field(default=None, description="None while the attempt runs (RUNNING).")
     task_name: str | None = None
     retry_count: int | None = None
     execution_count: int | None = None
@@ -104,6 +104,19 @@ def job_resource(row: Row[Any]) -> dict[str, Any]:
         "done_time": rfc3339(row.done_time),
         "updated_time": rfc3339(row.updated_time),
     }
+
+
+def attempts_resource(job: Row[Any], rows: list[Row[Any]]) -> list[dict[str, Any]]:
+    """A job's attempts as the API shows them, oldest first: the ended ones (job_attempts),
+    then, while the job is RUNNING, the attempt running now (outcome RUNNING, no finish)."""
+    out = [attempt_resource(r) for r in rows]
+    if job.state == "RUNNING" and job.attempt_started_time is not None:
+        out.append({
+            "number": job.attempts, "outcome": "RUNNING", "error": None,
+            "started_time": rfc3339(job.attempt_started_time), "finished_time": None, "duration_s": None,
+            "task_name": job.task_name, "retry_count": None, "execution_count": None, "retry_reason": None,
+        })
+    return out
 
 
 def attempt_resource(row: Row[Any]) -> dict[str, Any]:

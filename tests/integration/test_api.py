@@ -309,3 +309,18 @@ def test_the_demo_types_exist_only_when_asked_for(
         assert "unknown job type 'sleep'" in resp.get_json()["errors"][0]["message"]
         with db.connect() as conn:
             assert conn.execute(sa.text("SELECT count(*) FROM jobs")).scalar() == 0
+
+
+def test_the_running_attempt_is_listed_while_it_runs(client: FlaskClient, db: Engine) -> None:
+    """Issue #20: /attempts was [] for a RUNNING job, and the dashboard said no attempt had run."""
+    from api.store import jobs as store
+
+    job = post(client, {"type": "echo"}).get_json()
+    with db.begin() as conn:
+        store.claim_jobs(conn, [uuid.UUID(job["id"])])
+    [running] = client.get(f"/v1/jobs/{job['id']}/attempts").get_json()["attempts"]
+    assert (running["number"], running["outcome"], running["finished_time"], running["duration_s"]) == (
+        1, "RUNNING", None, None)
+    assert running["started_time"] == client.get(f"/v1/jobs/{job['id']}").get_json()["started_time"]
+    page = client.get(f"/ui/jobs/{job['id']}").get_data(as_text=True)
+    assert "No attempt has reached the handler yet." not in page and "state-running" in page
