@@ -548,6 +548,16 @@ def get_job(conn: Connection, job_id: uuid.UUID, *, owner: str | None = None) ->
     return conn.execute(_GET_OWNED_JOB, {"id": job_id, "owner": owner}).first()
 
 
+def job_ids_with_prefix(conn: Connection, prefix: str, *, owner: str | None, limit: int) -> list[uuid.UUID]:
+    """The ids that start with `prefix` (hex digits, no dashes), by a range of the primary key."""
+    low = uuid.UUID(prefix.ljust(32, "0"))
+    high = uuid.UUID(prefix.ljust(32, "f"))
+    stmt = sa.select(jobs.c.id).where(jobs.c.id.between(low, high)).order_by(jobs.c.id).limit(limit)
+    if owner is not None:
+        stmt = stmt.where(jobs.c.owner == owner)
+    return list(conn.execute(stmt).scalars())
+
+
 def list_attempts(conn: Connection, job_id: uuid.UUID) -> list[Row[Any]]:
     """A job's attempts, oldest first."""
     stmt = (

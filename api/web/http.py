@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Collection
 from datetime import datetime
@@ -18,6 +19,7 @@ from werkzeug.exceptions import UnsupportedMediaType
 from api.errors import InvalidRequest, JobNotFound
 from api.state import AppState
 from api.store import jobs as store
+from api.store.engine import autocommit
 from api.store.tables import STATES
 from api.web.auth import Principal
 
@@ -64,12 +66,33 @@ def json_body(req: Request) -> Any:
         raise InvalidRequest(f"the body is not valid JSON: {e}") from None
 
 
+# What the command line and the dashboard show of an id (8 characters) is enough to name it.
+MIN_ID_PREFIX = 8
+_ID_PREFIX = re.compile(r"[0-9a-f]{%d,31}" % MIN_ID_PREFIX)
+
+
 def parse_job_id(raw: str) -> uuid.UUID:
-    """A job id from the path; anything that is not a UUID is simply not found."""
+    """A job id from the path: a whole UUID, or the start of one (at least 8 hex digits) that
+    names exactly one of the caller's jobs. 404 when nothing matches; 400 listing the matches
+    when more than one does."""
     try:
         return uuid.UUID(raw)
     except ValueError:
-        raise JobNotFound(f"no job {raw!r}") from None
+        pass
+    prefix = raw.replace("-", "").lower()
+    if not _ID_PREFIX.fullmatch(prefix):
+        raise JobNotFound(f"no job {raw!r}")
+    with autocommit(current_state().engine) as conn:
+        matches = store.job_ids_with_prefix(conn, prefix, owner=principal().scope, limit=5)
+    if not matches:
+        raise JobNotFound(f"no job {raw!r}")
+    if len(matches) > 1:
+        raise InvalidRequest(
+            f"{raw!r} starts more than one job's id ({', '.join(str(m) for m in matches)}"
+            f"{', …' if len(matches) == 5 else ''}); give more of it",
+            matches=[str(m) for m in matches],
+        )
+    return matches[0]
 
 
 def parse_filter(args: Any, *, owner: str | None = None) -> store.JobFilter:

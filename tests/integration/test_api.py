@@ -324,3 +324,41 @@ def test_the_running_attempt_is_listed_while_it_runs(client: FlaskClient, db: En
     assert running["started_time"] == client.get(f"/v1/jobs/{job['id']}").get_json()["started_time"]
     page = client.get(f"/ui/jobs/{job['id']}").get_data(as_text=True)
     assert "No attempt has reached the handler yet." not in page and "state-running" in page
+
+
+def _job_with_id(db: Engine, job_id: str, owner: str | None = None) -> None:
+    with db.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO jobs (id, type, queue, state, payload, max_attempts, timeout_s, task_name, owner) "
+            "VALUES (:id, 'echo', 'default', 'QUEUED', '{}', 3, 60, 't', :owner)"), {"id": job_id, "owner": owner})
+
+
+def test_a_job_is_found_by_the_start_of_its_id(client: FlaskClient, db: Engine) -> None:
+    """Issue #20: the CLI and dashboard show 8 characters of an id, and those were a 404."""
+    _job_with_id(db, "105f5bde-0000-4000-8000-000000000001")
+    _job_with_id(db, "935bc9ee-1111-4000-8000-000000000001")
+    _job_with_id(db, "935bc9ee-2222-4000-8000-000000000002")
+    assert client.get("/v1/jobs/105f5bde").get_json()["id"] == "105f5bde-0000-4000-8000-000000000001"
+    assert client.get("/v1/jobs/105F5BDE-00").get_json()["id"] == "105f5bde-0000-4000-8000-000000000001"
+    assert client.get("/v1/jobs/105f5bde/attempts").get_json() == {"attempts": []}
+    ambiguous = client.get("/v1/jobs/935bc9ee")
+    assert ambiguous.status_code == 400
+    assert ambiguous.get_json()["matches"] == ["935bc9ee-1111-4000-8000-000000000001",
+                                                "935bc9ee-2222-4000-8000-000000000002"]
+    assert client.get("/v1/jobs/935bc9ee-2").get_json()["id"] == "935bc9ee-2222-4000-8000-000000000002"
+    assert client.post("/v1/jobs/935bc9ee-1:cancel").get_json()["state"] == "CANCELLED"
+    assert client.get("/v1/jobs/105f5bd").status_code == 404  # seven characters name nothing
+    assert client.get("/v1/jobs/ffffffff").status_code == 404
+    assert "105f5bde-0000-4000-8000-000000000001" in client.get("/ui/jobs/105f5bde").get_data(as_text=True)
+
+
+def test_a_prefix_names_only_the_callers_jobs(make_app: Any, db: Engine) -> None:
+    from api.web import auth
+
+    with db.begin() as conn:
+        mine, theirs = auth.create_key(conn, "mine"), auth.create_key(conn, "theirs")
+    client = make_app(api_auth="keys").test_client()
+    created = client.post("/v1/jobs", json={"type": "echo"}, headers={"Authorization": f"Bearer {theirs}"}).get_json()
+    prefix = created["id"][:8]
+    assert client.get(f"/v1/jobs/{prefix}", headers={"Authorization": f"Bearer {theirs}"}).status_code == 200
+    assert client.get(f"/v1/jobs/{prefix}", headers={"Authorization": f"Bearer {mine}"}).status_code == 404
