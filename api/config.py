@@ -47,6 +47,9 @@ class Config:
     # The driver for INSTANCE_CONNECTION_NAME and for a DATABASE_URL that names none
     # (`postgresql://`); `postgresql+psycopg://` or `postgresql+pg8000://` in the URL wins.
     db_driver: DbDriver = "pg8000"
+    # pg8000 through api.store.pgfast (on the versions it was tested on); false runs pg8000 as
+    # released: to compare (python -m bench --drivers) or to rule the patches out.
+    db_pgfast: bool = True
 
     # Cloud Tasks
     project: str = "local-project"
@@ -182,6 +185,7 @@ class Config:
             db_max_overflow=int(e.get("DB_MAX_OVERFLOW", "5")),
             db_prepared_statements=_flag(e.get("DB_PREPARED_STATEMENTS", "true")),
             db_driver=db_driver,  # type: ignore[arg-type]
+            db_pgfast=_flag(e.get("DB_PGFAST", "true")),
             project=project,
             location=e.get("CLOUD_TASKS_LOCATION", "us-central1"),
             emulator_host=e.get("CLOUD_TASKS_EMULATOR_HOST") or None,

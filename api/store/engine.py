@@ -51,7 +51,8 @@ def create_engine(config: Config, *, url: str | None = None, pool_size: int | No
         chosen = driver.named(config.db_driver)
     else:
         raise ValueError("no database configured")
-    chosen.install()
+    if config.db_pgfast:
+        chosen.install()  # pg8000: pgfast, once per process, on the versions it was tested on
     # With prepared statements, each execution is still planned for its own values: a generic
     # plan (PostgreSQL's `auto` mode may switch to one after five runs) picked from statistics
     # that saw no RUNNING jobs walked jobs_active_idx through every finished job's dead entry,
