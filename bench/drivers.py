@@ -64,7 +64,9 @@ def sizes_for(sizes: Sizes) -> Sizes:
     return dataclasses.replace(sizes, http_s=max(sizes.http_s, 1.0))
 
 
-def compare(sizes: Sizes, *, database_url: str | None, log: Callable[[str], None]) -> dict[str, dict[str, list[float]]]:
+def compare(
+    sizes: Sizes, *, database_url: str | None, log: Callable[[str], None]
+) -> dict[str, dict[str, list[float]]]:
     """samples[variant][figure]: one per round."""
     samples: dict[str, dict[str, list[float]]] = {v: {k: [] for k in FIGURES} for v in VARIANTS}
     with contextlib.ExitStack() as stack_:
@@ -126,7 +128,9 @@ def table(samples: dict[str, dict[str, list[float]]], *, command: str, sizes: Si
                 cell += f", ×{med / base:.2f}"
             cells.append(cell)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items() if k in ("pg8000", "psycopg", "sqlalchemy"))
+    versions = ", ".join(
+        f"{k} {v}" for k, v in env["versions"].items() if k in ("pg8000", "psycopg", "sqlalchemy")
+    )
     lines += ["", f"×: the median against pg8000 + pgfast's. {versions}.", "", END]
     return "\n".join(lines)
 
