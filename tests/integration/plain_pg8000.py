@@ -12,8 +12,6 @@ import importlib.metadata
 import json
 import logging
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from api import create_app  # noqa: E402
 from api.config import Config  # noqa: E402
 from api.store import pgfast  # noqa: E402
 from api.store.engine import create_engine  # noqa: E402
+from tests.integration.test_drivers import start_waiting  # noqa: E402
 
 PATCHED = ["execute_unnamed", "execute_simple", "execute_named", "prepare_statement"]
 
@@ -64,22 +63,8 @@ def main(url: str, emulator: str, queues: str) -> dict[str, Any]:
     client = app.test_client()
     job_id = client.post("/v1/jobs", json={"type": "echo", "payload": {"plain": True}}).get_json()["id"]
     states = [client.get(f"/v1/jobs/{job_id}").get_json()["state"]]
-    waited: dict[str, Any] = {}
-
-    def wait() -> None:
-        started = time.monotonic()
-        waited["job"] = client.get(f"/v1/jobs/{job_id}?wait=30").get_json()
-        waited["s"] = time.monotonic() - started
-
-    thread = threading.Thread(target=wait)
-    thread.start()
     engine = app.extensions["cloudjobs"].engine
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # until the waiter's registration is committed
-        with engine.connect() as conn:
-            if conn.exec_driver_sql("SELECT count(*) FROM job_waiters").scalar_one():
-                break
-        time.sleep(0.02)
+    thread, waited = start_waiting(client, job_id, engine)
     run = client.post("/handlers/run", json={"job_id": job_id}, headers={"X-CloudTasks-TaskRetryCount": "0"})
     assert run.status_code == 200, run.get_json()
     thread.join(timeout=30)
@@ -96,8 +81,7 @@ def main(url: str, emulator: str, queues: str) -> dict[str, Any]:
         "functions_unchanged": before == after,
         "warnings": caught.messages,
         "states": states,
-        "waited": waited.get("job"),
-        "waited_s": waited.get("s"),
+        "waited": waited,
         "report_total": row["jobs"],
     }
 
