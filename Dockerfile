@@ -1,6 +1,8 @@
 # cloudjobs for Cloud Run (and any container platform). See docs/deploy.md.
-#   docker build -t cloudjobs .                      # with the otel extra (OTEL_ENABLED=true works)
-#   docker build --build-arg EXTRAS= -t cloudjobs .  # without it
+#   docker build -t cloudjobs .
+# What is installed is requirements.txt, the lock (deploy/lock.sh): every dependency pinned,
+# with hashes, the otel and psycopg extras included (OTEL_ENABLED=true and DB_DRIVER=psycopg
+# work), so the image runs what the tests ran.
 FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -8,12 +10,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-ARG EXTRAS=otel
+# The lock first, in a layer of its own: a change to the source alone reuses it.
+COPY requirements.txt /tmp/requirements.txt
+RUN pip install --require-hashes -r /tmp/requirements.txt && rm /tmp/requirements.txt
 
-# The package is installed from a copy of the source that is then removed, so the app runs
+# The packages are installed from a copy of the source that is then removed, so the app runs
 # from site-packages and the working directory holds only what gunicorn and the app read.
+# --no-deps: their dependencies are the lock's, installed above; pip cannot hash a folder.
 COPY . /src
-RUN pip install /src/clients/python "/src${EXTRAS:+[$EXTRAS]}" \
+RUN pip install --no-deps /src/clients/python /src \
  && rm -rf /src
 
 WORKDIR /app

@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 HandlerAuth = Literal["oidc", "hmac", "appengine", "none"]
 ApiAuth = Literal["keys", "google", "none"]
+DbDriver = Literal["pg8000", "psycopg"]
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 
 
@@ -43,6 +44,12 @@ class Config:
     db_pool_size: int = 8
     db_max_overflow: int = 5
     db_prepared_statements: bool = True  # off behind a pooler that drops them (PgBouncer < 1.21)
+    # The driver for INSTANCE_CONNECTION_NAME and for a DATABASE_URL that names none
+    # (`postgresql://`); `postgresql+psycopg://` or `postgresql+pg8000://` in the URL wins.
+    db_driver: DbDriver = "pg8000"
+    # pg8000 through api.store.pgfast (on the versions it was tested on); false runs pg8000 as
+    # released: to compare (python -m bench --drivers) or to rule the patches out.
+    db_pgfast: bool = True
 
     # Cloud Tasks
     project: str = "local-project"
@@ -162,6 +169,9 @@ class Config:
         api_auth = e.get("AUTH", "keys")
         if api_auth not in ("keys", "google", "none"):
             raise ConfigurationInvalid(f"AUTH={api_auth!r}: use keys, google or none")
+        db_driver = e.get("DB_DRIVER") or "pg8000"
+        if db_driver not in ("pg8000", "psycopg"):
+            raise ConfigurationInvalid(f"DB_DRIVER={db_driver!r}: use pg8000 or psycopg")
         project = e.get("GOOGLE_CLOUD_PROJECT") or e.get("CLOUDJOBS_PROJECT") or "local-project"
         return cls(
             database_url=e.get("DATABASE_URL") or None,
@@ -176,6 +186,8 @@ class Config:
             db_pool_size=int(e.get("DB_POOL_SIZE", e.get("GUNICORN_THREADS", "8"))),
             db_max_overflow=int(e.get("DB_MAX_OVERFLOW", "5")),
             db_prepared_statements=_flag(e.get("DB_PREPARED_STATEMENTS", "true")),
+            db_driver=db_driver,  # type: ignore[arg-type]
+            db_pgfast=_flag(e.get("DB_PGFAST", "true")),
             project=project,
             location=e.get("CLOUD_TASKS_LOCATION", "us-central1"),
             emulator_host=e.get("CLOUD_TASKS_EMULATOR_HOST") or None,

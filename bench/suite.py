@@ -1,6 +1,7 @@
 """How fast cloudjobs is, as ratios to a floor measured in the same run.
 
     python -m bench [--quick | --smoke] [--runs N] [--no-peers] [--docs PATH | --no-docs]
+    python -m bench --drivers [--quick] [--runs N]    (bench/drivers.py: the drivers side by side)
 
 One run brings up, on loopback: a fresh database for cloudjobs and one for the floor (both
 migrated by the same migrations), the Cloud Tasks emulator, gunicorn serving cloudjobs and
@@ -1123,6 +1124,7 @@ def environment() -> dict[str, Any]:
                 "gunicorn",
                 "sqlalchemy",
                 "pg8000",
+                "psycopg",
                 "aiohttp",
                 "grpcio",
                 "procrastinate",
@@ -1242,6 +1244,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--docs", type=Path, default=DOCS, help="the Markdown file to update")
     p.add_argument("--no-docs", action="store_true", help="print only")
     p.add_argument("--json", type=Path, help="also write the raw figures here")
+    p.add_argument(
+        "--drivers",
+        action="store_true",
+        help="only compare the drivers: pg8000 with pgfast, pg8000 unpatched, psycopg 3 (bench/drivers.py)",
+    )
     args = p.parse_args(argv)
 
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
@@ -1261,6 +1268,19 @@ def main(argv: list[str] | None = None) -> int:
 
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    if args.drivers:
+        from bench import drivers
+
+        sizes = drivers.sizes_for(sizes)
+        samples = drivers.compare(sizes, database_url=args.database_url or None, log=log)
+        block = drivers.table(samples, command=command, sizes=sizes)
+        print(block)
+        if write:
+            drivers.write_docs(args.docs, block)
+            log(f"wrote {args.docs}")
+        log(f"done in {time.monotonic() - started:.0f}s")
+        return 0 if all(s for figures_ in samples.values() for s in figures_.values()) else 1
 
     env = environment()
     figs: dict[str, Figure]

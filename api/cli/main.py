@@ -160,6 +160,7 @@ def explain(e: BaseException) -> str | None:
     from google.auth.exceptions import DefaultCredentialsError
 
     from api.cloud.queues import QueuesInvalid
+    from api.store.driver import sqlstate
 
     if isinstance(e, CommandFailed):
         return str(e)
@@ -171,7 +172,7 @@ def explain(e: BaseException) -> str | None:
         return ("no Google credentials for Cloud Tasks: run `gcloud auth application-default login`, "
                 "or set CLOUD_TASKS_EMULATOR_HOST (`cloudjobs dev` runs an emulator; next to it "
                 "the commands use it)")
-    if isinstance(e, sqlalchemy.exc.ProgrammingError) and "42P01" in str(e.orig):
+    if isinstance(e, sqlalchemy.exc.ProgrammingError) and sqlstate(e) == "42P01":
         return "the database has no cloudjobs schema (or an older one): run `cloudjobs migrate`"
     if isinstance(e, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
         first = " ".join(str(e.orig).split())[:300]

@@ -8,7 +8,9 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-# Generated in SQL (INSERT … SELECT generate_series): pg8000's executemany would be one round
+from api.store import driver
+
+# Generated in SQL (INSERT … SELECT generate_series): a driver's executemany may be one round
 # trip per row. Creation times are spread evenly over the window; types, queues, outcomes and
 # error codes are drawn with fixed weights (90% completed, 6% failed after 3 attempts, 4%
 # cancelled, ~12% retried); queue waits and run times are exponential, run times by type.
@@ -112,9 +114,9 @@ def seed_history(engine: Engine, *, jobs: int, days: float, end: datetime | None
     assert dbapi is not None  # a connection just checked out of the pool
     try:
         raw.rollback()
-        dbapi.autocommit = True
+        driver.set_autocommit(dbapi, True)
         raw.cursor().execute("VACUUM ANALYZE jobs, job_attempts")
-        dbapi.autocommit = False
+        driver.set_autocommit(dbapi, False)
     finally:
         raw.close()
     return time.monotonic() - started

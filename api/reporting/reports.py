@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from api.errors import InvalidRequest
 from api.reporting import rollups
-from api.store import pgfast
+from api.store import driver
 from api.times import rfc3339
 
 REPORTS = ("summary", "timeseries", "failures")
@@ -95,7 +95,7 @@ def uses_rollups(report: str, q: ReportQuery) -> bool:
 def run_report(engine: Engine, report: str, q: ReportQuery) -> list[dict[str, Any]]:
     """Run one report; rows as plain dicts with RFC 3339 times."""
     validate(q, report)
-    with engine.connect() as conn, pgfast.planned_each_time(conn.connection.dbapi_connection):
+    with engine.connect() as conn, driver.planned_each_time(conn.connection.dbapi_connection):
         if uses_rollups(report, q):
             rows = _from_rollups(conn, report, q)
         else:

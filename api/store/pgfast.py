@@ -1,5 +1,10 @@
 """Eight fixes to pg8000's statement path; `install()` applies them once (api.store.engine calls it).
 
+They replace private parts of pg8000, so they are applied only to the pg8000 releases they
+were tested on (`TESTED_VERSIONS`, the range pyproject.toml pins): with any other, `install()`
+leaves pg8000 as it is, logs one warning, and the app runs on plain pg8000, slower.
+docs/drivers.md says how the range was found and how to extend it.
+
 pg8000 1.31 spends, for every transaction, a round trip on its own for `BEGIN`: here the
 BEGIN is held back and sent in front of the transaction's first statement, in the same
 write (and the replies of both read in order). And for every statement:
@@ -30,7 +35,7 @@ and plans it anew each time (a third of a claim's time, half of a finish's). Her
 connection prepares a statement the second time it runs it, under a name, and later runs
 are a Bind and an Execute of that name (`_Statements`: bounded, least recently used out,
 dropped when the server says they went stale; DB_PREPARED_STATEMENTS=false keeps them off).
-PostgreSQL still plans each execution with its parameters: api/db.py opens connections with
+PostgreSQL still plans each execution with its parameters: api/store/engine.py opens connections with
 `plan_cache_mode = force_custom_plan` (a generic plan, which `auto` may pick after five runs,
 chose an index by state from statistics that saw no RUNNING jobs and walked its dead entries:
 a run's database CPU tripled within minutes of load). So plans stay what they were; the
@@ -45,6 +50,8 @@ the effect; tests/integration/test_pgfast.py checks round trips and results.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import logging
 import re
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -59,7 +66,15 @@ import pg8000.exceptions
 import pg8000.legacy
 from pg8000.converters import make_params
 
+logger = logging.getLogger(__name__)
+
+# The pg8000 releases tests/unit/test_pgfast.py and tests/integration/test_pgfast.py passed on
+# (docs/drivers.md). Before 1.31.3 pg8000 has no `startup_params`; a later release may rename
+# what is patched here, or fix a bug inside a function replaced here and have it undone.
+TESTED_VERSIONS = frozenset({"1.31.3", "1.31.4", "1.31.5", "1.31.6"})
+
 _installed = False
+_refused: str | None = None  # the untested version already warned about
 _original_convert = pg8000.dbapi.convert_paramstyle
 _original_execute_unnamed = pg8000.core.CoreConnection.execute_unnamed
 
@@ -355,11 +370,31 @@ def timestamp_in(data: str) -> Any:
         return _original_timestamp_in(data)
 
 
-def install() -> None:
-    """Patch pg8000 (idempotent)."""
-    global _installed
+def installed() -> bool:
+    """Whether pg8000 is patched in this process."""
+    return _installed
+
+
+def install(version: str | None = None) -> bool:
+    """Patch pg8000 if its version is one of TESTED_VERSIONS (idempotent); whether it is patched.
+
+    `version` stands in for the installed one (tests). An untested version is left unpatched,
+    with one warning per process."""
+    global _installed, _refused
     if _installed:
-        return
+        return True
+    found = version or importlib.metadata.version("pg8000")
+    if found not in TESTED_VERSIONS:
+        if _refused != found:
+            _refused = found
+            logger.warning(
+                "pg8000 %s is not a version api.store.pgfast was tested on (%s): pg8000 runs "
+                "unpatched, with more round trips per statement and no prepared statements, "
+                "so slower; install a tested version (pyproject.toml pins them)",
+                found,
+                ", ".join(sorted(TESTED_VERSIONS)),
+            )
+        return False
     pg8000.dbapi.convert_paramstyle = convert_paramstyle
     pg8000.legacy.convert_paramstyle = convert_paramstyle
     pg8000.core.CoreConnection.execute_unnamed = _execute_unnamed
@@ -373,3 +408,4 @@ def install() -> None:
     for name in _PASS_THROUGH:
         setattr(pg8000.core.CoreConnection, name, _passing_through(name))
     _installed = True
+    return True

@@ -37,7 +37,8 @@ def _http_problem(e: HTTPException) -> Response:
 def _is_outage(e: BaseException) -> bool:
     if isinstance(e, OperationalError | InterfaceError | PoolTimeout):
         return True
-    # pg8000 reports a lost connection as InterfaceError; SQLAlchemy flags it.
+    # A driver may report a lost connection as InterfaceError or a plain DatabaseError;
+    # SQLAlchemy flags it.
     return isinstance(e, DBAPIError) and bool(e.connection_invalidated)
 
 

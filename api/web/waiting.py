@@ -37,7 +37,6 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-import pg8000
 import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy.engine import Connection, Engine, Row
@@ -45,6 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api.errors import InvalidRequest
 from api.state import AppState
+from api.store import driver
 from api.store.engine import autocommit
 from api.store.tables import TERMINAL
 
@@ -59,7 +59,7 @@ KEEPALIVE_S = 30.0
 # the fallback alone.
 START_TIMEOUT_S = 2.0
 _EXTENSION = "cloudjobs.waiters"
-_LISTENER_ERRORS = (OSError, pg8000.InterfaceError, pg8000.DatabaseError, SQLAlchemyError)
+_LISTENER_ERRORS = driver.CONNECTION_ERRORS
 
 Read = Callable[[Connection], "Row[Any] | None"]
 
@@ -310,43 +310,34 @@ class JobWaiters:
         fairy.detach()
         dbapi: Any = fairy.dbapi_connection
         try:
-            # The pool's pre-ping may have left a transaction open, and LISTEN inside a
-            # transaction takes effect only when it commits: end it, then run without one.
-            dbapi.rollback()
-            dbapi.autocommit = True
-            cur = dbapi.cursor()
-            cur.execute(f"LISTEN {CHANNEL}")
-            cur.execute("SELECT pg_backend_pid()")
-            self.listener_pid = int(cur.fetchone()[0])
             # A blocked read on a dead connection must end, so that we reconnect.
-            _socket(dbapi).settimeout(KEEPALIVE_S)
+            self.listener_pid = driver.of(dbapi).listen(dbapi, CHANNEL, read_timeout_s=KEEPALIVE_S)
         except BaseException:
             dbapi.close()
             raise
         return dbapi
 
     def _listen(self, dbapi: Any, wake_r: socket.socket) -> None:
-        sock = _socket(dbapi)
-        cur = dbapi.cursor()
+        seam = driver.of(dbapi)
+        sock = seam.fileno(dbapi)
         quiet_since = time.monotonic()
         while not self._stop.is_set():
             timeout = max(0.0, quiet_since + KEEPALIVE_S - time.monotonic())
             readable, _, _ = select.select([sock, wake_r], [], [], timeout)
             if self._stop.is_set():
                 return
-            # pg8000 has no call that waits for a notification: it reads the ones the server
-            # sent while it reads the reply to a query. So when the socket has something,
-            # send the cheapest query and take the notifications it collected.
-            if sock in readable or _pending(sock) or time.monotonic() - quiet_since >= KEEPALIVE_S:
-                cur.execute("SELECT 1")
+            # When the socket has something, collect it (pg8000 has no call that waits for a
+            # notification: the driver seam sends the cheapest query and takes the ones read
+            # with its reply). After KEEPALIVE_S of silence, ping.
+            quiet = time.monotonic() - quiet_since >= KEEPALIVE_S
+            if sock in readable or seam.buffered(dbapi) or quiet:
+                heard, maybe_lost = seam.notifications(dbapi, ping=quiet)
                 quiet_since = time.monotonic()
-                self._dispatch(dbapi.notifications)
+                self._dispatch(heard, maybe_lost)
 
-    def _dispatch(self, notifications: Any) -> None:
-        count = len(notifications)
+    def _dispatch(self, notifications: list[tuple[str, str]], maybe_lost: bool) -> None:
         ids: set[uuid.UUID] = set()
-        while notifications:
-            _, channel, payload = notifications.popleft()
+        for channel, payload in notifications:
             if channel == CHANNEL:
                 try:
                     ids.add(uuid.UUID(payload))
@@ -355,8 +346,8 @@ class JobWaiters:
                         "job waiters: a notification that is not a job id",
                         extra={"payload": payload[:100]},
                     )
-        if notifications.maxlen is not None and count >= notifications.maxlen:
-            # pg8000 keeps only the latest `maxlen` notifications; some may have been dropped.
+        if maybe_lost:
+            # The driver's buffer was full (pg8000 keeps the latest 100): some may be gone.
             self._wake_all()
         elif ids:
             self._wake(ids)
@@ -366,14 +357,3 @@ def _close_at_exit(ref: weakref.ref[JobWaiters]) -> None:
     waiters = ref()
     if waiters is not None:
         waiters.close()
-
-
-def _socket(dbapi: Any) -> socket.socket:
-    # pg8000 keeps its socket here (api/db.py sets TCP_NODELAY on it the same way).
-    return dbapi._usock  # type: ignore[no-any-return]
-
-
-def _pending(sock: socket.socket) -> bool:
-    # An SSL socket (the Cloud SQL connector's) may hold decrypted bytes select cannot see.
-    pending = getattr(sock, "pending", None)
-    return bool(pending()) if pending is not None else False

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from migrations import set_comments
+
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
@@ -198,10 +200,7 @@ def upgrade() -> None:
     """)
     op.execute(_stats_view("job_stats_hourly", "hour"))
     op.execute(_stats_view("job_stats_daily", "day"))
-    bind = op.get_bind()
-    for target, text in COMMENTS.items():
-        # exec_driver_sql: the texts hold colons that text() would read as parameters.
-        bind.exec_driver_sql(f"COMMENT ON {target} IS '{text.replace(chr(39), chr(39) * 2)}'")
+    set_comments(COMMENTS)
     # Roles are cluster-wide: made once, kept by downgrades (other databases may use it).
     op.execute(f"""
         DO $$ BEGIN

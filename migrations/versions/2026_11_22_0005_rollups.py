@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from alembic import op
 
+from migrations import set_comments
+
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
@@ -230,9 +232,7 @@ def upgrade() -> None:
                (SELECT count(DISTINCT hour) FROM public.job_rollup_dirty) AS dirty_hours
         FROM public.job_rollup_state s
     """)
-    bind = op.get_bind()
-    for target, text in COMMENTS.items():
-        bind.exec_driver_sql(f"COMMENT ON {target} IS '{text.replace(chr(39), chr(39) * 2)}'")
+    set_comments(COMMENTS)
     op.execute(f"GRANT SELECT ON reporting.job_rollups, reporting.job_rollups_current TO {ROLE}")
     op.execute(f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA reporting TO {ROLE}")
 

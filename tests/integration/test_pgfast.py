@@ -15,6 +15,9 @@ from api.config import Config
 from api.store import pgfast
 from api.store.engine import create_engine
 from bench.pgwire import CountingProxy, counting
+from tests.conftest import TEST_DRIVER
+
+pytestmark = pytest.mark.skipif(TEST_DRIVER != "pg8000", reason="pgfast patches pg8000; TEST_DRIVER is another")
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.engine import Engine
 
+from api.store import driver
 from api.store import jobs as store
 from api.web.waiting import JobWaiters
 
@@ -289,16 +290,13 @@ def _notifications_during(db: Engine, action: Callable[[], None]) -> list[str]:
     raw = db.raw_connection()
     try:
         dbapi: Any = raw.dbapi_connection
-        dbapi.rollback()
-        dbapi.autocommit = True
-        cur = dbapi.cursor()
-        cur.execute("LISTEN cloudjobs_job_done")
+        seam = driver.of(dbapi)
+        seam.listen(dbapi, "cloudjobs_job_done", read_timeout_s=10)
         action()
-        cur.execute("SELECT 1")  # pg8000 collects notifications while it reads a reply
-        heard = [payload for _, channel, payload in dbapi.notifications if channel == "cloudjobs_job_done"]
-        dbapi.notifications.clear()
-        cur.execute("UNLISTEN *")
-        dbapi.autocommit = False
+        notifications, _ = seam.notifications(dbapi, ping=True)  # pings: what came before its reply
+        heard = [payload for channel, payload in notifications if channel == "cloudjobs_job_done"]
+        dbapi.cursor().execute("UNLISTEN *")
+        driver.set_autocommit(dbapi, False)
         return heard
     finally:
         raw.close()

@@ -15,13 +15,17 @@ import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from api.cli.doctor import check_config
 from api.config import Config
+from api.store import pgfast
 from tests.conftest import ROOT
 
 ENTRYPOINT = re.compile(r'gunicorn -c (\S+) "?([\w.]+):(\w+)\(\)"?')
@@ -56,7 +60,11 @@ def test_the_dockerfile_runs_gunicorn_on_the_app_factory_as_a_non_root_user() ->
     assert re.search(r"^COPY gunicorn\.conf\.py queues\.yaml \./$", text, re.M)
     user = re.findall(r"^USER (\S+)$", text, re.M)
     assert user and user[-1] not in ("root", "0")
-    assert re.search(r'pip install /src/clients/python "/src', text)  # the client package too
+    # the lock with its hashes, then the two local packages without dependencies of their own
+    assert re.search(r"^COPY requirements\.txt /tmp/requirements\.txt$", text, re.M)
+    assert re.search(r"^RUN pip install --require-hashes -r /tmp/requirements\.txt\b", text, re.M)
+    assert re.search(r"^RUN pip install --no-deps /src/clients/python /src\b", text, re.M)
+    assert text.index("--require-hashes") < text.index("--no-deps")
 
 
 def test_the_build_context_keeps_what_the_image_needs() -> None:
@@ -83,7 +91,7 @@ def test_app_yaml_is_app_engine_python312_with_the_same_entrypoint() -> None:
     app = yaml.safe_load((ROOT / "app.yaml").read_text())
     assert app["runtime"] == "python312"
     assert_entrypoint(app["entrypoint"])
-    assert (ROOT / "requirements.txt").read_text().splitlines()[-1] == "."
+    # App Engine installs requirements.txt: the lock (test_the_lock_pins_every_runtime_dependency…)
 
 
 def test_the_procfile_serves_the_same_app() -> None:
@@ -328,3 +336,40 @@ def test_a_second_run_updates_instead_of_creating(second_run: list[list[str]]) -
     assert any(c[:4] == ["scheduler", "jobs", "update", "http"] for c in second_run)
     [deploy] = [c for c in second_run if c[:2] == ["run", "deploy"]]
     assert "PAGE_TOKEN_KEY" not in env_of(deploy)  # the first deploy's key is kept
+
+
+# ---------------------------------------------------------------- the lock
+
+
+def locked() -> dict[str, tuple[str, list[str]]]:
+    """requirements.txt as {name: (version, hashes)}; one pin per package, as uv writes them."""
+    entries: dict[str, tuple[str, list[str]]] = {}
+    text = (ROOT / "requirements.txt").read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = re.match(r"^([A-Za-z0-9._-]+)==(\S+)", line)
+        assert m, f"not a pinned requirement: {line[:80]!r}"
+        hashes = re.findall(r"--hash=sha256:([0-9a-f]{64})", line)
+        entries[canonicalize_name(m.group(1))] = (m.group(2), hashes)
+    return entries
+
+
+def test_the_lock_pins_every_runtime_dependency_within_its_range_with_hashes() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    runtime = [*project["dependencies"], *extras["otel"], *extras["psycopg"]]
+    lock = locked()
+    for raw in runtime:
+        req = Requirement(raw)
+        name = canonicalize_name(req.name)
+        if name in ("cloudjobs", "cloudjobs-client"):  # the project's own: installed --no-deps
+            continue
+        assert name in lock, f"{name} is not in the lock"
+        version, hashes = lock[name]
+        assert req.specifier.contains(version, prereleases=True), f"{name}=={version} outside {req.specifier}"
+        assert hashes, f"{name} has no hash"
+    assert all(hashes for _, hashes in lock.values())
+    assert lock["pg8000"][0] in pgfast.TESTED_VERSIONS  # what is deployed is patched
+    # nothing local, which a hash-checked install would refuse
+    assert "cloudjobs" not in lock and "cloudjobs-client" not in lock

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import logging
 import random
 import sys
+import tomllib
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 from api.store import pgfast
+from tests.conftest import ROOT
 
 ORIGINAL = pgfast._original_array_string_escape
 
@@ -77,3 +84,37 @@ def test_random_arrays_of_strings_ints_and_nulls_are_written_as_pg8000_writes_th
     for _ in range(5_000):
         values = [rng.choice(pool) for _ in range(rng.randint(0, 6))]
         assert pgfast.array_out(values) == pgfast._original_array_out(values), values
+
+
+def pinned(name: str) -> SpecifierSet:
+    """The version specifier pyproject.toml gives a runtime dependency."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    [spec] = [Requirement(r).specifier for r in project["dependencies"] if Requirement(r).name == name]
+    return spec
+
+
+def test_pyproject_pins_pg8000_to_exactly_the_versions_pgfast_was_tested_on() -> None:
+    candidates = [f"1.{minor}.{patch}" for minor in (30, 31, 32) for patch in range(10)] + ["2.0.0"]
+    assert {v for v in candidates if Version(v) in pinned("pg8000")} == pgfast.TESTED_VERSIONS
+    # and the environment the tests run in has one of them, so they test the patched path
+    assert importlib.metadata.version("pg8000") in pgfast.TESTED_VERSIONS
+
+
+def test_an_untested_pg8000_is_left_unpatched_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import pg8000.core
+
+    monkeypatch.setattr(pgfast, "_installed", False)  # as in a process that has not patched yet
+    monkeypatch.setattr(pgfast, "_refused", None)
+    before = (pg8000.core.CoreConnection.execute_unnamed, pg8000.core._read, pg8000.dbapi.convert_paramstyle)
+    with caplog.at_level(logging.WARNING, logger=pgfast.__name__):
+        assert pgfast.install(version="1.32.0") is False
+        assert pgfast.install(version="1.32.0") is False  # each engine asks; one warning
+    assert not pgfast.installed()
+    assert (pg8000.core.CoreConnection.execute_unnamed, pg8000.core._read, pg8000.dbapi.convert_paramstyle) == before
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    message = record.getMessage()
+    assert "pg8000 1.32.0 is not a version" in message and "1.31.3, 1.31.4, 1.31.5, 1.31.6" in message
+    assert "unpatched" in message and "slower" in message
