@@ -49,6 +49,13 @@ def test_the_client_installs_alone_with_nothing_of_the_server(client_venv: Path)
         "('cloudjobs_client', 'requests', 'api', 'handlers', 'emulator', 'bench', 'flask', 'sqlalchemy', 'grpc')}))"
     )
     found = json.loads(run(client_venv, python, "-c", probe).stdout)
+    # The whole package loads there (the commands too), and says it is typed (PEP 561).
+    loads = (
+        "import importlib.resources as r, cloudjobs_client, cloudjobs_client.cli; "
+        "print(cloudjobs_client.Client.__name__, r.files('cloudjobs_client').joinpath('py.typed').is_file())"
+    )
+    loaded = run(client_venv, python, "-c", loads)
+    assert loaded.stdout.split() == ["Client", "True"], loaded.stderr
     assert found == {
         "cloudjobs_client": True,
         "requests": True,
