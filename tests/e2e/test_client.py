@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
+import struct
 import threading
 import time
 import uuid
@@ -92,15 +94,11 @@ def test_wait_returns_the_job_as_it_is_when_the_timeout_passes(client: Client, d
 
 def test_submit_many_and_list_every_page(client: Client, db: Engine) -> None:
     run = uuid.uuid4().hex
-    made = client.submit_many(
-        [{"type": "echo", "payload": {"i": i}, "labels": {"run": run}} for i in range(7)]
-    )
+    made = client.submit_many([{"type": "echo", "payload": {"i": i}, "labels": {"run": run}} for i in range(7)])
     assert [j.payload["i"] for j in made] == list(range(7))
     listed = list(client.list(labels={"run": run}, page_size=3))  # three pages
     assert sorted(j.id for j in listed) == sorted(j.id for j in made)
-    assert [j.created_time for j in listed] == sorted(
-        (j.created_time for j in listed), reverse=True
-    )
+    assert [j.created_time for j in listed] == sorted((j.created_time for j in listed), reverse=True)
     assert list(client.list(labels={"run": run}, type="sleep")) == []
 
 
@@ -149,6 +147,12 @@ class Front:
     url: str
     script: list[str] = field(default_factory=list)  # one action per request, then "pass"
     seen: list[dict[str, Any]] = field(default_factory=list)
+    next_request: threading.Event = field(default_factory=threading.Event)  # set when one arrives
+
+
+# Ways an answer breaks off after the API acted: a chunked body cut mid-chunk, a body shorter
+# than its Content-Length, a reset mid-body, a body that stops arriving (the read times out).
+BREAKS = ("cut", "short", "reset", "stall")
 
 
 @pytest.fixture
@@ -161,9 +165,9 @@ def front(stack: Stack) -> Iterator[Front]:
 
         def _handle(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            state.seen.append(
-                {"method": self.command, "path": self.path, "headers": dict(self.headers)}
-            )
+            state.next_request.set()
+            state.next_request = threading.Event()
+            state.seen.append({"method": self.command, "path": self.path, "headers": dict(self.headers)})
             action = state.script.pop(0) if state.script else "pass"
             if action == "401":
                 self._reply(
@@ -186,28 +190,35 @@ def front(stack: Stack) -> Iterator[Front]:
             if action == "drop":  # the API acted; its answer never arrives
                 self.close_connection = True
                 return
-            if action == "cut":  # the API acted; its chunked answer breaks off mid-body
-                self.send_response(upstream.status_code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                half = upstream.content[: len(upstream.content) // 2]
-                self.wfile.write(b"%x\r\n" % len(upstream.content) + half)
-                self.wfile.flush()
-                self.close_connection = True
+            if action in BREAKS:  # the API acted; its answer breaks off mid-body
+                self._break(upstream.status_code, upstream.content, action)
                 return
             if action == "503":  # the API acted; the front end then answered 503
-                self._reply(
-                    503, {"title": "Service Unavailable", "status": 503, "detail": "try again"}
-                )
+                self._reply(503, {"title": "Service Unavailable", "status": 503, "detail": "try again"})
                 return
             self.send_response(upstream.status_code)
-            self.send_header(
-                "Content-Type", upstream.headers.get("Content-Type", "application/json")
-            )
+            self.send_header("Content-Type", upstream.headers.get("Content-Type", "application/json"))
             self.send_header("Content-Length", str(len(upstream.content)))
             self.end_headers()
             self.wfile.write(upstream.content)
+
+        def _break(self, status: int, content: bytes, how: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            if how == "short":
+                self.send_header("Content-Length", str(len(content)))
+            else:
+                self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            half = content[: len(content) // 2]
+            self.wfile.write(half if how == "short" else b"%x\r\n" % len(content) + half)
+            self.wfile.flush()
+            self.close_connection = True
+            if how == "reset":  # RST, not FIN: the client reads ECONNRESET
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+            elif how == "stall":  # the rest never comes: the client's read times out
+                state.next_request.wait(30)
 
         def _reply(self, status: int, doc: dict[str, Any]) -> None:
             raw = json.dumps(doc).encode()
@@ -228,19 +239,32 @@ def front(stack: Stack) -> Iterator[Front]:
     server.server_close()
 
 
-@pytest.mark.parametrize("loss", ["503", "drop", "cut"])
-def test_a_submit_whose_answer_is_lost_is_retried_and_makes_one_job(
-    front: Front, db: Engine, loss: str
-) -> None:
+@pytest.mark.parametrize("loss", ["503", "drop", *BREAKS])
+def test_a_submit_whose_answer_is_lost_is_retried_and_makes_one_job(front: Front, db: Engine, loss: str) -> None:
     run = uuid.uuid4().hex
     front.script = [loss]
-    with Client(front.url, timeout=10, backoff=0.05) as c:
+    # A short read timeout for the stalled body; a replay through the front takes milliseconds.
+    with Client(front.url, timeout=1 if loss == "stall" else 10, backoff=0.05) as c:
         job = c.submit("echo", {"x": 1}, labels={"run": run})
     posts = [s for s in front.seen if s["method"] == "POST"]
     assert len(posts) == 2  # the lost one and the retry
     assert posts[0]["headers"]["Idempotency-Key"] == posts[1]["headers"]["Idempotency-Key"]
     assert count_labelled(db, run) == 1  # the retry found the job the first attempt made
     assert job.labels == {"run": run}
+
+
+def test_an_answer_that_keeps_breaking_is_unavailable_after_the_retries_and_made_one_job(
+    front: Front, db: Engine
+) -> None:
+    run = uuid.uuid4().hex
+    front.script = ["cut", "short", "cut"]
+    with Client(front.url, retries=2, backoff=0.01) as c, pytest.raises(Unavailable) as e:
+        c.submit("echo", {"x": 1}, labels={"run": run})
+    assert e.value.status is None and e.value.title == "Broken answer"
+    posts = [s for s in front.seen if s["method"] == "POST"]
+    assert len(posts) == 3  # the first and two retries, every one under the submit's one key
+    assert len({p["headers"]["Idempotency-Key"] for p in posts}) == 1
+    assert count_labelled(db, run) == 1
 
 
 def test_the_api_key_is_sent_as_a_bearer_token_and_a_refusal_is_unauthorized(front: Front) -> None:
@@ -275,8 +299,9 @@ def test_under_gevent_one_process_holds_many_waiters_and_wakes_them_all(stack: S
 
     # The job runs on the main stack (its task calls that back); this server only holds waiters.
     with second_server(stack, migrated_url, tasks_to_self=False, GUNICORN_WORKER_CLASS="gevent") as url:
-        job = requests.post(url + "/v1/jobs", json={"type": "sleep", "payload": {"seconds": 1.5},
-                                                    "queue": "unlimited"}, timeout=10).json()
+        job = requests.post(
+            url + "/v1/jobs", json={"type": "sleep", "payload": {"seconds": 1.5}, "queue": "unlimited"}, timeout=10
+        ).json()
 
         def wait(_: int) -> dict[str, Any]:
             return requests.get(f"{url}/v1/jobs/{job['id']}?wait=30", timeout=60).json()  # type: ignore[no-any-return]

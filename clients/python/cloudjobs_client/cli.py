@@ -40,12 +40,8 @@ class UsageError(Exception):
 def register(subparsers: Any) -> None:
     """Add the client commands to the `cloudjobs` parser's subparsers."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--url", help=f"the cloudjobs API (default: $CLOUDJOBS_URL, else {DEFAULT_URL})"
-    )
-    common.add_argument(
-        "-o", "--output", choices=("text", "json"), default="text", help="text (default) or json"
-    )
+    common.add_argument("--url", help=f"the cloudjobs API (default: $CLOUDJOBS_URL, else {DEFAULT_URL})")
+    common.add_argument("-o", "--output", choices=("text", "json"), default="text", help="text (default) or json")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         return subparsers.add_parser(name, parents=[common], help=help, description=help)  # type: ignore[no-any-return]
@@ -378,9 +374,7 @@ def _json(value: Any) -> None:
 def _problem(e: ApiError) -> None:
     status = f" ({e.status})" if e.status else ""
     print(
-        f"cloudjobs: {e.title}{status}: {e.detail}"
-        if e.detail
-        else f"cloudjobs: {e.title}{status}",
+        f"cloudjobs: {e.title}{status}: {e.detail}" if e.detail else f"cloudjobs: {e.title}{status}",
         file=sys.stderr,
     )
     for err in e.errors:

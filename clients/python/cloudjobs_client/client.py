@@ -9,9 +9,10 @@
         print(job.result)
 
 Requests that fail for a passing reason (429, 502, 503, 504, a refused or dropped
-connection) are retried with exponential backoff by urllib3's Retry, POSTs included: every
-submit carries an Idempotency-Key (one is made when the caller gives none), so a retried
-submit returns the job the first attempt made instead of making a second. Cancel and retry
+connection, an answer whose body broke off) are retried with exponential backoff by
+urllib3's Retry, POSTs included: every submit carries an Idempotency-Key, made once per
+submit call when the caller gives none and kept across its retries, so a retried submit
+returns the job the first attempt made instead of making a second. Cancel and retry
 are idempotent on the server. Errors the API answers with are raised as ApiError subclasses
 that carry the problem+json document's fields.
 """
@@ -29,7 +30,7 @@ from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import MaxRetryError, ProtocolError
+from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 __all__ = [
@@ -128,9 +129,7 @@ class Job:
             attempts=d.get("attempts", 0),
             max_attempts=d.get("max_attempts", 0),
             timeout_s=d.get("timeout_s"),
-            progress=Progress(progress.get("fraction"), progress.get("message"))
-            if progress
-            else None,
+            progress=Progress(progress.get("fraction"), progress.get("message")) if progress else None,
             labels=d.get("labels") or {},
             created_time=datetime.fromisoformat(d["created_time"]),
             scheduled_time=_time(d.get("scheduled_time")),
@@ -334,9 +333,7 @@ class Client:
             }
         )
         key = idempotency_key or str(uuid.uuid4())
-        return Job.from_json(
-            self._call("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key})
-        )
+        return Job.from_json(self._call("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key}))
 
     def submit_many(
         self, jobs: Iterable[Mapping[str, Any]], *, idempotency_key: str | None = None
@@ -377,9 +374,7 @@ class Client:
         assert last is not None  # watch yields at least once
         return last
 
-    def watch(
-        self, job_id: str, *, timeout: float | None = None, interval: float = 1.0
-    ) -> Iterator[Job]:
+    def watch(self, job_id: str, *, timeout: float | None = None, interval: float = 1.0) -> Iterator[Job]:
         """The job now, then again every `interval` seconds or as soon as it is done.
 
         Ends after yielding the done job, or when `timeout` seconds have passed. Each step
@@ -395,9 +390,7 @@ class Client:
                 return
             step = round(max(min(interval, remaining), 0.001), 3)
             started = time.monotonic()
-            job = Job.from_json(
-                self._call("GET", _job_path(job_id), params={"wait": f"{step:g}"}, wait=step)
-            )
+            job = Job.from_json(self._call("GET", _job_path(job_id), params={"wait": f"{step:g}"}, wait=step))
             yield job
             # A server with too many waiters answers at once; do not turn that into a busy loop.
             elapsed = time.monotonic() - started
@@ -460,10 +453,11 @@ class Client:
         headers: Mapping[str, str] | None = None,
         wait: float = 0.0,
     ) -> Any:
-        # urllib3 retries what fails before the answer's headers; an answer whose body breaks
-        # off (a connection cut mid-chunk) surfaces only while requests reads it, so it is read
-        # here and the request sent again under the same Retry policy — with the same headers,
-        # so a submit keeps its Idempotency-Key and makes one job.
+        # urllib3 retries what fails before the answer's headers. An answer whose body breaks
+        # off (a connection reset or cut mid-body, a chunk left unfinished, a read that times
+        # out halfway) surfaces only while requests reads it, so the body is read here and the
+        # request sent again under a Retry of the same policy, with the same headers: a submit
+        # keeps its Idempotency-Key and makes one job.
         budget = self._retry.new()
         while True:
             try:
@@ -475,24 +469,41 @@ class Client:
                     headers=dict(headers or {}),
                     # A waiting request is answered after up to `wait` seconds, by design.
                     timeout=(self.timeout, self.timeout + wait),
+                    stream=True,  # the headers only: the body is read below, where a break is retried
                 )
-                resp.content  # noqa: B018 (read the whole body now, where a break can be retried)
-            except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as e:
-                cause = e.args[0] if e.args and isinstance(e.args[0], ProtocolError) else ProtocolError(str(e))
-                try:
-                    budget = budget.increment(method, self.url + path, error=cause)
-                except MaxRetryError:
-                    raise Unavailable(None, "Broken answer", f"{method} {self.url}{path}: {cause}") from e
-                budget.sleep()
-                continue
+                broken = _read_body(resp)
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError) as e:
                 reason = e.args[0] if e.args else e
                 reason = getattr(reason, "reason", None) or reason  # urllib3's MaxRetryError wraps it
                 raise Unavailable(None, "Unreachable", f"{method} {self.url}{path}: {reason}") from e
-            break
+            if broken is None:
+                break
+            resp.close()
+            try:
+                budget = budget.increment(method, self.url + path, error=broken)
+            except MaxRetryError as e:
+                raise Unavailable(None, "Broken answer", f"{method} {self.url}{path}: {broken}") from e
+            budget.sleep()
         if resp.status_code >= 400:
             raise error_from(resp)
         return resp.json()
+
+
+def _read_body(resp: requests.Response) -> ProtocolError | ReadTimeoutError | None:
+    """Read the whole body now; the urllib3 error that broke it off, or None if it came whole."""
+    try:
+        resp.content  # noqa: B018 (reading is the point: a break here can still be retried)
+    except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as e:
+        # requests wraps urllib3's ProtocolError (reset, IncompleteRead, a bad chunk) or DecodeError.
+        cause = e.args[0] if e.args else None
+        return cause if isinstance(cause, ProtocolError) else ProtocolError(str(e))
+    except requests.ConnectionError as e:
+        # requests reports a read timeout in the middle of the body as a ConnectionError.
+        cause = e.args[0] if e.args else None
+        if isinstance(cause, ReadTimeoutError):
+            return cause
+        raise
+    return None
 
 
 def _job_path(job_id: str) -> str:
