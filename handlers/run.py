@@ -11,7 +11,7 @@ import traceback
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from sqlalchemy.engine import Row
@@ -22,7 +22,11 @@ from api.store import jobs as store
 from api.store.engine import autocommit
 from handlers.registry import JobContext, Permanent, Retry, UnknownJobType
 
+if TYPE_CHECKING:
+    from api.cloud.queues import QueueSpec
+
 logger = logging.getLogger(__name__)
+
 
 class RunOutcome:
     """What happened to each job a delivery named."""
@@ -79,6 +83,15 @@ def run_jobs(state: AppState, ids: Sequence[uuid.UUID], delivery: store.Delivery
     return outcome
 
 
+def _backoff(row: Row[Any], spec: QueueSpec | None, delivery: store.Delivery) -> float | None:
+    """When Cloud Tasks should deliver the next attempt, in seconds from now: the queue's
+    backoff after this delivery's retry count (Cloud Tasks decides; this says what to expect)."""
+    if spec is None:
+        return None
+    retries = delivery.retry_count if delivery.retry_count is not None else row.attempts - row.attempts_base - 1
+    return spec.retry.backoff_s(retries + 1)
+
+
 def execute(state: AppState, row: Row[Any], delivery: store.Delivery) -> store.Finish:
     """Run one claimed job's function and decide how its attempt ends."""
     attempt = row.attempts
@@ -94,7 +107,7 @@ def execute(state: AppState, row: Row[Any], delivery: store.Delivery) -> store.F
     def failed(code: str, message: str, *, retryable: bool, outcome: str | None = None) -> store.Finish:
         error = {"code": code, "message": message[:2000]}
         if retryable and not is_last_attempt(row, spec, delivery, ran_s=time.monotonic() - began):
-            return finish("QUEUED", outcome or "RETRY", error=error)
+            return finish("QUEUED", outcome or "RETRY", error=error, retry_in_s=_backoff(row, spec, delivery))
         return finish("FAILED", outcome or "FAILED", error=error)
 
     try:

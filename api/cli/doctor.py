@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 from urllib.parse import urlsplit
@@ -132,6 +133,8 @@ def diagnose(
     """
     checks = check_config(config)
     queues = _load_queues(config, checks)
+    if queues is not None:
+        checks += check_capacity(config, queues, os.environ)
     if not connect:
         return checks
     if config.database_url or config.instance_connection_name:
@@ -139,6 +142,39 @@ def diagnose(
     if queues is not None:
         checks += check_queues(config, queues, client=tasks_client)
     return checks
+
+
+def check_capacity(config: Config, queues: Any, env: Mapping[str, str]) -> list[Check]:
+    """Whether the queues may dispatch more attempts at once than the service runs.
+
+    One process runs RUN_CONCURRENCY attempts and refuses the rest with 429 (Cloud Tasks
+    retries them after its backoff): a queue that dispatches far more at once than instances
+    × workers × RUN_CONCURRENCY spends its retries on refusals. MAX_INSTANCES (Cloud Run's
+    --max-instances; 1 when unset) and WEB_CONCURRENCY (gunicorn's workers) say how many
+    processes there are.
+    """
+    try:
+        instances = int(env.get("MAX_INSTANCES") or 1)
+        workers = int(env.get("WEB_CONCURRENCY") or os.cpu_count() or 1)
+    except ValueError:
+        return [fail("capacity", "MAX_INSTANCES and WEB_CONCURRENCY must be whole numbers",
+                     "set each to the number of instances and of gunicorn workers per instance")]
+    capacity = instances * workers * config.run_concurrency
+    total = sum(spec.max_concurrent_dispatches for spec in queues.specs.values())
+    sizes = f"{instances} instance(s) × {workers} worker(s) × RUN_CONCURRENCY {config.run_concurrency}"
+    if total <= capacity:
+        return [ok("capacity", f"the queues dispatch at most {total} at once; {sizes} run {capacity}")]
+    over = ", ".join(f"{spec.name} {spec.max_concurrent_dispatches}" for spec in queues.specs.values())
+    return [
+        warn(
+            "capacity",
+            f"the queues may dispatch {total} attempts at once ({over}) but {sizes} run at most "
+            f"{capacity}: the rest are refused with 429 and retried after Cloud Tasks' backoff",
+            f"lower max_concurrent_dispatches in the queues file to {capacity} in all, or set "
+            "MAX_INSTANCES / raise RUN_CONCURRENCY on a service that serves only /handlers/* "
+            "(docs/deploy.md, the split deployment)",
+        )
+    ]
 
 
 # ---------------------------------------------------------------- variables

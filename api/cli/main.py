@@ -46,6 +46,19 @@ def timestamp(raw: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def start_time(raw: str) -> datetime | float:
+    """An argparse type: an RFC 3339 time, or a duration (seconds back from the window's end)."""
+    try:
+        return duration(raw)
+    except argparse.ArgumentTypeError:
+        pass
+    try:
+        return timestamp(raw)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"not an RFC 3339 time or a duration: {raw!r} (e.g. 2026-01-31T12:00:00Z, 24h, 2w)") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a cloudjobs command."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -81,10 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rep = sub.add_parser("report", help="reports over job history", parents=[near_dev])
     rep.add_argument("name", choices=["summary", "timeseries", "failures"])
-    rep.add_argument("--since", type=duration, default=24 * 3600.0, help="the window: 90m, 24h, 7d, 2w (default 24h)")
-    rep.add_argument("--from", dest="start", type=timestamp, help="RFC 3339; overrides --since")
+    # The API's names (from, to, group_by); --since and --by are kept as their aliases.
+    rep.add_argument("--from", "--since", dest="start", type=start_time, default=24 * 3600.0,
+                     help="RFC 3339, or a duration back from --to: 90m, 24h, 7d, 2w (default 24h)")
     rep.add_argument("--to", dest="end", type=timestamp, help="RFC 3339 (default now)")
-    rep.add_argument("--by", choices=["type", "queue", "none"], default="none")
+    rep.add_argument("--group-by", "--by", dest="by", choices=["type", "queue", "none"], default="none")
     rep.add_argument("--type")
     rep.add_argument("--queue")
     rep.add_argument("--bucket", choices=["minute", "hour", "day"], default="hour")
@@ -211,7 +225,7 @@ def _report(args: argparse.Namespace) -> int:
     from api.reporting import reports
 
     end = args.end or datetime.now(UTC)
-    start = args.start or end - timedelta(seconds=args.since)
+    start = args.start if isinstance(args.start, datetime) else end - timedelta(seconds=args.start)
     q = reports.ReportQuery(start=start, end=end, type=args.type, queue=args.queue, group_by=args.by,
                             bucket=args.bucket, limit=args.limit)
     engine = _engine(args, reporting=True)

@@ -39,6 +39,20 @@ class RetryConfig:
     max_backoff: float = 3600.0
     max_doublings: int = 16
 
+    def backoff_s(self, retry: int) -> float:
+        """How long Cloud Tasks waits before retry number `retry` (1: the first retry).
+
+        Google's documented rule for a queue's RetryConfig: min_backoff, doubled max_doublings
+        times, then growing by the last doubled interval per retry, never above max_backoff.
+        The server uses it to say when a job waiting to retry should run next; Cloud Tasks
+        decides.
+        """
+        n = max(retry, 1) - 1
+        interval = self.min_backoff * 2.0 ** min(n, self.max_doublings)
+        if n > self.max_doublings:
+            interval *= n - self.max_doublings + 1
+        return min(interval, self.max_backoff)
+
 
 @dataclass(frozen=True)
 class QueueSpec:

@@ -65,6 +65,7 @@ class Finish:
     result: Any = None
     error: dict[str, str] | None = None
     delivery: Delivery = Delivery()
+    retry_in_s: float | None = None  # QUEUED: when the next attempt should come, from now
 
 
 def _row_values(job: NewJob, state: str) -> dict[str, Any]:
@@ -178,6 +179,7 @@ _CLAIM = sa.text(
             started_time = coalesce(started_time, now()),
             attempt_started_time = now(),
             lease_expires_time = now() + make_interval(secs => timeout_s + :margin),
+            next_attempt_time = NULL,
             updated_time = now()
         WHERE id = ANY(CAST(:ids AS uuid[]))
           AND attempts - attempts_base < max_attempts
@@ -227,9 +229,10 @@ _FINISH = sa.text(
             CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:states AS text[]),
             CAST(:outcomes AS text[]), CAST(:results AS text[]), CAST(:errors AS text[]),
             CAST(:task_names AS text[]), CAST(:retry_counts AS int[]),
-            CAST(:execution_counts AS int[]), CAST(:retry_reasons AS text[])
+            CAST(:execution_counts AS int[]), CAST(:retry_reasons AS text[]),
+            CAST(:retry_ins AS float8[])
         ) AS f(id, attempt, state, outcome, result, error, task_name, retry_count,
-               execution_count, retry_reason)
+               execution_count, retry_reason, retry_in)
     ), done AS (
         -- A cancel requested while the attempt ran turns anything but success into
         -- CANCELLED; the SET reads the row as it is when locked, so no request is missed.
@@ -246,6 +249,8 @@ _FINISH = sa.text(
                                                     j.progress -> 'message')
                             ELSE j.progress END,
             lease_expires_time = NULL,
+            next_attempt_time = CASE WHEN f.state = 'QUEUED' AND NOT j.cancel_requested
+                                     THEN now() + make_interval(secs => f.retry_in) END,
             updated_time = now()
         FROM f
         WHERE j.id = f.id AND j.state = 'RUNNING' AND j.attempts = f.attempt
@@ -289,6 +294,7 @@ def finish_jobs(conn: Connection, finishes: Iterable[Finish]) -> dict[uuid.UUID,
         "retry_counts": [f.delivery.retry_count for f in fs],
         "execution_counts": [f.delivery.execution_count for f in fs],
         "retry_reasons": [f.delivery.retry_reason for f in fs],
+        "retry_ins": [f.retry_in_s for f in fs],
     }
     return {row.id: row.state for row in conn.execute(_FINISH, params)}
 
@@ -346,7 +352,7 @@ JobRecord = namedtuple("JobRecord", [c.name for c in jobs.c])  # type: ignore[mi
 _INSERTED_DEFAULTS = {
     "result": None, "error": None, "attempts": 0, "progress": None, "run": 0, "attempts_base": 0,
     "cancel_requested": False, "lease_expires_time": None, "attempt_started_time": None,
-    "started_time": None, "done_time": None,
+    "started_time": None, "done_time": None, "next_attempt_time": None,
 }
 
 
@@ -444,6 +450,7 @@ _RETRY = sa.text(
         progress = NULL,
         cancel_requested = false,
         lease_expires_time = NULL,
+        next_attempt_time = NULL,
         started_time = NULL,
         scheduled_time = now(),
         updated_time = now()

@@ -23,7 +23,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 STATES = ("CREATED", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED")
-TERMINAL = frozenset(("COMPLETED", "FAILED", "CANCELLED"))
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 ACTIVE = ("CREATED", "QUEUED", "RUNNING")
 OUTCOMES = ("COMPLETED", "FAILED", "RETRY", "CANCELLED", "TIMED_OUT", "LOST")
@@ -57,6 +56,9 @@ jobs = Table(
     Column("request_hash", Text, comment="SHA-256 of the creating request, to tell a replay from a different request."),
     Column("cancel_requested", Boolean, nullable=False, server_default=text("false"), comment="True once a cancel was asked for while the job ran."),
     Column("lease_expires_time", DateTime(timezone=True), comment="Until when the running attempt holds the job."),
+    Column("next_attempt_time", DateTime(timezone=True),
+           comment="While QUEUED after a retryable failure: when Cloud Tasks should deliver the next attempt "
+                   "(the queue's backoff after the delivery's retry count). Null otherwise."),
     Column("attempt_started_time", DateTime(timezone=True), comment="When the current attempt started."),
     Column("created_time", DateTime(timezone=True), nullable=False, server_default=_now, comment="When the job was accepted."),
     Column("scheduled_time", DateTime(timezone=True), nullable=False, server_default=_now, comment="When the job was due (run_at, or its creation)."),

@@ -68,7 +68,7 @@ def json_body(req: Request) -> Any:
 
 # What the command line and the dashboard show of an id (8 characters) is enough to name it.
 MIN_ID_PREFIX = 8
-_ID_PREFIX = re.compile(r"[0-9a-f]{%d,31}" % MIN_ID_PREFIX)
+_ID_PREFIX = re.compile(rf"[0-9a-f]{{{MIN_ID_PREFIX},31}}")
 
 
 def parse_job_id(raw: str) -> uuid.UUID:

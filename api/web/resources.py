@@ -40,8 +40,15 @@ class Job(BaseModel):
     payload: dict[str, Any]
     result: Any = None
     error: JobError | None = None
-    attempts: int
-    max_attempts: int
+    attempts: int = Field(description="Attempts started, over every run.")
+    max_attempts: int = Field(description="The attempt budget of each run.")
+    run: int = Field(0, description="How many times :retry started the job again (0: its first run).")
+    run_attempts: int = Field(0, description="Attempts started in the current run (at most max_attempts).")
+    next_attempt_time: datetime | None = Field(
+        default=None,
+        description="While QUEUED after a retryable failure: when the next attempt should come "
+                    "(the queue's backoff; Cloud Tasks decides). Null otherwise.",
+    )
     timeout_s: int
     progress: Progress | None = None
     labels: dict[str, str]
@@ -95,6 +102,9 @@ def job_resource(row: Row[Any]) -> dict[str, Any]:
         "error": row.error,
         "attempts": row.attempts,
         "max_attempts": row.max_attempts,
+        "run": row.run,
+        "run_attempts": row.attempts - row.attempts_base,
+        "next_attempt_time": rfc3339(row.next_attempt_time) if row.state == "QUEUED" else None,
         "timeout_s": row.timeout_s,
         "progress": row.progress,
         "labels": row.labels,

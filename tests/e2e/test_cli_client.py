@@ -76,6 +76,10 @@ def test_list_prints_an_aligned_table(stack: Stack, db: Engine) -> None:
     assert sorted(r.split()[0] for r in rows) == sorted(ids)
     column = header.index("STATE")
     assert all(r[column - 2 : column] == "  " and r[column] != " " for r in rows)  # aligned
+    assert table.stderr == ""  # all shown: no word of more
+    cut = cloudjobs(stack, "list", "--label", f"run={run}", "--limit", "1")
+    assert cut.returncode == 0 and len(cut.stdout.splitlines()) == 2  # the header and one job
+    assert "more than 1 jobs match" in cut.stderr and "--limit 0" in cut.stderr
 
 
 def test_get_of_an_unknown_job_exits_2_with_the_problem(stack: Stack, db: Engine) -> None:

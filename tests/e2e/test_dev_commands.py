@@ -293,7 +293,7 @@ def test_a_dev_json_left_by_a_dev_that_died_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("args", "says"), [
-    (["report", "summary", "--since", "2x"], "not a duration: '2x'"),
+    (["report", "summary", "--since", "2x"], "not an RFC 3339 time or a duration: '2x'"),
     (["report", "summary", "--from", "yesterday"], "not an RFC 3339 time"),
     (["purge", "--older-than", "soon"], "not a duration"),
     (["report", "nonsense"], "invalid choice"),

@@ -73,6 +73,39 @@ def test_a_retryable_failure_answers_non_2xx_and_requeues(open_client: FlaskClie
     assert outcomes == [(1, "RETRY", None), (2, "COMPLETED", "HTTP 500")]
 
 
+def test_a_job_waiting_to_retry_says_when_its_next_attempt_comes(open_client: FlaskClient, db: Engine) -> None:
+    # The test queue: min_backoff 100ms, 2 doublings, max 500ms. Retry count 1 failed, so
+    # the next delivery is retry 2, 200 ms after the failure.
+    j = create(open_client, {"type": "flaky", "payload": {"failures": 5}})
+    assert job(open_client, j["id"])["next_attempt_time"] is None
+    assert deliver(open_client, j["id"], retry_count=0).status_code == 500
+    assert deliver(open_client, j["id"], retry_count=1).status_code == 500
+    mid = job(open_client, j["id"])
+    assert mid["state"] == "QUEUED" and mid["error"]["code"] == "FLAKY"
+    with db.connect() as conn:
+        updated, due = conn.execute(
+            sa.text("SELECT updated_time, next_attempt_time FROM jobs WHERE id = :id"), {"id": j["id"]}
+        ).one()
+    assert (due - updated).total_seconds() == pytest.approx(0.2)
+    assert mid["next_attempt_time"] is not None and mid["run_attempts"] == 2 and mid["run"] == 0
+    # The next claim clears it: a running or finished job has no next attempt to wait for.
+    assert deliver(open_client, j["id"], retry_count=2).status_code == 200
+    assert job(open_client, j["id"])["next_attempt_time"] is None
+
+
+def test_after_a_retry_the_runs_attempts_count_afresh(open_client: FlaskClient) -> None:
+    j = create(open_client, {"type": "flaky", "payload": {"failures": 10}})
+    for n in range(3):
+        deliver(open_client, j["id"], retry_count=n)
+    failed = job(open_client, j["id"])
+    assert (failed["state"], failed["attempts"], failed["run_attempts"], failed["run"]) == ("FAILED", 3, 3, 0)
+    assert open_client.post(f"/v1/jobs/{j['id']}:retry").status_code == 200
+    deliver(open_client, j["id"], retry_count=0)
+    again = job(open_client, j["id"])
+    # total 4, but attempt 1 of 3 in the second run: never "4/3"
+    assert (again["attempts"], again["run_attempts"], again["max_attempts"], again["run"]) == (4, 1, 3, 1)
+
+
 def test_the_last_attempt_fails_the_job_and_answers_2xx(open_client: FlaskClient) -> None:
     # The default test queue allows 3 attempts: retry counts 0, 1, 2.
     j = create(open_client, {"type": "flaky", "payload": {"failures": 10}})

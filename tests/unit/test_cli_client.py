@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -90,3 +91,26 @@ def test_a_job_body_drops_unset_fields_and_needs_aware_times() -> None:
     assert _job_body({"type": "echo", "run_at": when})["run_at"] == "2030-01-02T03:04:05Z"
     with pytest.raises(ValueError):
         _job_body({"type": "echo", "run_at": datetime(2030, 1, 2)})
+
+
+def test_attempts_count_the_current_run_and_name_the_total_after_a_retry() -> None:
+    first = job(attempts=2, run_attempts=2, max_attempts=5)
+    assert first.attempt_text == "attempt 2 of 5"
+    assert " 2/5 " in render(first, 1.0)
+    again = job(attempts=7, run_attempts=2, run=1, max_attempts=5)
+    assert again.attempt_text == "attempt 2 of 5 in this run (total 7)"
+    assert " 2/5 (7) " in render(again, 1.0) and "7/5" not in render(again, 1.0)
+    # a server from before run_attempts: every attempt was in the one run
+    assert job(attempts=3).run_attempts == 3
+
+
+def test_a_job_waiting_to_retry_shows_its_last_error_and_when_it_runs_next() -> None:
+    soon = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=30)
+    waiting = job(state="QUEUED", progress=None, error={"code": "FLAKY", "message": "boom"},
+                  next_attempt_time=soon.isoformat().replace("+00:00", "Z"))
+    line = render(waiting, 3.0)
+    assert "FLAKY: boom" in line and "next attempt " + soon.strftime("%Y-%m-%d %H:%M:%SZ") in line
+    assert re.search(r"\(in (29|30)\.\ds\)", line)  # 29.x or 30 s from now
+    # without a time (an older server), the error alone
+    assert "FLAKY: boom" in render(job(state="QUEUED", progress=None, error={"code": "FLAKY", "message": "boom"}), 1.0)
+

@@ -140,3 +140,22 @@ def test_queue_differences_name_each_setting() -> None:
         "retry_config.max_attempts is 3 in Cloud Tasks, 5 in queues.yaml",
         "retry_config.min_backoff is 0.1 in Cloud Tasks, 1 in queues.yaml",
     ]
+
+
+def test_capacity_warns_when_the_queues_dispatch_more_than_the_service_runs() -> None:
+    from api.cli.doctor import check_capacity
+    from api.cloud.queues import Queues
+
+    queues = Queues({"default": QueueSpec("default", max_concurrent_dispatches=1000),
+                     "bulk": QueueSpec("bulk", max_concurrent_dispatches=20)})
+    config = DEPLOYED.replace(run_concurrency=4)
+    [check] = check_capacity(config, queues, {"MAX_INSTANCES": "10", "WEB_CONCURRENCY": "2"})
+    assert check.status == "warn"
+    assert "1020 attempts at once" in check.detail and "run at most 80" in check.detail
+    assert "default 1000" in check.detail and "max_concurrent_dispatches" in (check.fix or "")
+
+    [fits] = check_capacity(config, queues, {"MAX_INSTANCES": "200", "WEB_CONCURRENCY": "2"})
+    assert fits.status == "ok" and "run 1600" in fits.detail
+
+    [bad] = check_capacity(config, queues, {"MAX_INSTANCES": "many"})
+    assert bad.status == "fail" and "MAX_INSTANCES" in bad.detail

@@ -88,3 +88,9 @@ def test_attempts_exhausted_follows_cloud_tasks(
 ) -> None:
     spec = QueueSpec("q", retry=RetryConfig(max_attempts=max_attempts, max_retry_duration=max_duration))
     assert spec.attempts_exhausted(retry_count, age) is exhausted
+
+
+def test_the_backoff_follows_googles_retry_config_rule() -> None:
+    # Google's example: min 10s, max 300s, 3 doublings: 10, 20, 40, 80, 160, 240, 300, 300
+    rc = RetryConfig(min_backoff=10, max_backoff=300, max_doublings=3)
+    assert [rc.backoff_s(n) for n in range(1, 9)] == [10, 20, 40, 80, 160, 240, 300, 300]

@@ -17,7 +17,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -140,13 +140,18 @@ def _list(client: Client, args: argparse.Namespace) -> int:
         type=_multi(args.type) or None,
         queue=_multi(args.queue) or None,
         labels=_labels(args.label) or None,
-        page_size=min(limit or 500, 500),
+        page_size=min(limit + 1 if limit else 500, 500),  # one more than shown: are there more?
     )
-    jobs = []
+    jobs: list[Job] = []
+    more = False
     for job in found:
-        jobs.append(job)
         if limit is not None and len(jobs) >= limit:
+            more = True
             break
+        jobs.append(job)
+    if more:  # on stderr: stdout stays the table (or the JSON)
+        print(f"cloudjobs list: more than {limit} jobs match; --limit N for more, --limit 0 for all",
+              file=sys.stderr)
     if args.output == "json":
         _json([j.raw for j in jobs])
         return 0
@@ -156,7 +161,7 @@ def _list(client: Client, args: argparse.Namespace) -> int:
             j.type,
             j.queue,
             j.state,
-            f"{j.attempts}/{j.max_attempts}",
+            _attempts_cell(j),
             _when(j.created_time),
             _progress_text(j),
             ",".join(f"{k}={v}" for k, v in sorted(j.labels.items())),
@@ -262,7 +267,7 @@ class ProgressLine:
             self.stream.write("\r\x1b[2K" + text)
             self.stream.flush()
             return
-        key = (job.state, job.attempts, job.progress)
+        key = (job.state, job.attempts, job.progress, job.error)
         if key != self._last:  # a pipe or a log gets a line per change, not per refresh
             self._last = key
             self.stream.write(render(job, elapsed, colour=False) + "\n")
@@ -289,7 +294,11 @@ def render(job: Job, elapsed: float, *, colour: bool = False, width: int | None 
         bar = "[" + "#" * filled + "-" * (BAR_WIDTH - filled) + "]"
         pct = f"{fraction:>4.0%}"
     message = (job.progress.message if job.progress else None) or ""
-    head = f"{job.id[:8]}  {state} {job.attempts}/{job.max_attempts}  {bar} {pct}  "
+    if job.state == "QUEUED" and job.error:  # waiting to retry: why, and until when
+        message = _error_text(job)
+        if job.next_attempt_time is not None:
+            message = f"next attempt {_next_attempt(job)} after {message}"
+    head = f"{job.id[:8]}  {state} {_attempts_cell(job)}  {bar} {pct}  "
     tail = f"  {_duration(elapsed)}"
     if width is not None:
         # The message gives way first: the line must fit, or \r cannot rewrite it.
@@ -313,7 +322,9 @@ def _describe(job: Job) -> None:
         ("type", job.type),
         ("queue", job.queue),
         ("state", job.state),
-        ("attempts", f"{job.attempts}/{job.max_attempts}"),
+        ("attempts", job.attempt_text),
+        ("last error" if not job.done else "", _error_text(job) if not job.done else ""),
+        ("next attempt", _next_attempt(job)),
         ("progress", _progress_text(job)),
         ("labels", ", ".join(f"{k}={v}" for k, v in sorted(job.labels.items()))),
         ("created", _when(job.created_time)),
@@ -322,7 +333,7 @@ def _describe(job: Job) -> None:
         ("done", _when(job.done_time)),
         ("payload", json.dumps(job.payload)),
         ("result", "" if job.result is None else json.dumps(job.result)),
-        ("error", f"{job.error.code}: {job.error.message}" if job.error else ""),
+        ("error", _error_text(job) if job.done else ""),
     ]
     width = max(len(k) for k, _ in fields)
     for k, v in fields:
@@ -342,6 +353,24 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
     for r in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _attempts_cell(job: Job) -> str:
+    """`2/5` for the run's attempts; `2/5 (7)` when earlier runs add to the total."""
+    cell = f"{job.run_attempts}/{job.max_attempts}"
+    return cell if job.attempts == job.run_attempts else f"{cell} ({job.attempts})"
+
+
+def _error_text(job: Job) -> str:
+    return f"{job.error.code}: {job.error.message}" if job.error else ""
+
+
+def _next_attempt(job: Job) -> str:
+    """When a job waiting to retry should run again: `2026-12-03 17:02:10Z (in 25s)`."""
+    if job.state != "QUEUED" or job.next_attempt_time is None:
+        return ""
+    wait = (job.next_attempt_time - datetime.now(UTC)).total_seconds()
+    return f"{_when(job.next_attempt_time)} ({'in ' + _duration(wait) if wait > 0 else 'due'})"
 
 
 def _progress_text(job: Job) -> str:

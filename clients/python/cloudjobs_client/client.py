@@ -112,6 +112,17 @@ class Job:
     done_time: datetime | None
     updated_time: datetime | None
     raw: dict[str, Any] = field(repr=False, compare=False)
+    run: int = 0
+    run_attempts: int = 0
+    next_attempt_time: datetime | None = None
+
+    @property
+    def attempt_text(self) -> str:
+        """`attempt 2 of 5` in the first run; `attempt 2 of 5 in this run (total 7)` after a retry."""
+        text = f"attempt {self.run_attempts} of {self.max_attempts}"
+        if self.attempts != self.run_attempts:
+            text += f" in this run (total {self.attempts})"
+        return text
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Job:
@@ -137,6 +148,10 @@ class Job:
             done_time=_time(d.get("done_time")),
             updated_time=_time(d.get("updated_time")),
             raw=dict(d),
+            # servers before run/run_attempts counted one run: every attempt was in it
+            run=d.get("run", 0),
+            run_attempts=d.get("run_attempts", d.get("attempts", 0)),
+            next_attempt_time=_time(d.get("next_attempt_time")),
         )
 
     @property
