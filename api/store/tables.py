@@ -22,9 +22,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
-STATES = ("CREATED", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED")
+STATES = ("WAITING", "CREATED", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED")
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
-ACTIVE = ("CREATED", "QUEUED", "RUNNING")
+ACTIVE = ("WAITING", "CREATED", "QUEUED", "RUNNING")
+DEPENDENCY_POLICIES = ("fail", "cancel", "run")
+WORKFLOW_STATES = ("RUNNING", "COMPLETED", "FAILED", "CANCELLED")
 OUTCOMES = ("COMPLETED", "FAILED", "RETRY", "CANCELLED", "TIMED_OUT", "LOST")
 
 metadata = MetaData()
@@ -65,10 +67,19 @@ jobs = Table(
     Column("started_time", DateTime(timezone=True), comment="When the current run's first attempt started."),
     Column("done_time", DateTime(timezone=True), comment="When it reached a terminal state."),
     Column("updated_time", DateTime(timezone=True), nullable=False, server_default=_now, comment="The last change."),
+    Column("waiting_on", Integer, nullable=False, server_default=text("0"),
+           comment="Dependencies not yet terminal (WAITING until 0)."),
+    Column("on_dependency_failure", Text,
+           comment="fail, cancel or run: what a failed or cancelled dependency does to this job; null without dependencies."),
+    Column("has_dependents", Boolean, nullable=False, server_default=text("false"),
+           comment="True once a job depends on this one: its terminal transition releases them."),
+    Column("workflow_id", UUID(as_uuid=True), comment="The workflow this job is a step of."),
+    Column("step", Text, comment="Its step name in the workflow."),
     CheckConstraint(
-        "state IN ('CREATED','QUEUED','RUNNING','COMPLETED','FAILED','CANCELLED')",
+        "state IN ('WAITING','CREATED','QUEUED','RUNNING','COMPLETED','FAILED','CANCELLED')",
         name="jobs_state_valid",
     ),
+    CheckConstraint("on_dependency_failure IN ('fail','cancel','run')", name="jobs_on_dependency_failure_valid"),
     CheckConstraint("max_attempts >= 1", name="jobs_max_attempts_positive"),
     CheckConstraint("timeout_s >= 1", name="jobs_timeout_positive"),
     # Listing: newest first, keyset on (created_time, id); unfiltered, jobs_report_idx below.
@@ -81,8 +92,9 @@ jobs = Table(
         "jobs_active_idx",
         "state",
         "updated_time",
-        postgresql_where=text("state IN ('CREATED','QUEUED','RUNNING')"),
+        postgresql_where=text("state IN ('WAITING','CREATED','QUEUED','RUNNING')"),
     ),
+    Index("jobs_workflow_idx", "workflow_id", "step", unique=True, postgresql_where=text("workflow_id IS NOT NULL")),
     # An Idempotency-Key belongs to its caller.
     Index(
         "jobs_owner_idempotency_key_idx",
@@ -149,6 +161,41 @@ job_attempts = Table(
         postgresql_where=text("outcome <> 'COMPLETED' AND error_code IS NOT NULL"),
     ),
     comment="One row per attempt that reached the handler (append-only): when it ran and how it ended.",
+)
+
+job_dependencies = Table(
+    "job_dependencies",
+    metadata,
+    Column("job_id", UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False,
+           comment="The dependent job."),
+    Column("parent_id", UUID(as_uuid=True), nullable=False, comment="The job it waits for."),
+    Column("done", Boolean, nullable=False, server_default=text("false"),
+           comment="True once the parent's terminal transition released this edge."),
+    PrimaryKeyConstraint("job_id", "parent_id", name="job_dependencies_pkey"),
+    Index("job_dependencies_parent_idx", "parent_id"),
+    comment="Which job waits for which: one row per dependency.",
+)
+
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, comment="The workflow's id."),
+    Column("name", Text, nullable=False, comment="What its submitter called it."),
+    Column("owner", Text, comment="The principal that created it."),
+    Column("labels", JSONB, nullable=False, server_default=text("'{}'::jsonb"), comment="Free-form string labels."),
+    Column("state", Text, nullable=False, server_default=text("'RUNNING'"),
+           comment="RUNNING until every step is terminal; then COMPLETED, FAILED (a step failed) or CANCELLED."),
+    Column("steps", Integer, nullable=False, comment="How many steps it has."),
+    Column("active", Integer, nullable=False, comment="Steps not yet terminal."),
+    Column("failed", Integer, nullable=False, server_default=text("0"), comment="Steps FAILED."),
+    Column("cancelled", Integer, nullable=False, server_default=text("0"), comment="Steps CANCELLED."),
+    Column("created_time", DateTime(timezone=True), nullable=False, server_default=_now, comment="When it was accepted."),
+    Column("done_time", DateTime(timezone=True), comment="When its last step became terminal."),
+    Column("updated_time", DateTime(timezone=True), nullable=False, server_default=_now, comment="The last change."),
+    CheckConstraint("state IN ('RUNNING','COMPLETED','FAILED','CANCELLED')", name="workflows_state_valid"),
+    Index("workflows_created_idx", "created_time", "id"),
+    Index("workflows_owner_created_idx", "owner", "created_time", "id"),
+    comment="One row per workflow (a DAG of jobs); its steps are jobs with its workflow_id.",
 )
 
 api_keys = Table(

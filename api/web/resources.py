@@ -12,7 +12,7 @@ from sqlalchemy.engine import Row
 from api.store.tables import TERMINAL
 from api.times import rfc3339
 
-State = Literal["CREATED", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
+State = Literal["WAITING", "CREATED", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
 
 
 class JobError(BaseModel):
