@@ -1,5 +1,5 @@
-"""Job handlers: the /handlers blueprint, the job registry and the built-in job types."""
+"""What job authors import: `@job`, the context a job function receives, and how an attempt ends."""
 
-from handlers.registry import JobContext, Permanent, Retry, job, registry
+from handlers.registry import JobContext, Parent, Permanent, Retry, job, registry
 
-__all__ = ["JobContext", "Permanent", "Retry", "job", "registry"]
+__all__ = ["JobContext", "Parent", "Permanent", "Retry", "job", "registry"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -95,15 +95,36 @@ registry = Registry()
 job = registry.job
 
 
+@dataclass(frozen=True)
+class Parent:
+    """A job this one depended on, as it ended: `ctx.parents[id or step name]`."""
+
+    job_id: uuid.UUID
+    step: str | None
+    state: str  # COMPLETED, FAILED or CANCELLED (a job runs once every dependency is terminal)
+    result: Any
+    error: dict[str, str] | None
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether it COMPLETED."""
+        return self.state == "COMPLETED"
+
+
 @dataclass
 class JobContext:
-    """What a running job can know and do: its id, attempt, deadline, progress, cancellation."""
+    """What a running job can know and do: its id, attempt, deadline, progress, cancellation,
+    and the results of the jobs it depended on (`parents`)."""
 
     job_id: uuid.UUID
     attempt: int
     deadline: datetime
     _report: Callable[[float | None, str | None], None]
     _check_cancel: Callable[[], bool]
+    # Each dependency under its job id (as text) and, for a workflow's steps, its step name too.
+    parents: Mapping[str, Parent] = field(default_factory=dict)
+    workflow_id: uuid.UUID | None = None
+    step: str | None = None
     # Cancellation is polled from the database; a job that asks in a tight loop should not
     # cost a query each time.
     _cancel_poll_s: float = 1.0

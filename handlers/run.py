@@ -17,10 +17,12 @@ from pydantic import ValidationError
 from sqlalchemy.engine import Row
 
 from api.observability import traces as observability
+from api.orchestration.lifecycle import continue_released
 from api.state import AppState
+from api.store import dependencies
 from api.store import jobs as store
 from api.store.engine import autocommit
-from handlers.registry import JobContext, Permanent, Retry, UnknownJobType
+from handlers.registry import JobContext, Parent, Permanent, Retry, UnknownJobType
 
 if TYPE_CHECKING:
     from api.cloud.queues import QueueSpec
@@ -47,10 +49,15 @@ def run_jobs(state: AppState, ids: Sequence[uuid.UUID], delivery: store.Delivery
     with autocommit(state.engine) as conn:
         claimed = store.claim_jobs(conn, ids, lease_margin_s=state.config.lease_margin_s)
         unclaimed = [i for i in ids if i not in {r.id for r in claimed}]
+        released = []
         if unclaimed:
             # Cancelled while queued, or while an attempt that has since died held it.
-            store.settle_cancelled(conn, unclaimed)
+            settled = store.settle_cancelled(conn, unclaimed)
+            if settled:
+                released = dependencies.release(conn, settled)
         current = {i: store.get_job(conn, i) for i in unclaimed}
+    if released:
+        continue_released(state, released)
     for job_id, row in current.items():
         if row is None:
             # Purged or never ours: nothing to run, so the task is done.
@@ -69,7 +76,10 @@ def run_jobs(state: AppState, ids: Sequence[uuid.UUID], delivery: store.Delivery
             finishes.append(execute(state, row, delivery))
         timed[row.id] = (row, clock)
     with autocommit(state.engine) as conn:
-        moved = store.finish_jobs(conn, finishes)
+        finished = store.finish_jobs(conn, finishes)
+    if finished.released:
+        continue_released(state, finished.released)
+    moved = finished.states
     for f in finishes:
         # A finish that moved nothing lost its lease to a later attempt, which now owns it.
         new_state = moved.get(f.job_id, "SUPERSEDED")
@@ -124,6 +134,10 @@ def execute(state: AppState, row: Row[Any], delivery: store.Delivery) -> store.F
         deadline=datetime.now(UTC) + timedelta(seconds=row.timeout_s),
         _report=lambda fraction, message: _progress(state, row.id, attempt, fraction, message),
         _check_cancel=lambda: _cancel_requested(state, row.id),
+        # Only a job created with depends_on has a policy, and parents to read.
+        parents=_parents(state, row.id) if row.on_dependency_failure is not None else {},
+        workflow_id=row.workflow_id,
+        step=row.step,
     )
     log = {"job_id": str(row.id), "attempt": attempt, "type": row.type, "queue": row.queue}
     try:
@@ -197,6 +211,18 @@ def is_last_attempt(row: Row[Any], spec: Any, delivery: store.Delivery, *, ran_s
     # app's wall clock, which may be off, is never compared with a time the database wrote.
     age = row.started_age_s + ran_s if row.started_age_s is not None else None
     return bool(spec.attempts_exhausted(delivery.retry_count, age))
+
+
+def _parents(state: AppState, job_id: uuid.UUID) -> dict[str, Parent]:
+    with state.engine.connect() as conn:
+        rows = dependencies.parents(conn, job_id)
+    out: dict[str, Parent] = {}
+    for r in rows:
+        parent = Parent(job_id=r.id, step=r.step, state=r.state, result=r.result, error=r.error)
+        out[str(r.id)] = parent
+        if r.step is not None:
+            out[r.step] = parent
+    return out
 
 
 def _progress(state: AppState, job_id: uuid.UUID, attempt: int, fraction: float | None, message: str | None) -> None:

@@ -32,3 +32,9 @@ def boom(payload: dict[str, Any], ctx: JobContext) -> Any:
 def quoting(payload: dict[str, Any], ctx: JobContext) -> Any:
     """Raise an exception whose message quotes the payload, as much real code does."""
     raise ValueError(f"no card like {payload['card']} in {payload['n']}" + " padding" * 100)
+
+
+@job("parents")
+def parents(payload: dict[str, Any], ctx: JobContext) -> Any:
+    """Return what the job saw of its dependencies: key → [state, result]."""
+    return {key: [p.state, p.result] for key, p in sorted(ctx.parents.items())}

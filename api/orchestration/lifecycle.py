@@ -6,12 +6,14 @@ import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.api_core import exceptions as gexc
 from pydantic import ValidationError
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError
 
 from api.cloud.tasks import build_task, task_id_for, task_path
@@ -19,8 +21,10 @@ from api.errors import IdempotencyKeyReused, InvalidRequest, JobStateConflict, V
 from api.observability import traces as observability
 from api.orchestration.requests import CreateJob
 from api.state import AppState
+from api.store import dependencies
 from api.store import jobs as store
 from api.store.engine import autocommit
+from api.store.tables import TERMINAL
 
 logger = logging.getLogger(__name__)
 
@@ -137,12 +141,16 @@ def new_job(
         idempotency_key=idempotency_key,
         request_hash=request_hash(req) if idempotency_key else None,
         owner=owner,
+        depends_on=tuple(req.depends_on),
+        on_dependency_failure=req.on_dependency_failure if req.depends_on else None,
     )
 
 
 def request_hash(req: CreateJob) -> str:
     """A digest of the request, to tell a replay from another request under the same key."""
-    canonical = json.dumps(req.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    # Without dependencies, the digest of a request is what it was before they existed.
+    plain = None if req.depends_on else {"depends_on", "on_dependency_failure"}
+    canonical = json.dumps(req.model_dump(mode="json", exclude=plain), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -168,9 +176,18 @@ def create_job(
     replay's original needs no transaction with it.
     """
     new = new_job(state, req, idempotency_key=idempotency_key, owner=owner)
-    with autocommit(state.engine) as conn:
-        row = store.insert_job(conn, new)
-        if row is None:
+    if new.depends_on:
+        # The parents are locked and their states read in the insert's transaction.
+        with state.engine.begin() as conn:
+            [new], parents = with_dependencies(conn, [new], owner=owner, field="depends_on")
+            row = store.insert_job(conn, new)
+            if row is not None:
+                insert_edges(conn, [row], [new], parents)
+    else:
+        with autocommit(state.engine) as conn:
+            row = store.insert_job(conn, new)
+    if row is None:
+        with autocommit(state.engine) as conn:
             existing = store.job_by_idempotency_key(conn, idempotency_key or "", owner=owner)
             if existing is None:  # deleted between the two statements; treat as a conflict
                 raise IdempotencyKeyReused("the Idempotency-Key is in use; try again")
@@ -179,7 +196,53 @@ def create_job(
                     "this Idempotency-Key was used with a different request", job_id=str(existing.id)
                 )
             return existing, False
-    return enqueue(state, [row])[0], True
+    return enqueue_ready(state, [row])[0], True
+
+
+def with_dependencies(
+    conn: Connection, new: list[store.NewJob], *, owner: str | None, field: str
+) -> tuple[list[store.NewJob], dict[uuid.UUID, str]]:
+    """Each job as it must be inserted, given its dependencies' states now: WAITING for the
+    ones not yet terminal, FAILED or CANCELLED at once when one already failed and its
+    policy says so, QUEUED (the default) when all are done; and the parents' states. Locks
+    the parents (see dependencies.lock_parents); an unknown or foreign one is a 422 naming it."""
+    states = dependencies.lock_parents(conn, [j.depends_on for j in new], owner=owner, field=field)
+    out = []
+    for j in new:
+        if not j.depends_on:
+            out.append(j)
+            continue
+        pending = [p for p in j.depends_on if states[p] not in TERMINAL]
+        failed = sorted((p for p in j.depends_on if states[p] in ("FAILED", "CANCELLED")), key=str)
+        if failed and j.on_dependency_failure != "run":
+            error = {"code": "DEPENDENCY_FAILED", "message": f"dependency {failed[0]} ended {states[failed[0]]}"}
+            ended = "FAILED" if j.on_dependency_failure == "fail" else "CANCELLED"
+            out.append(replace(j, state=ended, error=error, waiting_on=len(pending)))
+        else:
+            out.append(replace(j, state="WAITING" if pending else None, waiting_on=len(pending)))
+    return out, states
+
+
+def insert_edges(
+    conn: Connection, rows: Sequence[Any], new: Sequence[store.NewJob], parents: dict[uuid.UUID, str]
+) -> None:
+    """The dependency edges of the jobs that were inserted (an edge to a terminal parent is done)."""
+    inserted = {r.id for r in rows}
+    dependencies.insert_edges(conn, [
+        (j.id, p, parents[p] in TERMINAL) for j in new if j.id in inserted for p in j.depends_on
+    ])
+
+
+def enqueue_ready(state: AppState, rows: list[Any]) -> list[Any]:
+    """Enqueue the rows that are QUEUED; WAITING ones wait for their release, and ones that a
+    dependency's policy ended at creation are done."""
+    ready = [r for r in rows if r.state == "QUEUED"]
+    if not ready:
+        return rows
+    if len(ready) == len(rows):
+        return enqueue(state, rows)
+    after = {r.id: r for r in enqueue(state, ready)}
+    return [after.get(r.id, r) for r in rows]
 
 
 MAX_BATCH = 500
@@ -233,7 +296,12 @@ def create_jobs(
         for i, req in enumerate(reqs)
     ]
     with state.engine.begin() as conn:
+        parents: dict[uuid.UUID, str] = {}
+        if any(j.depends_on for j in new):
+            new, parents = with_dependencies(conn, new, owner=owner, field="jobs[{k}].depends_on")
         rows = store.insert_jobs(conn, new)
+        if parents:
+            insert_edges(conn, rows, new, parents)
         if len(rows) < len(new):
             existing = store.jobs_by_idempotency_keys(conn, [j.idempotency_key or "" for j in new], owner=owner)
             replay = not rows and len(existing) == len(new) and all(
@@ -242,7 +310,7 @@ def create_jobs(
             if not replay:  # the transaction rolls back what this batch inserted
                 raise IdempotencyKeyReused("this Idempotency-Key was used with a different batch")
             return existing, False
-    return enqueue(state, rows), True
+    return enqueue_ready(state, rows), True
 
 
 def cancel_job(state: AppState, job_id: uuid.UUID, *, scope: str | None) -> Row[Any] | None:
@@ -250,8 +318,11 @@ def cancel_job(state: AppState, job_id: uuid.UUID, *, scope: str | None) -> Row[
 
     Returns the job, or None if there is none; raises JobStateConflict for a finished job.
     """
+    released: list[Any] = []
     with state.engine.begin() as conn:
         row = store.request_cancel(conn, job_id, owner=scope)
+        if row is not None and row.state == "CANCELLED" and row.has_dependents:
+            released = dependencies.release(conn, [row.id])
         if row is None:
             current = store.get_job(conn, job_id, owner=scope)
             if current is None:
@@ -259,7 +330,9 @@ def cancel_job(state: AppState, job_id: uuid.UUID, *, scope: str | None) -> Row[
             if current.state in ("COMPLETED", "FAILED"):
                 raise JobStateConflict(f"the job is {current.state}; it cannot be cancelled", state=current.state)
             return current  # already cancelled, or cancellation already requested
-    if row.state == "CANCELLED":
+    if released:
+        continue_released(state, released)
+    if row.state == "CANCELLED" and row.waiting_on == 0:  # a WAITING job had no task
         # Best effort: a task left behind finds the job CANCELLED and is acknowledged.
         try:
             state.tasks.delete_task(row.task_name)
@@ -363,3 +436,24 @@ def _create_tasks(state: AppState, queue: str, rows: list[Row[Any]]) -> list[uui
             continue
         done.append(row.id)
     return done
+
+
+def continue_released(state: AppState, released: Sequence[Any]) -> None:
+    """After a release committed: the dependents its policy ended release theirs in turn, and
+    the QUEUED ones get their tasks (api/store/dependencies.py has the rules).
+
+    Nothing is lost if this process dies first: a QUEUED job without a task is sent by the
+    sweeper, and a waiting dependent whose parent ended without releasing it is released by
+    the sweeper's `release_missed`.
+    """
+    moved = list(released)
+    if any(r.has_dependents and r.state in ("FAILED", "CANCELLED") for r in moved):
+        try:
+            with state.engine.begin() as conn:
+                moved += dependencies.cascade(conn, moved)
+        except DBAPIError as e:
+            logger.warning("could not release the dependents of failed dependents; the sweeper will",
+                           extra={"error": type(e).__name__})
+    queued = [r for r in moved if r.state == "QUEUED"]
+    if queued:
+        enqueue(state, queued)

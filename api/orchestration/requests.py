@@ -7,10 +7,12 @@ generated from it.
 from __future__ import annotations
 
 import re
-from typing import Any
+import uuid
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+MAX_DEPENDENCIES = 1000
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 MAX_LABELS = 64
 MAX_LABEL_VALUE = 256
@@ -40,6 +42,25 @@ class CreateJob(BaseModel):
         description="Per-attempt time limit, within the queue's dispatch deadline.",
     )
     labels: dict[str, str] = Field(default_factory=dict, description="Free-form string labels.")
+    depends_on: list[uuid.UUID] = Field(
+        default_factory=list, max_length=MAX_DEPENDENCIES,
+        description="Jobs of yours this one waits for (WAITING) until each is terminal; at most 1,000.",
+    )
+    on_dependency_failure: Literal["fail", "cancel", "run"] = Field(
+        default="fail",
+        description="When a dependency ends FAILED or CANCELLED: fail this job (DEPENDENCY_FAILED), "
+                    "cancel it, or run it anyway.",
+    )
+
+    @field_validator("depends_on")
+    @classmethod
+    def _distinct(cls, ids: list[uuid.UUID]) -> list[uuid.UUID]:
+        seen: set[uuid.UUID] = set()
+        for i, job_id in enumerate(ids):
+            if job_id in seen:
+                raise ValueError(f"depends_on[{i}] repeats {job_id}")
+            seen.add(job_id)
+        return ids
 
     @field_validator("run_at", mode="before")
     @classmethod

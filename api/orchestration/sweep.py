@@ -20,6 +20,7 @@ from sqlalchemy.engine import Row
 from api.orchestration import lifecycle as jobs_service
 from api.reporting import rollups
 from api.state import AppState
+from api.store import dependencies
 from api.store import jobs as store
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class SweepReport:
     still_owned: int = 0  # checked, and Cloud Tasks still has their task
     rollup_hours: int = 0  # hours of history rolled up (new or changed) for reports
     stale_waiters: int = 0  # ?wait= registrations left by processes that died while waiting
+    released: int = 0  # dependents moved on by the sweep (parents it ended, or releases that were missed)
 
 
 def sweep(state: AppState) -> SweepReport:
@@ -50,8 +52,12 @@ def sweep(state: AppState) -> SweepReport:
     with state.engine.connect() as conn:
         expired = store.expired_leases(conn, limit=cfg.sweep_batch)
         queued = store.stale_queued(conn, older_than_s=cfg.sweep_queued_after_s, limit=cfg.sweep_batch)
+    released = []
     with state.engine.begin() as conn:
-        report.cancelled = len(store.settle_cancelled(conn, [r.id for r in expired + queued]))
+        settled = store.settle_cancelled(conn, [r.id for r in expired + queued])
+        report.cancelled = len(settled)
+        if settled:
+            released += dependencies.release(conn, settled)
     requeue: list[Row[Any]] = []
     for row in expired + queued:
         if row.cancel_requested or _task_exists(state, row.task_name):
@@ -74,6 +80,9 @@ def sweep(state: AppState) -> SweepReport:
             moved = store.abandon_job(conn, row, requeue=left, error=error)
         if moved is None:
             continue  # a delivery got there first
+        if moved.has_dependents and moved.state == "FAILED":
+            with state.engine.begin() as conn:
+                released += dependencies.release(conn, [moved.id])
         if left:
             requeue.append(moved)
             report.requeued += 1
@@ -81,6 +90,13 @@ def sweep(state: AppState) -> SweepReport:
             report.failed += 1
     if requeue:
         jobs_service.enqueue(state, requeue)
+    # The net under every path to a terminal state: a dependent still WAITING for a parent
+    # that ended without releasing it (its process died in between).
+    with state.engine.begin() as conn:
+        released += dependencies.release_missed(conn, older_than_s=cfg.sweep_created_after_s, limit=cfg.sweep_batch)
+    report.released = len(released)
+    if released:
+        jobs_service.continue_released(state, released)
     report.rollup_hours = rollups.refresh(state.engine).hours
     report.stale_waiters = store.purge_stale_waiters(state.engine)
     if any(asdict(report).values()):

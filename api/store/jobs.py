@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine, Row
 
-from api.store.tables import job_attempts, jobs
+from api.store.dependencies import MOVED_COLUMNS, RELEASE_CTES
+from api.store.tables import TERMINAL, job_attempts, jobs
 
 # A lease outlives the job's timeout by this much, so a slow finish is not taken over.
 LEASE_MARGIN_S = 30
@@ -42,6 +43,14 @@ class NewJob:
     idempotency_key: str | None = None
     request_hash: str | None = None
     owner: str | None = None
+    # Orchestration: what it waits for, and where it stands when inserted.
+    depends_on: tuple[uuid.UUID, ...] = ()
+    on_dependency_failure: str | None = None  # fail | cancel | run, with depends_on
+    workflow_id: uuid.UUID | None = None
+    step: str | None = None
+    state: str | None = None  # None: the insert's default (QUEUED); WAITING, or FAILED/CANCELLED by policy
+    waiting_on: int = 0
+    error: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,13 @@ def _row_values(job: NewJob, state: str) -> dict[str, Any]:
     }
     if job.scheduled_time is not None:
         values["scheduled_time"] = job.scheduled_time
+    if job.depends_on or job.workflow_id is not None:
+        values.update(
+            state=job.state or state, waiting_on=job.waiting_on, error=job.error,
+            on_dependency_failure=job.on_dependency_failure, workflow_id=job.workflow_id, step=job.step,
+        )
+        if values["state"] in TERMINAL:
+            values["done_time"] = sa.func.now()
     return values
 
 
@@ -199,6 +215,7 @@ _CLAIM = sa.text(
     )
     SELECT id, type, queue, state, payload, attempts, attempts_base, max_attempts, timeout_s,
            started_time, attempt_started_time, lease_expires_time,
+           on_dependency_failure, workflow_id, step,
            -- how long ago the job first started, by the database's clock: the app's may differ
            extract(epoch FROM now() - started_time)::float8 AS started_age_s
     FROM claimed
@@ -206,7 +223,8 @@ _CLAIM = sa.text(
 ).columns(  # typed, so SQLAlchemy builds the result's metadata once, not per execution
     jobs.c.id, jobs.c.type, jobs.c.queue, jobs.c.state, jobs.c.payload, jobs.c.attempts,
     jobs.c.attempts_base, jobs.c.max_attempts, jobs.c.timeout_s, jobs.c.started_time,
-    jobs.c.attempt_started_time, jobs.c.lease_expires_time, sa.column("started_age_s", sa.Float),
+    jobs.c.attempt_started_time, jobs.c.lease_expires_time, jobs.c.on_dependency_failure,
+    jobs.c.workflow_id, jobs.c.step, sa.column("started_age_s", sa.Float),
 )
 
 
@@ -223,7 +241,7 @@ def claim_jobs(
 
 
 _FINISH = sa.text(
-    """
+    f"""
     WITH f AS (
         SELECT * FROM unnest(
             CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:states AS text[]),
@@ -268,21 +286,32 @@ _FINISH = sa.text(
                d.type, d.queue, d.owner
         FROM done d
         ON CONFLICT DO NOTHING
-    )
-    SELECT id, state FROM done
+    ), {RELEASE_CTES.format(src="done")}
+    SELECT {MOVED_COLUMNS}, false AS released FROM done
+    UNION ALL
+    SELECT {MOVED_COLUMNS}, true AS released FROM released
     """
-).columns(jobs.c.id, jobs.c.state)
+)
 
 
-def finish_jobs(conn: Connection, finishes: Iterable[Finish]) -> dict[uuid.UUID, str]:
-    """RUNNING → the attempt's outcome, with its attempt row; returns the new state of each that moved.
+@dataclass
+class Finished:
+    """What a finish moved: the new state of each job that moved, and the dependents it released."""
+
+    states: dict[uuid.UUID, str]
+    released: list[Row[Any]]
+
+
+def finish_jobs(conn: Connection, finishes: Iterable[Finish]) -> Finished:
+    """RUNNING → the attempt's outcome, with its attempt row, and the release of the dependents
+    of jobs that ended, all in one statement.
 
     The guard on the attempt number keeps an attempt whose lease was taken over from
     finishing the job under the attempt that replaced it.
     """
     fs = list(finishes)
     if not fs:
-        return {}
+        return Finished({}, [])
     params = {
         "ids": [str(f.job_id) for f in fs],
         "attempts": [f.attempt for f in fs],
@@ -296,7 +325,13 @@ def finish_jobs(conn: Connection, finishes: Iterable[Finish]) -> dict[uuid.UUID,
         "retry_reasons": [f.delivery.retry_reason for f in fs],
         "retry_ins": [f.retry_in_s for f in fs],
     }
-    return {row.id: row.state for row in conn.execute(_FINISH, params)}
+    done = Finished({}, [])
+    for row in conn.execute(_FINISH, params):
+        if row.released:
+            done.released.append(row)
+        else:
+            done.states[row.id] = row.state
+    return done
 
 
 def set_progress(
@@ -344,6 +379,33 @@ _INSERT_JOBS = sa.text(
     """
 ).columns(jobs.c.id, jobs.c.created_time, jobs.c.scheduled_time, jobs.c.updated_time)
 
+# Jobs that wait, or are steps of a workflow: the same insert with their own columns (the
+# plain path above stays as it was measured). A state decided at insertion (WAITING, or
+# FAILED/CANCELLED by a dependency's policy) is per job.
+_INSERT_ORCHESTRATED = sa.text(
+    """
+    INSERT INTO jobs (id, type, queue, state, payload, max_attempts, timeout_s, labels, task_name,
+                      idempotency_key, request_hash, owner, scheduled_time, waiting_on,
+                      on_dependency_failure, workflow_id, step, error, done_time)
+    SELECT n.id, n.type, n.queue, n.state, CAST(n.payload AS jsonb), n.max_attempts, n.timeout_s,
+           CAST(n.labels AS jsonb), n.task_name, n.idempotency_key, n.request_hash, n.owner,
+           coalesce(n.scheduled_time, now()), n.waiting_on, n.policy, n.workflow_id, n.step,
+           CAST(n.error AS jsonb),
+           CASE WHEN n.state IN ('COMPLETED', 'FAILED', 'CANCELLED') THEN now() END
+    FROM unnest(
+        CAST(:ids AS uuid[]), CAST(:types AS text[]), CAST(:queues AS text[]), CAST(:payloads AS text[]),
+        CAST(:max_attempts AS int[]), CAST(:timeouts AS int[]), CAST(:labels AS text[]),
+        CAST(:task_names AS text[]), CAST(:keys AS text[]), CAST(:hashes AS text[]),
+        CAST(:owners AS text[]), CAST(:scheduled AS timestamptz[]), CAST(:states AS text[]),
+        CAST(:waitings AS int[]), CAST(:policies AS text[]), CAST(:workflow_ids AS uuid[]),
+        CAST(:steps AS text[]), CAST(:errors AS text[])
+    ) AS n(id, type, queue, payload, max_attempts, timeout_s, labels, task_name, idempotency_key,
+           request_hash, owner, scheduled_time, state, waiting_on, policy, workflow_id, step, error)
+    ON CONFLICT (coalesce(owner, ''), idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id, created_time, scheduled_time, updated_time, done_time
+    """
+).columns(jobs.c.id, jobs.c.created_time, jobs.c.scheduled_time, jobs.c.updated_time, jobs.c.done_time)
+
 # A job row built from what was inserted, with the columns' defaults: reading back the whole
 # row of each job (JSONB parsed again, 26 columns) was a third of a batch's CPU. The batch's
 # payloads and labels are answered as they were sent, not as JSONB normalised them (key order,
@@ -353,6 +415,7 @@ _INSERTED_DEFAULTS = {
     "result": None, "error": None, "attempts": 0, "progress": None, "run": 0, "attempts_base": 0,
     "cancel_requested": False, "lease_expires_time": None, "attempt_started_time": None,
     "started_time": None, "done_time": None, "next_attempt_time": None,
+    "waiting_on": 0, "on_dependency_failure": None, "has_dependents": False, "workflow_id": None, "step": None,
 }
 
 
@@ -376,21 +439,36 @@ def insert_jobs(conn: Connection, new: Sequence[NewJob], *, state: str = "QUEUED
         "owners": [j.owner for j in new],
         "scheduled": [j.scheduled_time for j in new],
     }
-    stored = {row.id: row for row in conn.execute(_INSERT_JOBS, params)}
+    orchestrated = any(j.depends_on or j.workflow_id is not None for j in new)
+    if orchestrated:
+        params.update(
+            states=[j.state or state for j in new],
+            waitings=[j.waiting_on for j in new],
+            policies=[j.on_dependency_failure for j in new],
+            workflow_ids=[None if j.workflow_id is None else str(j.workflow_id) for j in new],
+            steps=[j.step for j in new],
+            errors=[None if j.error is None else _json(j.error) for j in new],
+        )
+    if orchestrated:
+        params.pop("state")
+    stored = {row.id: row for row in conn.execute(_INSERT_ORCHESTRATED if orchestrated else _INSERT_JOBS, params)}
     out = []
     for j in new:
         if j.id not in stored:
             continue
-        values = _row_values(j, state)
         row = stored[j.id]
-        values.update(_INSERTED_DEFAULTS, created_time=row.created_time, scheduled_time=row.scheduled_time,
-                      updated_time=row.updated_time)
+        values = {
+            **_INSERTED_DEFAULTS, **_row_values(j, state), "created_time": row.created_time,
+            "scheduled_time": row.scheduled_time, "updated_time": row.updated_time,
+        }
+        if orchestrated:
+            values["done_time"] = row.done_time
         out.append(JobRecord(**values))
     return out
 
 
 def request_cancel(conn: Connection, job_id: uuid.UUID, *, owner: str | None = None) -> Row[Any] | None:
-    """CREATED/QUEUED → CANCELLED; RUNNING → flagged, so the attempt ends CANCELLED.
+    """WAITING/CREATED/QUEUED → CANCELLED; RUNNING → flagged, so the attempt ends CANCELLED.
 
     None when the job is not in one of those states (or already flagged)."""
     stmt = sa.text(
@@ -400,7 +478,7 @@ def request_cancel(conn: Connection, job_id: uuid.UUID, *, owner: str | None = N
             cancel_requested = true,
             done_time = CASE WHEN state = 'RUNNING' THEN NULL ELSE now() END,
             updated_time = now()
-        WHERE id = :id AND state IN ('CREATED', 'QUEUED', 'RUNNING') AND NOT cancel_requested
+        WHERE id = :id AND state IN ('WAITING', 'CREATED', 'QUEUED', 'RUNNING') AND NOT cancel_requested
           AND (CAST(:owner AS text) IS NULL OR owner = :owner)
         RETURNING *
         """

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -10,6 +11,8 @@ from sqlalchemy.engine import Row
 
 from api.errors import JobNotFound
 from api.orchestration import lifecycle
+from api.state import AppState
+from api.store import dependencies
 from api.store import jobs as store
 from api.store.engine import autocommit
 from api.web import paging
@@ -38,7 +41,7 @@ def create_job() -> Response:
     req = lifecycle.parse_create(state, json_body(request))
     row, created = lifecycle.create_job(state, req, idempotency_key=key, owner=principal().owner)
     return json_response(
-        job_resource(row),
+        jobs_json(state, [row])[0],
         status=202 if created else 200,
         headers={"Location": f"/v1/jobs/{row.id}"},
     )
@@ -51,7 +54,7 @@ def batch_create() -> Response:
     key = lifecycle.check_idempotency_key(request.headers.get("Idempotency-Key"))
     reqs = lifecycle.parse_batch(state, json_body(request))
     rows, created = lifecycle.create_jobs(state, reqs, idempotency_key=key, owner=principal().owner)
-    return json_response({"jobs": [job_resource(r) for r in rows]}, status=202 if created else 200)
+    return json_response({"jobs": jobs_json(state, rows)}, status=202 if created else 200)
 
 
 @bp.post("/v1/jobs/<job_id>:cancel")
@@ -70,7 +73,17 @@ def _act_on(job_id: str, action: Callable[..., Row[Any] | None]) -> Response:
     row = action(current_state(), parse_job_id(job_id), scope=principal().scope)
     if row is None:
         raise JobNotFound(f"no job {job_id}")
-    return json_response(job_resource(row))
+    return json_response(jobs_json(current_state(), [row])[0])
+
+
+def jobs_json(state: AppState, rows: Sequence[Row[Any]]) -> list[dict[str, Any]]:
+    """The job resources of rows; one more query, only when some were created with dependencies."""
+    waiting = [r.id for r in rows if r.on_dependency_failure is not None]
+    parents: dict[uuid.UUID, list[uuid.UUID]] = {}
+    if waiting:
+        with autocommit(state.engine) as conn:
+            parents = dependencies.parent_ids(conn, waiting)
+    return [job_resource(r, parents.get(r.id)) for r in rows]
 
 
 @bp.get("/v1/jobs/<job_id>")
@@ -88,7 +101,7 @@ def get_job(job_id: str) -> Response:
         row = waiters.wait_until_done(state, row, wait_s, lambda c: store.get_job(c, jid, owner=scope))
         if row is None:
             raise JobNotFound(f"no job {job_id}")
-    return json_response(job_resource(row))
+    return json_response(jobs_json(state, [row])[0])
 
 
 @bp.get("/v1/jobs/<job_id>/attempts")
@@ -121,6 +134,6 @@ def list_jobs() -> Response:
         rows = rows[:size]
         last = rows[-1]
         next_token = paging.encode(state.config.page_token_key, (last.created_time, last.id), scope)
-    return json_response({"jobs": [job_resource(r) for r in rows], "next_page_token": next_token})
+    return json_response({"jobs": jobs_json(state, rows), "next_page_token": next_token})
 
 

@@ -57,6 +57,12 @@ class Job(BaseModel):
     started_time: datetime | None = None
     done_time: datetime | None = None
     updated_time: datetime
+    depends_on: list[uuid.UUID] | None = Field(
+        default=None, description="The jobs it waits for (present when it was created with depends_on).")
+    on_dependency_failure: Literal["fail", "cancel", "run"] | None = Field(
+        default=None, description="What a failed or cancelled dependency does to it (with depends_on).")
+    workflow_id: uuid.UUID | None = Field(default=None, description="The workflow it is a step of.")
+    step: str | None = Field(default=None, description="Its step name in that workflow.")
 
 
 class JobList(BaseModel):
@@ -89,8 +95,19 @@ class AttemptList(BaseModel):
 
 
 
-def job_resource(row: Row[Any]) -> dict[str, Any]:
-    """A job row as the API shows it."""
+def job_resource(row: Row[Any], depends_on: list[uuid.UUID] | None = None) -> dict[str, Any]:
+    """A job row as the API shows it; `depends_on` for a job created with dependencies."""
+    out = _job_fields(row)
+    if row.on_dependency_failure is not None:
+        out["depends_on"] = [str(i) for i in depends_on or ()]
+        out["on_dependency_failure"] = row.on_dependency_failure
+    if row.workflow_id is not None:
+        out["workflow_id"] = str(row.workflow_id)
+        out["step"] = row.step
+    return out
+
+
+def _job_fields(row: Row[Any]) -> dict[str, Any]:
     return {
         "id": str(row.id),
         "type": row.type,

@@ -49,7 +49,7 @@ def test_cancel_a_running_job_ends_its_attempt_cancelled(open_client: FlaskClien
     # The attempt fails (as a cancelled job does) and the job ends CANCELLED, not retried.
     with db.begin() as conn:
         moved = store.finish_jobs(conn, [store.Finish(row.id, 1, "QUEUED", "RETRY",
-                                                      error={"code": "CANCELLED", "message": "stopped"})])
+                                                      error={"code": "CANCELLED", "message": "stopped"})]).states
     assert moved == {row.id: "CANCELLED"}
     assert [a["outcome"] for a in attempts(open_client, j["id"])] == ["CANCELLED"]
     assert job(open_client, j["id"])["done_time"]
@@ -61,7 +61,7 @@ def test_a_cancelled_running_job_that_completes_anyway_is_completed(open_client:
         [row] = store.claim_jobs(conn, [uuid.UUID(j["id"])])
     open_client.post(f"/v1/jobs/{j['id']}:cancel")
     with db.begin() as conn:
-        assert store.finish_jobs(conn, [store.Finish(row.id, 1, "COMPLETED", "COMPLETED", result=1)]) == {row.id: "COMPLETED"}
+        assert store.finish_jobs(conn, [store.Finish(row.id, 1, "COMPLETED", "COMPLETED", result=1)]).states == {row.id: "COMPLETED"}
 
 
 @pytest.mark.parametrize("final", ["COMPLETED", "FAILED"])

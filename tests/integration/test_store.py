@@ -36,7 +36,7 @@ def claim(db: Engine, *ids: uuid.UUID) -> list[Any]:
 
 def finish(db: Engine, *fs: Finish) -> dict[uuid.UUID, str]:
     with db.begin() as conn:
-        return store.finish_jobs(conn, fs)
+        return store.finish_jobs(conn, fs).states
 
 
 def get(db: Engine, job_id: uuid.UUID) -> Any:
