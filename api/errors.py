@@ -72,6 +72,14 @@ class IdempotencyKeyReused(Problem):
     slug = "idempotency-key-reused"
 
 
+class WorkflowNotFound(Problem):
+    """No such workflow (or not one the caller may see)."""
+
+    status = 404
+    title = "Workflow not found"
+    slug = "workflow-not-found"
+
+
 class JobStateConflict(Problem):
     """The job's state does not allow that operation."""
 

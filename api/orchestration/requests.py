@@ -18,6 +18,18 @@ MAX_LABELS = 64
 MAX_LABEL_VALUE = 256
 
 
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Labels within their limits (a pydantic validator of jobs and workflows)."""
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels")
+    for k, v in labels.items():
+        if not LABEL_KEY.match(k):
+            raise ValueError(f"label key {k!r} must match {LABEL_KEY.pattern}")
+        if len(v) > MAX_LABEL_VALUE:
+            raise ValueError(f"label {k!r} is longer than {MAX_LABEL_VALUE} characters")
+    return labels
+
+
 class CreateJob(BaseModel):
     """The body of POST /v1/jobs."""
 
@@ -73,11 +85,4 @@ class CreateJob(BaseModel):
     @field_validator("labels")
     @classmethod
     def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        if len(labels) > MAX_LABELS:
-            raise ValueError(f"at most {MAX_LABELS} labels")
-        for k, v in labels.items():
-            if not LABEL_KEY.match(k):
-                raise ValueError(f"label key {k!r} must match {LABEL_KEY.pattern}")
-            if len(v) > MAX_LABEL_VALUE:
-                raise ValueError(f"label {k!r} is longer than {MAX_LABEL_VALUE} characters")
-        return labels
+        return check_labels(labels)

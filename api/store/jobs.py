@@ -51,6 +51,7 @@ class NewJob:
     state: str | None = None  # None: the insert's default (QUEUED); WAITING, or FAILED/CANCELLED by policy
     waiting_on: int = 0
     error: dict[str, str] | None = None
+    has_dependents: bool = False  # a workflow's step that other steps need
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ def _row_values(job: NewJob, state: str) -> dict[str, Any]:
         values.update(
             state=job.state or state, waiting_on=job.waiting_on, error=job.error,
             on_dependency_failure=job.on_dependency_failure, workflow_id=job.workflow_id, step=job.step,
+            has_dependents=job.has_dependents,
         )
         if values["state"] in TERMINAL:
             values["done_time"] = sa.func.now()
@@ -386,21 +388,22 @@ _INSERT_ORCHESTRATED = sa.text(
     """
     INSERT INTO jobs (id, type, queue, state, payload, max_attempts, timeout_s, labels, task_name,
                       idempotency_key, request_hash, owner, scheduled_time, waiting_on,
-                      on_dependency_failure, workflow_id, step, error, done_time)
+                      on_dependency_failure, workflow_id, step, error, done_time, has_dependents)
     SELECT n.id, n.type, n.queue, n.state, CAST(n.payload AS jsonb), n.max_attempts, n.timeout_s,
            CAST(n.labels AS jsonb), n.task_name, n.idempotency_key, n.request_hash, n.owner,
            coalesce(n.scheduled_time, now()), n.waiting_on, n.policy, n.workflow_id, n.step,
            CAST(n.error AS jsonb),
-           CASE WHEN n.state IN ('COMPLETED', 'FAILED', 'CANCELLED') THEN now() END
+           CASE WHEN n.state IN ('COMPLETED', 'FAILED', 'CANCELLED') THEN now() END, n.has_dependents
     FROM unnest(
         CAST(:ids AS uuid[]), CAST(:types AS text[]), CAST(:queues AS text[]), CAST(:payloads AS text[]),
         CAST(:max_attempts AS int[]), CAST(:timeouts AS int[]), CAST(:labels AS text[]),
         CAST(:task_names AS text[]), CAST(:keys AS text[]), CAST(:hashes AS text[]),
         CAST(:owners AS text[]), CAST(:scheduled AS timestamptz[]), CAST(:states AS text[]),
         CAST(:waitings AS int[]), CAST(:policies AS text[]), CAST(:workflow_ids AS uuid[]),
-        CAST(:steps AS text[]), CAST(:errors AS text[])
+        CAST(:steps AS text[]), CAST(:errors AS text[]), CAST(:has_dependents AS boolean[])
     ) AS n(id, type, queue, payload, max_attempts, timeout_s, labels, task_name, idempotency_key,
-           request_hash, owner, scheduled_time, state, waiting_on, policy, workflow_id, step, error)
+           request_hash, owner, scheduled_time, state, waiting_on, policy, workflow_id, step, error,
+           has_dependents)
     ON CONFLICT (coalesce(owner, ''), idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, created_time, scheduled_time, updated_time, done_time
     """
@@ -448,6 +451,7 @@ def insert_jobs(conn: Connection, new: Sequence[NewJob], *, state: str = "QUEUED
             workflow_ids=[None if j.workflow_id is None else str(j.workflow_id) for j in new],
             steps=[j.step for j in new],
             errors=[None if j.error is None else _json(j.error) for j in new],
+            has_dependents=[j.has_dependents for j in new],
         )
     if orchestrated:
         params.pop("state")
@@ -674,16 +678,25 @@ def list_jobs(
     after: tuple[datetime, uuid.UUID] | None = None,
 ) -> list[Row[Any]]:
     """Jobs newest first, `limit` of them after the keyset position `after`."""
-    c = jobs.c
-    stmt = sa.select(jobs)
+    stmt = keyset_page(jobs, flt, limit=limit, after=after)
+    if flt.types:
+        stmt = stmt.where(jobs.c.type.in_(flt.types))
+    if flt.queues:
+        stmt = stmt.where(jobs.c.queue.in_(flt.queues))
+    return list(conn.execute(stmt))
+
+
+def keyset_page(
+    table: sa.Table, flt: JobFilter, *, limit: int, after: tuple[datetime, uuid.UUID] | None
+) -> sa.Select[Any]:
+    """Rows of a table with owner, state, labels and created_time (jobs, workflows), newest
+    first, filtered, `limit` of them after the keyset position `after`."""
+    c = table.c
+    stmt = sa.select(table)
     if flt.owner is not None:
         stmt = stmt.where(c.owner == flt.owner)
     if flt.states:
         stmt = stmt.where(c.state.in_(flt.states))
-    if flt.types:
-        stmt = stmt.where(c.type.in_(flt.types))
-    if flt.queues:
-        stmt = stmt.where(c.queue.in_(flt.queues))
     if flt.labels:
         stmt = stmt.where(c.labels.contains(dict(flt.labels)))
     if flt.created_after is not None:
@@ -692,8 +705,7 @@ def list_jobs(
         stmt = stmt.where(c.created_time < flt.created_before)
     if after is not None:
         stmt = stmt.where(sa.tuple_(c.created_time, c.id) < sa.tuple_(*after))
-    stmt = stmt.order_by(c.created_time.desc(), c.id.desc()).limit(limit)
-    return list(conn.execute(stmt))
+    return stmt.order_by(c.created_time.desc(), c.id.desc()).limit(limit)
 
 
 def _json(value: Any) -> str:

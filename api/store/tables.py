@@ -192,9 +192,13 @@ workflows = Table(
     Column("created_time", DateTime(timezone=True), nullable=False, server_default=_now, comment="When it was accepted."),
     Column("done_time", DateTime(timezone=True), comment="When its last step became terminal."),
     Column("updated_time", DateTime(timezone=True), nullable=False, server_default=_now, comment="The last change."),
+    Column("idempotency_key", Text, comment="The creating request's Idempotency-Key, unique per owner."),
+    Column("request_hash", Text, comment="SHA-256 of the creating request, to tell a replay from another."),
     CheckConstraint("state IN ('RUNNING','COMPLETED','FAILED','CANCELLED')", name="workflows_state_valid"),
     Index("workflows_created_idx", "created_time", "id"),
     Index("workflows_owner_created_idx", "owner", "created_time", "id"),
+    Index("workflows_owner_idempotency_key_idx", text("coalesce(owner, '')"), "idempotency_key", unique=True,
+          postgresql_where=text("idempotency_key IS NOT NULL")),
     comment="One row per workflow (a DAG of jobs); its steps are jobs with its workflow_id.",
 )
 

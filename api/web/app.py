@@ -28,7 +28,7 @@ def create_app(
     """
     import handlers.run
     from api.ui.views import bp as ui_bp
-    from api.web import callbacks, jobs, problems, reports, service, telemetry, types
+    from api.web import callbacks, jobs, problems, reports, service, telemetry, types, workflows
     from handlers.builtin import demo
 
     config = config or Config.from_env()
@@ -48,6 +48,7 @@ def create_app(
     problems.register(app)
     app.register_blueprint(service.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(workflows.bp)
     app.register_blueprint(reports.bp)
     app.register_blueprint(types.bp)
     app.register_blueprint(callbacks.blueprint(run_jobs=handlers.run.run_jobs))

@@ -8,7 +8,8 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from api.orchestration.requests import CreateJob
-from api.web.resources import AttemptList, Job, JobList
+from api.orchestration.workflows import MAX_STEPS, CreateWorkflow, WorkflowStep
+from api.web.resources import AttemptList, Job, JobList, Workflow, WorkflowList
 
 REF = "#/components/schemas/{model}"
 
@@ -78,6 +79,13 @@ JOB_ID = {
     "schema": {"type": "string", "format": "uuid"},
 }
 
+WORKFLOW_ID = {
+    "name": "workflow_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+
 
 WAIT = {
     "name": "wait",
@@ -97,19 +105,25 @@ def _query(name: str, description: str, schema: dict[str, Any] | None = None, **
 def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) -> dict[str, Any]:
     """The whole OpenAPI 3.1 document; `types` and `queues` make the job fields exact."""
     _, defs = models_json_schema(
-        [(m, "validation" if m is CreateJob else "serialization") for m in (CreateJob, Job, JobList, AttemptList)],
+        [(m, "validation" if m in (CreateJob, WorkflowStep, CreateWorkflow) else "serialization")
+         for m in (CreateJob, Job, JobList, AttemptList, WorkflowStep, CreateWorkflow, Workflow, WorkflowList)],
         ref_template=REF,
     )
     schemas = dict(defs["$defs"])
-    create = schemas["CreateJob"]
-    if types:
-        create["properties"]["type"]["enum"] = list(types)
-    if queues:
-        create["properties"]["queue"] = {
-            "anyOf": [{"type": "string", "enum": list(queues)}, {"type": "null"}],
-            "default": None,
-            "description": create["properties"]["queue"].get("description", ""),
-        }
+    for create in (schemas["CreateJob"], schemas["WorkflowStep"]):
+        if types:
+            create["properties"]["type"]["enum"] = list(types)
+        if queues:
+            create["properties"]["queue"] = {
+                "anyOf": [{"type": "string", "enum": list(queues)}, {"type": "null"}],
+                "default": None,
+                "description": create["properties"]["queue"].get("description", ""),
+            }
+    # Steps are validated one by one (so each error names its step); the document says what one is.
+    schemas["CreateWorkflow"]["properties"]["steps"] = {
+        "type": "array", "minItems": 1, "maxItems": MAX_STEPS, "items": _ref("WorkflowStep"),
+        "description": schemas["CreateWorkflow"]["properties"]["steps"].get("description", ""),
+    }
     schemas["Problem"] = PROBLEM
     schemas["Report"] = {
         "type": "object",
@@ -237,6 +251,58 @@ def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) 
                     "summary": "A job's attempts, oldest first",
                     "parameters": [JOB_ID],
                     "responses": {"200": _json(_ref("AttemptList"), "The attempts"), **_problems(404, 503)},
+                }
+            },
+            "/v1/workflows": {
+                "post": {
+                    "operationId": "createWorkflow",
+                    "summary": "Create a workflow: a DAG of jobs, stored in one transaction",
+                    "parameters": [IDEMPOTENCY_KEY],
+                    "requestBody": {"required": True,
+                                    "content": {"application/json": {"schema": _ref("CreateWorkflow")}}},
+                    "responses": {
+                        "202": {**_json(_ref("Workflow"), "Created"),
+                                "headers": {"Location": {"schema": {"type": "string"}}}},
+                        "200": _json(_ref("Workflow"), "An idempotent replay: the original workflow"),
+                        **_problems(400, 409, 413, 415, 422, 503),
+                    },
+                },
+                "get": {
+                    "operationId": "listWorkflows",
+                    "summary": "List workflows, newest first (without their steps)",
+                    "parameters": [
+                        _query("state", "Comma-separated workflow states", array, style="form", explode=True),
+                        _query("label", "key:value, repeatable", array, style="form", explode=True),
+                        _query("created_after", "RFC 3339", {"type": "string", "format": "date-time"}),
+                        _query("created_before", "RFC 3339", {"type": "string", "format": "date-time"}),
+                        _query("page_size", "Default 50; above 500 is coerced to 500", {"type": "integer", "minimum": 0}),
+                        _query("page_token", "next_page_token of the previous page"),
+                    ],
+                    "responses": {"200": _json(_ref("WorkflowList"), "A page of workflows"), **_problems(400, 503)},
+                },
+            },
+            "/v1/workflows/{workflow_id}": {
+                "get": {
+                    "operationId": "getWorkflow",
+                    "summary": "Get a workflow with its steps; with wait, once it has ended or the wait has passed",
+                    "parameters": [WORKFLOW_ID, WAIT],
+                    "responses": {"200": _json(_ref("Workflow"), "The workflow"), **_problems(400, 404, 503)},
+                }
+            },
+            "/v1/workflows/{workflow_id}:cancel": {
+                "post": {
+                    "operationId": "cancelWorkflow",
+                    "summary": "Cancel every step not yet terminal (idempotent); running ones stop cooperatively",
+                    "parameters": [WORKFLOW_ID],
+                    "responses": {"200": _json(_ref("Workflow"), "The workflow"), **_problems(404, 409, 503)},
+                }
+            },
+            "/v1/workflows/{workflow_id}:retry": {
+                "post": {
+                    "operationId": "retryWorkflow",
+                    "summary": "Run the failed and cancelled steps, and what follows them, again",
+                    "parameters": [WORKFLOW_ID],
+                    "responses": {"200": _json(_ref("Workflow"), "The workflow"), **_problems(404, 409, 503)},
                 }
             },
             "/v1/reports/{name}": {

@@ -95,6 +95,50 @@ class AttemptList(BaseModel):
 
 
 
+class WorkflowStepState(BaseModel):
+    """One step of a workflow as it stands."""
+
+    name: str
+    job_id: uuid.UUID
+    state: State
+    type: str
+    needs: list[str]
+    attempts: int
+    started_time: datetime | None = None
+    done_time: datetime | None = None
+    error: JobError | None = None
+
+
+WorkflowState = Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
+
+
+class Workflow(BaseModel):
+    """A workflow: a DAG of jobs. `counts` and `steps` come with GET /v1/workflows/{id}."""
+
+    id: uuid.UUID
+    name: str
+    labels: dict[str, str]
+    state: WorkflowState = Field(description="RUNNING until every step is terminal; then COMPLETED, "
+                                             "FAILED (a step failed) or CANCELLED.")
+    done: bool
+    step_count: int
+    active: int = Field(description="Steps not yet terminal.")
+    failed: int
+    cancelled: int
+    created_time: datetime
+    done_time: datetime | None = None
+    updated_time: datetime
+    counts: dict[str, int] | None = Field(default=None, description="Steps per state.")
+    steps: list[WorkflowStepState] | None = None
+
+
+class WorkflowList(BaseModel):
+    """A page of workflows (without their steps)."""
+
+    workflows: list[Workflow]
+    next_page_token: str = Field(description="Empty on the last page.")
+
+
 def job_resource(row: Row[Any], depends_on: list[uuid.UUID] | None = None) -> dict[str, Any]:
     """A job row as the API shows it; `depends_on` for a job created with dependencies."""
     out = _job_fields(row)

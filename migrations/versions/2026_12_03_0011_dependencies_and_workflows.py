@@ -81,11 +81,15 @@ def upgrade() -> None:
         sa.Column("done_time", sa.DateTime(timezone=True), comment="When its last step became terminal."),
         sa.Column("updated_time", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()"),
                   comment="The last change."),
+        sa.Column("idempotency_key", sa.Text, comment="The creating request's Idempotency-Key, unique per owner."),
+        sa.Column("request_hash", sa.Text, comment="SHA-256 of the creating request, to tell a replay from another."),
         sa.CheckConstraint("state IN ('RUNNING','COMPLETED','FAILED','CANCELLED')", name="workflows_state_valid"),
         comment="One row per workflow (a DAG of jobs); its steps are jobs with its workflow_id.",
     )
     op.create_index("workflows_created_idx", "workflows", ["created_time", "id"])
     op.create_index("workflows_owner_created_idx", "workflows", ["owner", "created_time", "id"])
+    op.create_index("workflows_owner_idempotency_key_idx", "workflows", [sa.text("coalesce(owner, '')"), "idempotency_key"],
+                    unique=True, postgresql_where=sa.text("idempotency_key IS NOT NULL"))
 
     # Each SET reads the row's own columns: under a concurrent step's change, PostgreSQL
     # re-reads the locked row and applies this change on top (a subquery would not be re-read).
