@@ -125,6 +125,9 @@ class JobContext:
     parents: Mapping[str, Parent] = field(default_factory=dict)
     workflow_id: uuid.UUID | None = None
     step: str | None = None
+    # ctx.submit: validates a child and keeps it for the finish; returns its id.
+    _submit: Callable[[str, dict[str, Any], dict[str, Any]], str] | None = None
+    _children: list[str] = field(default_factory=list)
     # Cancellation is polled from the database; a job that asks in a tight loop should not
     # cost a query each time.
     _cancel_poll_s: float = 1.0
@@ -137,6 +140,27 @@ class JobContext:
         if fraction is not None and not 0.0 <= fraction <= 1.0:
             raise ValueError("fraction must be between 0 and 1")
         self._report(fraction, message)
+
+    def submit(self, type: str, payload: dict[str, Any] | None = None, **options: Any) -> str:
+        """Create a child job when this attempt completes; its id now (to depend on, or return).
+
+        The children are inserted in the same transaction as this job's COMPLETED finish:
+        an attempt that fails, retries or loses its lease creates none, so a job retried
+        until it completes creates its children exactly once. `options` are those of
+        POST /v1/jobs (queue, run_at, max_attempts, timeout_s, labels, depends_on — ids of
+        earlier children or of existing jobs of the same owner — and on_dependency_failure).
+        An invalid child raises ValueError here.
+        """
+        if self._submit is None:
+            raise RuntimeError("ctx.submit is available while a job runs under /handlers/run")
+        job_id = self._submit(type, dict(payload or {}), options)
+        self._children.append(job_id)
+        return job_id
+
+    def then(self, type: str, payload: dict[str, Any] | None = None, **options: Any) -> str:
+        """A continuation: a child that depends on every child submitted so far (a fan-in)."""
+        depends = [*options.pop("depends_on", ()), *self._children]
+        return self.submit(type, payload, depends_on=depends, **options)
 
     def cancelled(self) -> bool:
         """Whether the job was asked to stop; a job should return soon after this is True."""

@@ -10,13 +10,16 @@ import time
 import traceback
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from sqlalchemy.engine import Row
 
+from api.errors import Problem, ValidationFailed
 from api.observability import traces as observability
+from api.orchestration import lifecycle
 from api.orchestration.lifecycle import continue_released
 from api.state import AppState
 from api.store import dependencies
@@ -75,11 +78,18 @@ def run_jobs(state: AppState, ids: Sequence[uuid.UUID], delivery: store.Delivery
         with observability.attempt(job_id=row.id, attempt=row.attempts, queue=row.queue) as clock:
             finishes.append(execute(state, row, delivery))
         timed[row.id] = (row, clock)
+    plain = [f for f in finishes if not f.children]
     with autocommit(state.engine) as conn:
-        finished = store.finish_jobs(conn, finishes)
-    if finished.released:
-        continue_released(state, finished.released)
+        finished = store.finish_jobs(conn, plain)
+    released = list(finished.released)
     moved = finished.states
+    for f in finishes:
+        if f.children:
+            states, freed = _finish_with_children(state, f, timed[f.job_id][0].owner)
+            moved.update(states)
+            released += freed
+    if released:
+        continue_released(state, released)
     for f in finishes:
         # A finish that moved nothing lost its lease to a later attempt, which now owns it.
         new_state = moved.get(f.job_id, "SUPERSEDED")
@@ -138,7 +148,9 @@ def execute(state: AppState, row: Row[Any], delivery: store.Delivery) -> store.F
         parents=_parents(state, row.id) if row.on_dependency_failure is not None else {},
         workflow_id=row.workflow_id,
         step=row.step,
+        _submit=lambda type, payload, options: _child(state, row, children, type, payload, options),
     )
+    children: list[store.NewJob] = []
     log = {"job_id": str(row.id), "attempt": attempt, "type": row.type, "queue": row.queue}
     try:
         result = jt.fn(payload, ctx)
@@ -171,7 +183,7 @@ def execute(state: AppState, row: Row[Any], delivery: store.Delivery) -> store.F
             "TIMED_OUT", f"the attempt ran past its {row.timeout_s}s timeout",
             retryable=True, outcome="TIMED_OUT",
         )
-    return finish("COMPLETED", "COMPLETED", result=result)
+    return finish("COMPLETED", "COMPLETED", result=result, children=tuple(children))
 
 
 LOGGED_MESSAGE_CHARS = 200
@@ -211,6 +223,51 @@ def is_last_attempt(row: Row[Any], spec: Any, delivery: store.Delivery, *, ran_s
     # app's wall clock, which may be off, is never compared with a time the database wrote.
     age = row.started_age_s + ran_s if row.started_age_s is not None else None
     return bool(spec.attempts_exhausted(delivery.retry_count, age))
+
+
+def _finish_with_children(state: AppState, f: store.Finish, owner: str | None) -> tuple[dict[uuid.UUID, str], list[Any]]:
+    """A COMPLETED finish and the children its attempt submitted, in one transaction: if the
+    finish moves nothing (a later attempt holds the job), no child is created."""
+    try:
+        with state.engine.begin() as conn:
+            finished = store.finish_jobs(conn, [f])
+            if finished.states.get(f.job_id) != "COMPLETED":
+                conn.rollback()
+                return finished.states, []
+            children = lifecycle.insert_children(conn, list(f.children), owner=owner)
+    except ValidationFailed as e:
+        # A dependency vanished between ctx.submit and the finish (purged): the job fails.
+        error = {"code": "CHILD_REFUSED", "message": f"a submitted job was refused: {e.detail}"}
+        with state.engine.begin() as conn:
+            finished = store.finish_jobs(conn, [replace(f, state="FAILED", outcome="FAILED", result=None,
+                                                        error=error, children=())])
+        return finished.states, list(finished.released)
+    return finished.states, [*finished.released, *children]
+
+
+def _child(
+    state: AppState, row: Row[Any], children: list[store.NewJob], type: str, payload: dict[str, Any],
+    options: dict[str, Any],
+) -> str:
+    """ctx.submit: a child validated as POST /v1/jobs would validate it, kept for the finish."""
+    body = {"type": type, "payload": payload, **options}
+    if "depends_on" in options:
+        body["depends_on"] = [str(i) for i in options["depends_on"]]
+    try:
+        req = lifecycle.parse_create(state, body)
+    except Problem as e:
+        details = "; ".join(f"{err['field']}: {err['message']}" for err in getattr(e, "errors", None) or [])
+        raise ValueError(f"ctx.submit({type!r}): {e.detail}" + (f" ({details})" if details else "")) from None
+    new = lifecycle.new_job(state, req, owner=row.owner)
+    known = {c.id for c in children}
+    outside = [p for p in new.depends_on if p not in known]
+    if outside:
+        with state.engine.connect() as conn:
+            found = dependencies.existing(conn, outside, owner=row.owner)
+        if missing := [str(p) for p in outside if p not in found]:
+            raise ValueError(f"ctx.submit({type!r}): depends_on names no job of this job's owner: {missing[0]}")
+    children.append(new)
+    return str(new.id)
 
 
 def _parents(state: AppState, job_id: uuid.UUID) -> dict[str, Parent]:

@@ -38,3 +38,22 @@ def quoting(payload: dict[str, Any], ctx: JobContext) -> Any:
 def parents(payload: dict[str, Any], ctx: JobContext) -> Any:
     """Return what the job saw of its dependencies: key → [state, result]."""
     return {key: [p.state, p.result] for key, p in sorted(ctx.parents.items())}
+
+
+@job("spawner")
+def spawner(payload: dict[str, Any], ctx: JobContext) -> Any:
+    """Submit `n` echo children and a continuation that needs them; fail the first attempt after
+    submitting when `fail_first` (its children must then not exist)."""
+    ids = [ctx.submit("echo", {"i": i}, labels={"role": "child"}) for i in range(payload.get("n", 2))]
+    then = ctx.then("parents", labels={"role": "continuation"})
+    if payload.get("fail_first") and ctx.attempt == 1:
+        raise RuntimeError("failing after submitting")
+    return {"children": ids, "then": then}
+
+
+@job("bad_spawner")
+def bad_spawner(payload: dict[str, Any], ctx: JobContext) -> Any:
+    """Submit a valid child, then one of an unknown type: the attempt fails, nothing is created."""
+    ctx.submit("echo", {"ok": 1})
+    ctx.submit("no-such-type")
+    return {}

@@ -205,10 +205,20 @@ def with_dependencies(
     """Each job as it must be inserted, given its dependencies' states now: WAITING for the
     ones not yet terminal, FAILED or CANCELLED at once when one already failed and its
     policy says so, QUEUED (the default) when all are done; and the parents' states. Locks
-    the parents (see dependencies.lock_parents); an unknown or foreign one is a 422 naming it."""
-    states = dependencies.lock_parents(conn, [j.depends_on for j in new], owner=owner, field=field)
+    the parents (see dependencies.lock_parents); an unknown or foreign one is a 422 naming it.
+
+    A parent among `new` itself (children a job submits together) is waited for, and marked
+    as having dependents."""
+    together = {j.id for j in new}
+    states = dependencies.lock_parents(
+        conn, [[p for p in j.depends_on if p not in together] for j in new], owner=owner, field=field
+    )
+    states.update(dict.fromkeys(together, "CREATED"))
+    needed = {p for j in new for p in j.depends_on if p in together}
     out = []
     for j in new:
+        if j.id in needed:
+            j = replace(j, has_dependents=True)
         if not j.depends_on:
             out.append(j)
             continue
@@ -231,6 +241,17 @@ def insert_edges(
     dependencies.insert_edges(conn, [
         (j.id, p, parents[p] in TERMINAL) for j in new if j.id in inserted for p in j.depends_on
     ])
+
+
+def insert_children(conn: Connection, children: list[store.NewJob], *, owner: str | None) -> list[Any]:
+    """The jobs a job submitted (ctx.submit), inserted in its finishing transaction, with their
+    dependencies on each other and on jobs that exist; their rows (QUEUED ones to enqueue)."""
+    new, parents = with_dependencies(conn, children, owner=owner, field="ctx.submit[{k}].depends_on")
+    rows = store.insert_jobs(conn, new)
+    insert_edges(conn, rows, new, parents)
+    # A child its policy ended at once (a dependency that had failed) releases its siblings.
+    ended = [r.id for r in rows if r.has_dependents and r.state in TERMINAL]
+    return [*rows, *(dependencies.release(conn, ended) if ended else [])]
 
 
 def enqueue_ready(state: AppState, rows: list[Any]) -> list[Any]:

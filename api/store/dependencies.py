@@ -99,7 +99,8 @@ def release(conn: Connection, parent_ids: Iterable[uuid.UUID]) -> list[Row[Any]]
 
 def cascade(conn: Connection, moved: Sequence[Row[Any]]) -> list[Row[Any]]:
     """After a statement that released dependents: release theirs, if policy ended them."""
-    ended = [r.id for r in moved if r.released and r.has_dependents and r.state in ("FAILED", "CANCELLED")]
+    ended = [r.id for r in moved
+             if getattr(r, "released", False) and r.has_dependents and r.state in ("FAILED", "CANCELLED")]
     return release(conn, ended) if ended else []
 
 
@@ -134,6 +135,13 @@ def lock_parents(
     if errors:
         raise ValidationFailed("a dependency names no job of yours", errors=errors)
     return found
+
+
+def existing(conn: Connection, ids: Sequence[uuid.UUID], *, owner: str | None) -> set[uuid.UUID]:
+    """Which of these jobs exist (and, with `owner`, are that principal's)."""
+    stmt = sa.text("SELECT id FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) "
+                   "AND (CAST(:owner AS text) IS NULL OR owner = :owner)")
+    return {r.id for r in conn.execute(stmt, {"ids": [str(i) for i in ids], "owner": owner})}
 
 
 _INSERT_EDGES = sa.text(

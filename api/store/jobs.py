@@ -76,6 +76,7 @@ class Finish:
     error: dict[str, str] | None = None
     delivery: Delivery = Delivery()
     retry_in_s: float | None = None  # QUEUED: when the next attempt should come, from now
+    children: tuple[NewJob, ...] = ()  # COMPLETED: jobs it submitted, created with its finish
 
 
 def _row_values(job: NewJob, state: str) -> dict[str, Any]:
@@ -95,7 +96,7 @@ def _row_values(job: NewJob, state: str) -> dict[str, Any]:
     }
     if job.scheduled_time is not None:
         values["scheduled_time"] = job.scheduled_time
-    if job.depends_on or job.workflow_id is not None:
+    if job.depends_on or job.workflow_id is not None or job.has_dependents:
         values.update(
             state=job.state or state, waiting_on=job.waiting_on, error=job.error,
             on_dependency_failure=job.on_dependency_failure, workflow_id=job.workflow_id, step=job.step,
@@ -217,7 +218,7 @@ _CLAIM = sa.text(
     )
     SELECT id, type, queue, state, payload, attempts, attempts_base, max_attempts, timeout_s,
            started_time, attempt_started_time, lease_expires_time,
-           on_dependency_failure, workflow_id, step,
+           on_dependency_failure, workflow_id, step, owner,
            -- how long ago the job first started, by the database's clock: the app's may differ
            extract(epoch FROM now() - started_time)::float8 AS started_age_s
     FROM claimed
@@ -226,7 +227,7 @@ _CLAIM = sa.text(
     jobs.c.id, jobs.c.type, jobs.c.queue, jobs.c.state, jobs.c.payload, jobs.c.attempts,
     jobs.c.attempts_base, jobs.c.max_attempts, jobs.c.timeout_s, jobs.c.started_time,
     jobs.c.attempt_started_time, jobs.c.lease_expires_time, jobs.c.on_dependency_failure,
-    jobs.c.workflow_id, jobs.c.step, sa.column("started_age_s", sa.Float),
+    jobs.c.workflow_id, jobs.c.step, jobs.c.owner, sa.column("started_age_s", sa.Float),
 )
 
 
@@ -442,7 +443,7 @@ def insert_jobs(conn: Connection, new: Sequence[NewJob], *, state: str = "QUEUED
         "owners": [j.owner for j in new],
         "scheduled": [j.scheduled_time for j in new],
     }
-    orchestrated = any(j.depends_on or j.workflow_id is not None for j in new)
+    orchestrated = any(j.depends_on or j.workflow_id is not None or j.has_dependents for j in new)
     if orchestrated:
         params.update(
             states=[j.state or state for j in new],
