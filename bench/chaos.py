@@ -1,10 +1,14 @@
-"""The chaos run: many mixed jobs, random failures, duplicate deliveries and worker kills.
+"""The chaos run: many mixed jobs and workflows, random failures, duplicate deliveries and
+worker kills.
 
-    python -m bench.chaos [--jobs 2000] [--database-url URL] [--seed S] [--quick]
+    python -m bench.chaos [--jobs 2000] [--workflows 10] [--database-url URL] [--seed S] [--quick]
 
 At the end every job must be terminal, each terminal transition must have happened exactly
 once, every attempt a claim started must have exactly one attempt row, and nothing may be
-stuck. Prints the tally; exits 1 on any violation. Everything runs on loopback.
+stuck. Workflows (diamonds and fan-ins of 200, duplicates delivered to their steps too) add:
+every dependent left WAITING exactly once and never before its last dependency ended, nothing
+WAITING once its dependencies are terminal, and each workflow's state and counters equal to
+its steps'. Prints the tally; exits 1 on any violation. Everything runs on loopback.
 """
 
 from __future__ import annotations
@@ -67,6 +71,29 @@ def job_mix(rng: random.Random, n: int) -> list[dict[str, Any]]:
     return jobs
 
 
+def workflow_mix(rng: random.Random, n: int, fan_in: int) -> list[dict[str, Any]]:
+    """N workflows: diamonds whose branches may fail (each policy in turn), and fan-ins."""
+    out: list[dict[str, Any]] = []
+    for i in range(n):
+        if i % 3 == 2:
+            steps = [{"name": f"p{k}", "type": "echo", "payload": {"k": k}, "timeout_s": 2} for k in range(fan_in)]
+            steps.append({"name": "join", "type": "echo", "needs": [f"p{k}" for k in range(fan_in)], "timeout_s": 2})
+            out.append({"name": f"fan-in-{i}", "steps": steps})
+            continue
+        doomed = rng.random() < 0.3  # a branch that runs out of attempts
+        b = ({"type": "flaky", "payload": {"failures": 9}, "max_attempts": 2} if doomed
+             else {"type": "flaky", "payload": {"failures": rng.randint(0, 2)}})
+        policy = ("fail", "cancel", "run")[i % 3]
+        out.append({"name": f"diamond-{i}", "steps": [
+            {"name": "a", "type": "echo", "payload": {"i": i}, "timeout_s": 2},
+            {"name": "b", **b, "needs": ["a"], "timeout_s": 2},
+            {"name": "c", "type": "sleep", "payload": {"seconds": round(rng.uniform(0.01, 0.2), 3)},
+             "needs": ["a"], "timeout_s": 2},
+            {"name": "d", "type": "echo", "needs": ["b", "c"], "on_dependency_failure": policy, "timeout_s": 2},
+        ]})
+    return out
+
+
 class Chaos:
     """Creates the jobs, injects the faults, then checks the invariants."""
 
@@ -103,6 +130,22 @@ class Chaos:
             assert resp.status_code in (200, 202), resp.text
             ids += [j["id"] for j in resp.json()["jobs"]]
         return ids
+
+    def submit_workflows(self, bodies: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+        """Each workflow in one request (retried with its Idempotency-Key); the workflow ids
+        and their steps' job ids."""
+        session = requests.Session()
+        run = uuid.uuid4().hex[:8]
+        workflow_ids: list[str] = []
+        step_ids: list[str] = []
+        for n, body in enumerate(bodies):
+            key = {"Idempotency-Key": f"chaos-{run}-wf-{n}"}
+            resp = _retrying(lambda b=body, k=key: session.post(
+                self.stack.url + "/v1/workflows", json=b, headers=k, timeout=60))
+            assert resp.status_code in (200, 202), resp.text
+            workflow_ids.append(resp.json()["id"])
+            step_ids += [s["job_id"] for s in resp.json()["steps"]]
+        return workflow_ids, step_ids
 
     def duplicate(self, ids: list[str]) -> None:
         """Deliver some jobs twice: a second task with the same body, as at-least-once may."""
@@ -170,9 +213,40 @@ def check(engine: sa.Engine, ids: list[str]) -> tuple[dict[str, Any], list[str]]
         if total != len(ids):
             violations.append(f"{len(ids)} jobs submitted, {total} in the table")
         live = conn.execute(sa.text(
-            "SELECT count(*) FROM jobs WHERE state IN ('CREATED','QUEUED','RUNNING')")).scalar_one()
+            "SELECT count(*) FROM jobs WHERE state IN ('WAITING','CREATED','QUEUED','RUNNING')")).scalar_one()
         if live:
             violations.append(f"{live} jobs are not terminal")
+        released_twice = conn.execute(sa.text("""
+            SELECT count(*) FROM (
+                SELECT job_id FROM chaos_transitions WHERE old_state = 'WAITING'
+                GROUP BY job_id HAVING count(*) <> 1) x""")).scalar_one()
+        if released_twice:
+            violations.append(f"{released_twice} dependents left WAITING other than exactly once")
+        early = conn.execute(sa.text("""
+            SELECT count(*) FROM chaos_transitions r
+            JOIN job_dependencies e ON e.job_id = r.job_id
+            JOIN chaos_transitions p ON p.job_id = e.parent_id
+                 AND p.new_state IN ('COMPLETED','FAILED','CANCELLED')
+            WHERE r.old_state = 'WAITING' AND r.new_state = 'QUEUED' AND r.at < p.at""")).scalar_one()
+        if early:
+            violations.append(f"{early} dependents were released before a dependency ended")
+        edges_left = conn.execute(sa.text("SELECT count(*) FROM job_dependencies WHERE NOT done")).scalar_one()
+        if edges_left:
+            violations.append(f"{edges_left} dependency edges never released")
+        workflows_off = conn.execute(sa.text("""
+            SELECT count(*) FROM workflows w, LATERAL (
+                SELECT count(*) FILTER (WHERE state NOT IN ('COMPLETED','FAILED','CANCELLED')) AS active,
+                       count(*) FILTER (WHERE state = 'FAILED') AS failed,
+                       count(*) FILTER (WHERE state = 'CANCELLED') AS cancelled
+                FROM jobs WHERE workflow_id = w.id) s
+            WHERE w.state = 'RUNNING' OR w.active <> s.active OR w.failed <> s.failed
+               OR w.cancelled <> s.cancelled""")).scalar_one()
+        if workflows_off:
+            violations.append(f"{workflows_off} workflows not ended, or their counters differ from their steps")
+        workflow_states: dict[str, int] = dict(
+            conn.execute(sa.text("SELECT state, count(*) FROM workflows GROUP BY state")).all())
+        released = conn.execute(sa.text(
+            "SELECT count(*) FROM chaos_transitions WHERE old_state = 'WAITING'")).scalar_one()
         twice = conn.execute(sa.text("""
             SELECT count(*) FROM (
                 SELECT job_id FROM chaos_transitions
@@ -195,7 +269,8 @@ def check(engine: sa.Engine, ids: list[str]) -> tuple[dict[str, Any], list[str]]
             conn.execute(sa.text("SELECT outcome, count(*) FROM job_attempts GROUP BY outcome")).all()
         )
         attempts = conn.execute(sa.text("SELECT count(*) FROM job_attempts")).scalar_one()
-    tally = {"jobs": total, "states": states, "attempt_rows": attempts, "attempt_outcomes": outcomes}
+    tally = {"jobs": total, "states": states, "attempt_rows": attempts, "attempt_outcomes": outcomes,
+             "workflows": workflow_states, "dependents_released": released}
     return tally, violations
 
 
@@ -209,11 +284,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill-every", type=float, default=2.0, help="seconds between worker kills")
     p.add_argument("--duplicates", type=float, default=0.1, help="fraction of jobs delivered twice")
     p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--workflows", type=int, default=9, help="workflows: diamonds and fan-ins, in turn")
+    p.add_argument("--fan-in", type=int, default=200, help="steps joined by each fan-in workflow")
     p.add_argument("--quick", action="store_true", help="a short run for the test suite")
     args = p.parse_args(argv)
     if args.quick:
         args.jobs = min(args.jobs, 200)
         args.kill_every = min(args.kill_every, 1.0)
+        args.workflows = min(args.workflows, 6)
+        args.fan_in = min(args.fan_in, 40)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     started = time.monotonic()
@@ -229,12 +308,15 @@ def main(argv: list[str] | None = None) -> int:
             for t in threads:
                 t.start()
             ids = chaos.submit(job_mix(rng, args.jobs))
+            workflow_ids, step_ids = chaos.submit_workflows(workflow_mix(rng, args.workflows, args.fan_in))
+            ids += step_ids
             chaos.duplicate(ids)
             deadline = time.monotonic() + args.timeout
             with engine.connect() as conn:
                 while time.monotonic() < deadline:
                     live = conn.execute(sa.text(
-                        "SELECT count(*) FROM jobs WHERE state IN ('CREATED','QUEUED','RUNNING')")).scalar_one()
+                        "SELECT count(*) FROM jobs WHERE state IN ('WAITING','CREATED','QUEUED','RUNNING')")
+                    ).scalar_one()
                     conn.commit()
                     if live == 0:
                         break
@@ -245,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1.0)  # let in-flight duplicate deliveries land before checking
             tally, violations = check(engine, ids)
         engine.dispose()
-    tally.update(seed=seed, worker_kills=chaos.kills, duplicate_deliveries=chaos.duplicates,
+    tally.update(seed=seed, workflows_submitted=len(workflow_ids), worker_kills=chaos.kills,
+                 duplicate_deliveries=chaos.duplicates,
                  sweeps=chaos.sweeps, seconds=round(time.monotonic() - started, 1))
     print(json.dumps(tally, indent=2, sort_keys=True))
     for v in violations:

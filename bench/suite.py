@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import requests
 import sqlalchemy as sa
 
 from bench.stack import (
@@ -89,6 +90,7 @@ class Sizes:
     rt_jobs: int  # requests (or jobs) per figure in the instrumented run
     warmup: int  # requests per figure before the first round
     workers: int = WORKERS  # gunicorn workers of each server
+    fan_out: int = 0  # steps of the fan-out/fan-in workflow (0: as many as e2e_jobs)
 
 
 MODES = {
@@ -107,7 +109,8 @@ MODES = {
         runs=3, http_s=2.0, e2e_jobs=1500, batch_calls=6, peers=True, rt_jobs=50, warmup=200
     ),
     "full": Sizes(
-        runs=3, http_s=5.0, e2e_jobs=5000, batch_calls=20, peers=True, rt_jobs=200, warmup=500
+        runs=3, http_s=5.0, e2e_jobs=5000, batch_calls=20, peers=True, rt_jobs=200, warmup=500,
+        fan_out=10_000,
     ),
 }
 
@@ -147,6 +150,7 @@ def figures() -> dict[str, Figure]:
         Figure("cj.batch", "cloudjobs POST /v1/jobs:batchCreate ×500", "jobs/s"),
         Figure("cj.e2e.one", "cloudjobs end to end, one by one", "jobs/s", "ceiling"),
         Figure("cj.e2e.batch", "cloudjobs end to end, batches of 500", "jobs/s", "ceiling"),
+        Figure("cj.e2e.workflow", "cloudjobs workflow: fan-out and its fan-in", "jobs/s", "cj.e2e.batch"),
         Figure("peer.procrastinate.one", "Procrastinate, one by one", "jobs/s", "cj.e2e.one"),
         Figure("peer.procrastinate.batch", "Procrastinate, batched", "jobs/s", "cj.e2e.batch"),
         Figure("peer.pgqueuer.one", "pgqueuer, one by one", "jobs/s", "cj.e2e.one"),
@@ -164,6 +168,7 @@ TARGETS: list[tuple[str, str, str | None, float | None]] = [
     ("batchCreate ≥ 10,000 jobs/s", "cj.batch", None, 10_000),
     ("end to end one by one ≥ 0.7× push ceiling", "cj.e2e.one", "ceiling", 0.7),
     ("end to end batched ≥ 0.7× push ceiling", "cj.e2e.batch", "ceiling", 0.7),
+    ("workflow fan-out + fan-in ≥ 0.8× end to end batched", "cj.e2e.workflow", "cj.e2e.batch", 0.8),
     ("ahead of Procrastinate, one by one", "cj.e2e.one", "peer.procrastinate.one", 1.0),
     ("ahead of Procrastinate, batched", "cj.e2e.batch", "peer.procrastinate.batch", 1.0),
     ("ahead of Celery", "cj.e2e.one", "peer.celery.one", 1.0),
@@ -767,6 +772,34 @@ class Bench:
             reading.jobs = n
         return n / (last - first).total_seconds()
 
+    def workflow(self) -> float:
+        """One workflow: a fan-out of no-op echo steps and a step that needs them all, from its
+        creation to its COMPLETED (PostgreSQL's clock), in jobs per second."""
+        n = self.sizes.fan_out or self.sizes.e2e_jobs
+        steps = [{"name": f"w{i}", "type": "echo"} for i in range(n)]
+        steps.append({"name": "join", "type": "echo", "needs": [f"w{i}" for i in range(n)]})
+        bound = max(60.0, n / 20)
+        with self.sampler.watching("cj.e2e.workflow", self.stack.gunicorn.pid, self.cj_db) as reading:
+            resp = requests.post(self.stack.url + "/v1/workflows", json={"name": "fan", "steps": steps},
+                                 timeout=bound)
+            if resp.status_code != 202:
+                raise RuntimeError(f"POST /v1/workflows answered {resp.status_code}: {resp.text[:200]}")
+            wid = resp.json()["id"]
+            deadline = time.monotonic() + bound
+            query = sa.text("SELECT state, created_time, done_time FROM workflows WHERE id = :id")
+            while True:
+                with self.cj_db.connect() as conn:
+                    row = conn.execute(query, {"id": wid}).one()
+                if row.state != "RUNNING":
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the workflow of {n + 1} steps did not end within {bound:.0f}s")
+                time.sleep(0.1)
+            if row.state != "COMPLETED":
+                raise RuntimeError(f"the workflow ended {row.state}")
+            reading.jobs = n + 1
+        return (n + 1) / (row.done_time - row.created_time).total_seconds()
+
     def wait_done(self, t0: datetime, n: int, *, timeout: float) -> tuple[datetime, datetime]:
         """Wait until the n jobs created after t0 are all COMPLETED; (first created, last done)."""
         deadline = time.monotonic() + timeout
@@ -834,6 +867,7 @@ class Bench:
         self.guarded("ceiling", self.ceiling)
         self.guarded("cj.e2e.one", lambda: self.e2e("one"))
         self.guarded("cj.e2e.batch", lambda: self.e2e("batch"))
+        self.guarded("cj.e2e.workflow", self.workflow)
         for peer in peers:
             for mode in ("one", "batch"):
                 key = f"peer.{peer.name}.{mode}"
@@ -1048,6 +1082,7 @@ def _short(f: Figure) -> str:
         "ceiling": "push ceiling",
         "cj.e2e.one": "cloudjobs one by one",
         "cj.e2e.batch": "cloudjobs batched",
+        "cj.e2e.workflow": "cloudjobs workflow",
     }.get(f.key, f.label)
 
 

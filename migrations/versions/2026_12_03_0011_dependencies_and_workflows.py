@@ -115,13 +115,15 @@ def upgrade() -> None:
             RETURN NULL;
         END $$
     """)
-    # Only a step's change of state calls it: the WHEN is evaluated without a function call,
-    # so jobs outside workflows pay nothing.
-    op.execute("""
+    # Only a step that becomes terminal, or stops being so (a retry), calls it: the WHEN is
+    # evaluated without a function call, so jobs outside workflows, and a step's claim or
+    # any other move between live states, pay nothing and take no lock on the workflow's row.
+    op.execute(f"""
         CREATE TRIGGER jobs_workflow_step_moved
         AFTER UPDATE OF state ON jobs
         FOR EACH ROW
-        WHEN (NEW.workflow_id IS NOT NULL AND OLD.state IS DISTINCT FROM NEW.state)
+        WHEN (NEW.workflow_id IS NOT NULL
+              AND (OLD.state IN {TERMINAL}) IS DISTINCT FROM (NEW.state IN {TERMINAL}))
         EXECUTE FUNCTION workflow_step_moved()
     """)
 

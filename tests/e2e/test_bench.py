@@ -24,6 +24,7 @@ ROWS = {
     "cj.batch": "cloudjobs POST /v1/jobs:batchCreate ×500",
     "cj.e2e.one": "cloudjobs end to end, one by one",
     "cj.e2e.batch": "cloudjobs end to end, batches of 500",
+    "cj.e2e.workflow": "cloudjobs workflow: fan-out and its fan-in",
 }
 
 

@@ -19,4 +19,6 @@ def test_a_short_chaos_run_ends_clean(server_url: str) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "chaos run: clean" in proc.stdout
-    assert '"jobs": 150' in proc.stdout
+    assert "\"dependents_released\"" in proc.stdout and "\"workflows_submitted\": " in proc.stdout
+    # 150 jobs, and the quick mode's 6 workflows: 4 diamonds of 4 steps, 2 fan-ins of 40 + 1
+    assert '"jobs": 248' in proc.stdout and '"workflows_submitted": 6' in proc.stdout
