@@ -36,8 +36,9 @@ class WorkflowStep(CreateJob):
     """One step: a job (every option of POST /v1/jobs) with a name and the steps it needs."""
 
     name: str = Field(description="Unique in the workflow: letters, digits, _ . -, at most 100.")
-    needs: list[str] = Field(default_factory=list, max_length=1000,
-                             description="Names of the steps that must be terminal before it runs.")
+    needs: list[str] = Field(default_factory=list, max_length=MAX_STEPS,
+                             description="Names of the steps that must be terminal before it runs "
+                                         "(a fan-in may need every other step).")
 
     @field_validator("name")
     @classmethod
