@@ -10,3 +10,17 @@ def rfc3339(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+# Times the API takes: far enough from datetime's ends (years 1 and 9999) that a window or a
+# time zone moved across them cannot overflow.
+MIN_YEAR, MAX_YEAR = 2, 9998
+
+
+def in_range(value: datetime) -> bool:
+    """Whether an aware time lies within the years the API takes (in UTC and as written)."""
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        return False
+    return MIN_YEAR <= value.year <= MAX_YEAR and MIN_YEAR <= utc.year <= MAX_YEAR

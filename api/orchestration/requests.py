@@ -12,7 +12,10 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from api.times import MAX_YEAR, MIN_YEAR, in_range
+
 MAX_DEPENDENCIES = 1000
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 MAX_LABELS = 64
 MAX_LABEL_VALUE = 256
@@ -77,9 +80,16 @@ class CreateJob(BaseModel):
     @field_validator("run_at", mode="before")
     @classmethod
     def _run_at_is_text(cls, value: Any) -> Any:
-        # RFC 3339 text only: pydantic would take a number as Unix seconds.
-        if value is not None and not isinstance(value, str):
-            raise ValueError("run_at must be an RFC 3339 date-time string")
+        # RFC 3339 text only: pydantic would take a number, or a string of one, as Unix seconds.
+        if value is not None and not (isinstance(value, str) and RFC3339.fullmatch(value)):
+            raise ValueError("run_at must be an RFC 3339 date-time with an offset, e.g. 2026-12-03T17:00:00Z")
+        return value
+
+    @field_validator("run_at")
+    @classmethod
+    def _run_at_in_range(cls, value: Any) -> Any:
+        if value is not None and not in_range(value):
+            raise ValueError(f"run_at must be between the years {MIN_YEAR} and {MAX_YEAR}")
         return value
 
     @field_validator("labels")

@@ -26,7 +26,7 @@ from api.store.tables import STATES, TERMINAL
 from api.ui import charts
 from api.web import paging
 from api.web.auth import Principal
-from api.web.http import current_state, filter_digest, parse_filter, parse_job_id
+from api.web.http import check_params, current_state, filter_digest, parse_filter, parse_job_id
 from api.web.resources import attempts_resource, job_resource
 
 bp = Blueprint(
@@ -151,6 +151,7 @@ def jobs() -> str:
     """Jobs, newest first, filtered by state, type, queue and label, paged by keyset."""
     state = current_state()
     args = MultiDict([(k, v.strip()) for k, v in request.args.items(multi=True) if v.strip()])
+    check_params(args, (*FILTERS, "page_size", "page_token"))
     flt = parse_filter(args, owner=principal().scope)
     size = paging.page_size(args.get("page_size"))
     scope = filter_digest(flt)

@@ -18,7 +18,9 @@ from api.store.engine import autocommit
 from api.web import paging
 from api.web import waiting as waiters
 from api.web.http import (
+    LIST_PARAMS,
     authenticate,
+    check_params,
     current_state,
     filter_digest,
     json_body,
@@ -91,6 +93,7 @@ def get_job(job_id: str) -> Response:
     """One job."""
     state = current_state()
     jid = parse_job_id(job_id)
+    check_params(request.args, {"wait"})
     wait_s = waiters.wait_seconds(request.args.get("wait"))
     with autocommit(state.engine) as conn:  # one statement: no BEGIN, no ROLLBACK
         row = store.get_job(conn, jid, owner=principal().scope)
@@ -121,6 +124,7 @@ def list_attempts(job_id: str) -> Response:
 def list_jobs() -> Response:
     """Jobs, newest first, filtered and paged by keyset."""
     state = current_state()
+    check_params(request.args, LIST_PARAMS)
     flt = parse_filter(request.args, owner=principal().scope)
     size = paging.page_size(request.args.get("page_size"))
     scope = filter_digest(flt)

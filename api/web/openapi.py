@@ -199,7 +199,7 @@ def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) 
                         _query("state", "Comma-separated states", array, style="form", explode=True),
                         _query("type", "Comma-separated job types", array, style="form", explode=True),
                         _query("queue", "Comma-separated queues", array, style="form", explode=True),
-                        _query("label", "key:value, repeatable", array, style="form", explode=True),
+                        _query("label", "key:value or key=value, repeatable", array, style="form", explode=True),
                         _query("created_after", "RFC 3339", {"type": "string", "format": "date-time"}),
                         _query("created_before", "RFC 3339", {"type": "string", "format": "date-time"}),
                         _query("page_size", "Default 50; above 500 is coerced to 500", {"type": "integer", "minimum": 0}),
@@ -272,7 +272,7 @@ def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) 
                     "summary": "List workflows, newest first (without their steps)",
                     "parameters": [
                         _query("state", "Comma-separated workflow states", array, style="form", explode=True),
-                        _query("label", "key:value, repeatable", array, style="form", explode=True),
+                        _query("label", "key:value or key=value, repeatable", array, style="form", explode=True),
                         _query("created_after", "RFC 3339", {"type": "string", "format": "date-time"}),
                         _query("created_before", "RFC 3339", {"type": "string", "format": "date-time"}),
                         _query("page_size", "Default 50; above 500 is coerced to 500", {"type": "integer", "minimum": 0}),

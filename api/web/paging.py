@@ -10,6 +10,7 @@ import uuid
 from datetime import datetime
 
 from api.errors import InvalidRequest
+from api.times import in_range
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -48,7 +49,9 @@ def decode(key: str, token: str, scope: str) -> tuple[datetime, uuid.UUID]:
         body = json.loads(raw)
         position = (datetime.fromisoformat(body["t"]), uuid.UUID(body["i"]))
         same_scope = body["s"] == scope
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError):
+        if position[0].tzinfo is None or not in_range(position[0]):
+            raise ValueError("a time out of range")
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, json.JSONDecodeError):
         raise InvalidRequest("page_token is not valid; start again without it") from None
     if not same_scope:
         raise InvalidRequest("page_token belongs to a query with other filters")

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, request
 from api.errors import InvalidRequest, Problem
 from api.reporting.reports import REPORTS, ReportQuery, run_report
 from api.times import rfc3339
-from api.web.http import authenticate, current_state, json_response, parse_time, principal
+from api.web.http import REPORT_PARAMS, authenticate, check_params, current_state, json_response, parse_time, principal
 
 bp = Blueprint("reports", __name__)
 bp.before_request(authenticate)
@@ -41,6 +41,7 @@ def report(name: str) -> Response:
         p.status, p.title, p.slug = 404, "Not found", "not-found"
         raise p
     state = current_state()
+    check_params(request.args, REPORT_PARAMS)
     q = query_from_args(request.args, owner=principal().scope)
     rows = run_report(state.reporting_engine, name, q)
     return json_response({

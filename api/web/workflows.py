@@ -18,7 +18,16 @@ from api.store.tables import WORKFLOW_STATES
 from api.times import rfc3339
 from api.web import paging
 from api.web import waiting as waiters
-from api.web.http import authenticate, current_state, filter_digest, json_body, json_response, parse_filter, principal
+from api.web.http import (
+    authenticate,
+    check_params,
+    current_state,
+    filter_digest,
+    json_body,
+    json_response,
+    parse_filter,
+    principal,
+)
 
 bp = Blueprint("workflows", __name__)
 bp.before_request(authenticate)
@@ -90,6 +99,7 @@ def create_workflow() -> Response:
 def get_workflow(workflow_id: str) -> Response:
     """One workflow with its steps; `?wait=S` answers as soon as it has ended (or after S)."""
     wid = _parse_id(workflow_id)
+    check_params(request.args, {"wait"})
     wait_s = waiters.wait_seconds(request.args.get("wait"))
     row, steps = _read(wid)
     if wait_s is not None:
@@ -104,9 +114,7 @@ def get_workflow(workflow_id: str) -> Response:
 def list_workflows() -> Response:
     """Workflows, newest first, filtered and paged by keyset (without their steps)."""
     state = current_state()
-    unknown = sorted(set(request.args) - LIST_PARAMS)
-    if unknown:
-        raise InvalidRequest(f"unknown query parameter {unknown[0]!r}; known: {', '.join(sorted(LIST_PARAMS))}")
+    check_params(request.args, LIST_PARAMS)
     flt = parse_filter(request.args, owner=principal().scope)
     bad = [s for s in flt.states if s not in WORKFLOW_STATES]
     if bad:

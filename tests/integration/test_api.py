@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 import re
 import uuid
@@ -368,3 +369,120 @@ def test_a_prefix_names_only_the_callers_jobs(make_app: Any, db: Engine) -> None
     prefix = created["id"][:8]
     assert client.get(f"/v1/jobs/{prefix}", headers={"Authorization": f"Bearer {theirs}"}).status_code == 200
     assert client.get(f"/v1/jobs/{prefix}", headers={"Authorization": f"Bearer {mine}"}).status_code == 404
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/jobs?stat=FAILED",
+    "/v1/jobs?state=FAILED&lable=a:b",
+    "/v1/reports/summary?form=2026-01-01T00:00:00Z",
+    "/v1/workflows?stat=RUNNING",
+])
+def test_an_unknown_query_parameter_is_a_400_naming_it(client: FlaskClient, path: str) -> None:
+    resp = client.get(path)
+    assert resp.status_code == 400, resp.get_json()
+    bad = path.split("?")[1].split("&")[-1].split("=")[0]
+    assert repr(bad) in resp.get_json()["detail"]
+
+
+def test_an_unknown_query_parameter_on_a_job_is_a_400(client: FlaskClient) -> None:
+    job_id = post(client, {"type": "echo"}).get_json()["id"]
+    resp = client.get(f"/v1/jobs/{job_id}?wiat=5")
+    assert resp.status_code == 400 and "'wiat'" in resp.get_json()["detail"]
+
+
+def test_labels_filter_as_key_colon_value_or_key_equals_value(client: FlaskClient) -> None:
+    a = post(client, {"type": "echo", "labels": {"team": "a=b:c"}}).get_json()["id"]
+    post(client, {"type": "echo", "labels": {"team": "z"}})
+    for flt in ("team:a=b:c", "team=a=b:c"):
+        assert [j["id"] for j in client.get(f"/v1/jobs?label={flt}").get_json()["jobs"]] == [a], flt
+    assert client.get("/v1/jobs?label=novalue").status_code == 400
+
+
+def _deep(levels: int) -> str:
+    return '{"k": ' * levels + "1" + "}" * levels
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ('{"type": "echo", "payload": %s}' % _deep(1000), "payload.k.k"),  # past the parser's recursion
+    ('{"type": "echo", "payload": {"list": [%s]}}' % _deep(70), "payload.list[0].k"),
+    ('{"type": "echo", "labels": %s}' % _deep(80), "labels.k"),
+])
+def test_a_body_nested_too_deep_is_a_422_naming_where(client: FlaskClient, db: Any, body: str, field: str) -> None:
+    resp = client.post("/v1/jobs", data=body, content_type="application/json")
+    assert resp.status_code == 422, resp.get_json()
+    [err] = resp.get_json()["errors"]
+    assert err["field"].startswith(field) and "64 levels" in err["message"]
+    batch = client.post("/v1/jobs:batchCreate", data='{"jobs": [{"type": "echo"}, %s]}' % body,
+                        content_type="application/json")
+    assert batch.status_code == 422 and batch.get_json()["errors"][0]["field"].startswith("jobs[1].")
+    with db.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one() == 0
+
+
+def test_sixty_four_levels_are_accepted(client: FlaskClient) -> None:
+    resp = client.post("/v1/jobs", data='{"type": "echo", "payload": %s}' % _deep(62),
+                       content_type="application/json")
+    assert resp.status_code == 202, resp.get_json()
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"])
+def test_a_number_that_is_not_finite_is_a_422_naming_it(client: FlaskClient, number: str) -> None:
+    raw = '{"type": "echo", "payload": {"a": [1, {"x": %s}]}}' % number
+    resp = client.post("/v1/jobs", data=raw, content_type="application/json")
+    assert resp.status_code == 422, resp.get_json()
+    assert resp.get_json()["errors"][0]["field"] == "payload.a[1].x"
+
+
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-23:59", "garbage"])
+def test_a_forged_page_token_is_a_400(app: Any, client: FlaskClient, stamp: str) -> None:
+    import base64
+    import hashlib
+    import hmac
+
+    from werkzeug.datastructures import MultiDict
+
+    from api.web.http import filter_digest, parse_filter
+
+    key = app.extensions["cloudjobs"].config.page_token_key
+    with app.test_request_context("/v1/jobs"):
+        scope = filter_digest(parse_filter(MultiDict(), owner=None))
+    raw = json.dumps({"t": stamp, "i": str(uuid.uuid4()), "s": scope}).encode()
+    token = base64.urlsafe_b64encode(hmac.new(key.encode(), raw, hashlib.sha256).digest()[:12] + raw).decode()
+    for path in ("/v1/jobs", "/ui/jobs"):
+        resp = client.get(f"{path}?page_token={token.rstrip('=')}")
+        assert resp.status_code == 400, (path, resp.data[:200])
+
+
+@pytest.mark.parametrize("query", ["to=0001-01-01T00:00:00Z", "from=9999-12-31T23:59:59-23:59",
+                                   "to=0001-01-01T00:00:00+23:59"])
+def test_report_times_out_of_range_are_a_400(client: FlaskClient, query: str) -> None:
+    for name in ("summary", "timeseries", "failures"):
+        resp = client.get(f"/v1/reports/{name}?{query}")
+        assert resp.status_code == 400, (name, resp.get_json())
+        assert query.split("=")[0] in resp.get_json()["detail"]
+
+
+@pytest.mark.parametrize("run_at", ["1796373800.5", "1796373800", "2026-12-03", "2026-12-03T10:00:00",
+                                    "0001-01-01T00:00:00+01:00"])
+def test_run_at_is_rfc_3339_with_an_offset_only(client: FlaskClient, run_at: str) -> None:
+    resp = post(client, {"type": "echo", "run_at": run_at})
+    assert resp.status_code == 422, resp.get_json()
+    assert resp.get_json()["errors"][0]["field"] == "run_at"
+
+
+def test_a_chunked_body_over_the_limit_is_a_413(app: Any) -> None:
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    body = json.dumps({"type": "echo", "payload": {"x": "y" * (limit + 10)}}).encode()
+    env = EnvironBuilder(path="/v1/jobs", method="POST", content_type="application/json").get_environ()
+    env.pop("CONTENT_LENGTH", None)
+    env.update({"wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True, "HTTP_TRANSFER_ENCODING": "chunked"})
+    _, status, _ = run_wsgi_app(app, env)
+    assert status.startswith("413")
+    small = json.dumps({"type": "echo"}).encode()
+    env = EnvironBuilder(path="/v1/jobs", method="POST", content_type="application/json").get_environ()
+    env.pop("CONTENT_LENGTH", None)
+    env.update({"wsgi.input": io.BytesIO(small), "wsgi.input_terminated": True, "HTTP_TRANSFER_ENCODING": "chunked"})
+    _, status, _ = run_wsgi_app(app, env)
+    assert status.startswith("202")

@@ -87,6 +87,7 @@ def test_filters_narrow_the_list(client: FlaskClient) -> None:
     ]
     assert job_ids(client.get("/ui/jobs?type=echo").get_data(as_text=True)) == [echo]
     assert job_ids(client.get("/ui/jobs?label=team:b").get_data(as_text=True)) == [sleep]
+    assert job_ids(client.get("/ui/jobs?label=team=b").get_data(as_text=True)) == [sleep]  # either syntax
     assert job_ids(client.get("/ui/jobs?queue=slow").get_data(as_text=True)) == [sleep]
     assert job_ids(client.get("/ui/jobs?state=QUEUED&type=").get_data(as_text=True)) == [
         sleep,
@@ -100,7 +101,7 @@ def test_filters_narrow_the_list(client: FlaskClient) -> None:
 
 
 def test_a_bad_filter_is_a_400_page(client: FlaskClient) -> None:
-    for query in ("state=NOPE", "label=nocolon", "page_token=garbage"):
+    for query in ("state=NOPE", "label=nocolon", "page_token=garbage", "stat=FAILED"):
         resp = client.get(f"/ui/jobs?{query}")
         assert resp.status_code == 400, query
         assert resp.mimetype == "text/html"

@@ -114,3 +114,10 @@ def test_a_job_waiting_to_retry_shows_its_last_error_and_when_it_runs_next() -> 
     # without a time (an older server), the error alone
     assert "FLAKY: boom" in render(job(state="QUEUED", progress=None, error={"code": "FLAKY", "message": "boom"}), 1.0)
 
+
+def test_labels_take_either_syntax_and_a_bad_one_is_a_usage_error() -> None:
+    from cloudjobs_client.cli import UsageError, _labels
+
+    assert _labels(["team=a", "env:prod", "url=http://x:1"]) == {"team": "a", "env": "prod", "url": "http://x:1"}
+    with pytest.raises(UsageError, match="KEY=VALUE"):
+        _labels(["novalue"])

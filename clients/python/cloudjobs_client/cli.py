@@ -436,10 +436,11 @@ def _payload(raw: str) -> dict[str, Any]:
 def _labels(raw: Iterable[str]) -> dict[str, str]:
     labels = {}
     for item in raw:
-        k, sep, v = item.partition("=")
-        if not sep or not k:
-            raise UsageError(f"--label {item!r} must be KEY=VALUE")
-        labels[k] = v
+        # KEY=VALUE or KEY:VALUE, as the API and the dashboard take (keys hold neither).
+        cut = min((i for i in (item.find("="), item.find(":")) if i >= 0), default=-1)
+        if cut <= 0:
+            raise UsageError(f"--label {item!r} must be KEY=VALUE (or KEY:VALUE)")
+        labels[item[:cut]] = item[cut + 1:]
     return labels
 
 
