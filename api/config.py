@@ -75,7 +75,7 @@ class Config:
     # Delivery
     lease_margin_s: int = 30  # a lease outlives the job's timeout by this much
     sweep_created_after_s: int = 60  # a CREATED job this old lost its enqueue
-    sweep_queued_after_s: int = 600  # a QUEUED job this stale has its task checked
+    sweep_queued_after_s: int = 60  # a QUEUED job this stale has its task checked
     sweep_batch: int = 500  # jobs per kind per sweep
 
     # GET /v1/jobs/{id}?wait=S
@@ -206,7 +206,7 @@ class Config:
             max_payload_bytes=int(e.get("MAX_PAYLOAD_BYTES", str(256 * 1024))),
             lease_margin_s=int(e.get("LEASE_MARGIN_S", "30")),
             sweep_created_after_s=int(e.get("SWEEP_CREATED_AFTER_S", "60")),
-            sweep_queued_after_s=int(e.get("SWEEP_QUEUED_AFTER_S", "600")),
+            sweep_queued_after_s=int(e.get("SWEEP_QUEUED_AFTER_S", "60")),
             sweep_batch=int(e.get("SWEEP_BATCH", "500")),
             wait_fallback_s=float(e.get("WAIT_FALLBACK_S", "5")),
             # A waiting request holds a thread under gthread, only a greenlet under gevent.

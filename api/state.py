@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
@@ -31,6 +31,10 @@ class AppState:
     reporting_engine: Engine
     # Slots for job attempts in this process (RUN_CONCURRENCY); /handlers/run takes one or answers 429.
     run_slots: threading.BoundedSemaphore
+    # Set when a CreateTask failed here (Cloud Tasks unreachable): the next one that succeeds
+    # sends the jobs left CREATED at once, not at the next sweep (api/orchestration/lifecycle.py).
+    enqueue_backlog: threading.Event = field(default_factory=threading.Event)
+    draining: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def build(

@@ -1,7 +1,13 @@
-"""The chaos run: many mixed jobs and workflows, random failures, duplicate deliveries and
-worker kills.
+"""The chaos run: many mixed jobs and workflows, random failures, duplicate deliveries,
+worker kills and database faults.
 
     python -m bench.chaos [--jobs 2000] [--workflows 10] [--database-url URL] [--seed S] [--quick]
+
+Database faults, every few seconds in turn: a read-only interval (the database set to
+`default_transaction_read_only` and its connections dropped, as a failover to a standby looks
+to the app, then writable again without dropping them) and a restart — a real PostgreSQL
+restart, fast or immediate, when the run has its own embedded server (`--database-url ''`),
+else every connection to the run's database terminated (a shared server is not restarted).
 
 At the end every job must be terminal, each terminal transition must have happened exactly
 once, every attempt a claim started must have exactly one attempt row, and nothing may be
@@ -18,6 +24,7 @@ import json
 import random
 import signal
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -97,8 +104,12 @@ def workflow_mix(rng: random.Random, n: int, fan_in: int) -> list[dict[str, Any]
 class Chaos:
     """Creates the jobs, injects the faults, then checks the invariants."""
 
-    def __init__(self, stack: Stack, *, rng: random.Random, kill_every_s: float, dup_fraction: float) -> None:
+    def __init__(self, stack: Stack, *, rng: random.Random, kill_every_s: float, dup_fraction: float,
+                 db_fault_every_s: float = 0.0, server: Any = None) -> None:
         self.stack = stack
+        self.db_fault_every_s = db_fault_every_s
+        self.server = server  # an embedded PostgreSQL the run may restart
+        self.db_faults: dict[str, int] = {}
         self.rng = rng
         self.kill_every_s = kill_every_s
         self.dup_fraction = dup_fraction
@@ -174,6 +185,39 @@ class Chaos:
                 self.rng.choice(workers).send_signal(signal.SIGKILL)
                 self.kills += 1
 
+    def database_faults(self) -> None:
+        """A read-only interval, then a restart, in turn, every `db_fault_every_s` or so."""
+        url = sa.make_url(self.stack.database_url)
+        name = url.database  # altered from the server's own database, which stays writable
+        admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT",
+                                 poolclass=sa.pool.NullPool)
+        drop = sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                       "WHERE datname = :name AND pid <> pg_backend_pid()").bindparams(name=name)
+        kinds = ["read-only", "restart"]
+        while not self.stop.wait(self.db_fault_every_s * self.rng.uniform(0.5, 1.5)):
+            kind = kinds[sum(self.db_faults.values()) % 2]
+            try:
+                if kind == "read-only":
+                    with admin.connect() as conn:
+                        conn.execute(sa.text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'))
+                        conn.execute(drop)
+                    self.stop.wait(1.5)
+                    with admin.connect() as conn:  # pooled read-only sessions stay: the app must replace them
+                        conn.execute(sa.text(f'ALTER DATABASE "{name}" RESET default_transaction_read_only'))
+                elif self.server is not None:
+                    from pgserver._commands import pg_ctl
+
+                    mode = self.rng.choice(["fast", "immediate"])
+                    pg_ctl(["-w", "-m", mode, "restart"], pgdata=self.server.pgdata, user=self.server.system_user)
+                else:
+                    with admin.connect() as conn:
+                        conn.execute(drop)
+                self.db_faults[kind] = self.db_faults.get(kind, 0) + 1
+            except Exception as e:  # the fault itself failed (the server was still coming back)
+                print(f"database fault {kind} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+                      file=sys.stderr)
+        admin.dispose()
+
     def sweeper(self) -> None:
         """What Cloud Scheduler would do: a sweep every second."""
         from api import create_app
@@ -187,7 +231,7 @@ class Chaos:
                 sweep(state)
                 self.sweeps += 1
             except Exception as e:  # a sweep that fails is retried next second, as Scheduler would
-                print(f"sweep failed: {type(e).__name__}: {e}", file=sys.stderr)
+                print(f"sweep failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}", file=sys.stderr)
         state.engine.dispose()
 
 
@@ -286,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--workflows", type=int, default=9, help="workflows: diamonds and fan-ins, in turn")
     p.add_argument("--fan-in", type=int, default=200, help="steps joined by each fan-in workflow")
+    p.add_argument("--db-fault-every", type=float, default=6.0,
+                   help="seconds between database faults (read-only interval, restart); 0: none")
     p.add_argument("--quick", action="store_true", help="a short run for the test suite")
     args = p.parse_args(argv)
     if args.quick:
@@ -293,18 +339,35 @@ def main(argv: list[str] | None = None) -> int:
         args.kill_every = min(args.kill_every, 1.0)
         args.workflows = min(args.workflows, 6)
         args.fan_in = min(args.fan_in, 40)
+        args.db_fault_every = min(args.db_fault_every, 2.5)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    server = None
+    if not args.database_url:  # an embedded server of the run's own, which it may restart
+        from api.cli.devdb import start_embedded_postgres
+
+        args.database_url, server = start_embedded_postgres(Path(tempfile.mkdtemp(prefix="cloudjobs-chaos-")) / "pg")
+    try:
+        return _run(args, seed, server)
+    finally:
+        if server is not None:
+            server.cleanup()
+
+
+def _run(args: argparse.Namespace, seed: int, server: Any) -> int:
     rng = random.Random(seed)
     started = time.monotonic()
-    with fresh_database(args.database_url or None) as url:
+    with fresh_database(args.database_url) as url:
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         with engine.begin() as conn:
             conn.exec_driver_sql(AUDIT)
         extra = {"LEASE_MARGIN_S": "1", "SWEEP_CREATED_AFTER_S": "2", "SWEEP_QUEUED_AFTER_S": "5"}
         with running_stack(url, queues_file=HERE / "chaos.queues.yaml", extra_env=extra) as stack:
-            chaos = Chaos(stack, rng=rng, kill_every_s=args.kill_every, dup_fraction=args.duplicates)
+            chaos = Chaos(stack, rng=rng, kill_every_s=args.kill_every, dup_fraction=args.duplicates,
+                          db_fault_every_s=args.db_fault_every, server=server)
             threads = [threading.Thread(target=chaos.killer, daemon=True),
                        threading.Thread(target=chaos.sweeper, daemon=True)]
+            if args.db_fault_every > 0:
+                threads.append(threading.Thread(target=chaos.database_faults, daemon=True))
             for t in threads:
                 t.start()
             ids = chaos.submit(job_mix(rng, args.jobs))
@@ -312,15 +375,17 @@ def main(argv: list[str] | None = None) -> int:
             ids += step_ids
             chaos.duplicate(ids)
             deadline = time.monotonic() + args.timeout
-            with engine.connect() as conn:
-                while time.monotonic() < deadline:
-                    live = conn.execute(sa.text(
-                        "SELECT count(*) FROM jobs WHERE state IN ('WAITING','CREATED','QUEUED','RUNNING')")
-                    ).scalar_one()
-                    conn.commit()
-                    if live == 0:
-                        break
-                    time.sleep(0.5)
+            while time.monotonic() < deadline:
+                try:
+                    with engine.connect() as conn:
+                        live = conn.execute(sa.text(
+                            "SELECT count(*) FROM jobs WHERE state IN ('WAITING','CREATED','QUEUED','RUNNING')")
+                        ).scalar_one()
+                except (sa.exc.DBAPIError, OSError):  # a database fault: ask again
+                    live = -1
+                if live == 0:
+                    break
+                time.sleep(0.5)
             chaos.stop.set()
             for t in threads:
                 t.join(timeout=30)
@@ -329,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         engine.dispose()
     tally.update(seed=seed, workflows_submitted=len(workflow_ids), worker_kills=chaos.kills,
                  duplicate_deliveries=chaos.duplicates,
-                 sweeps=chaos.sweeps, seconds=round(time.monotonic() - started, 1))
+                 database_faults=chaos.db_faults, sweeps=chaos.sweeps, seconds=round(time.monotonic() - started, 1))
     print(json.dumps(tally, indent=2, sort_keys=True))
     for v in violations:
         print(f"VIOLATION: {v}", file=sys.stderr)

@@ -24,7 +24,8 @@ from api.orchestration.lifecycle import continue_released
 from api.state import AppState
 from api.store import dependencies
 from api.store import jobs as store
-from api.store.engine import autocommit
+from api.store.engine import OUTAGE_RETRY, autocommit
+from handlers import holder
 from handlers.registry import JobContext, Parent, Permanent, Retry, UnknownJobType
 
 if TYPE_CHECKING:
@@ -49,8 +50,9 @@ def run_jobs(state: AppState, ids: Sequence[uuid.UUID], delivery: store.Delivery
     lease must be visible while the jobs run, and nothing else need commit with either.
     """
     outcome = RunOutcome()
+    me = holder.this_process()
     with autocommit(state.engine) as conn:
-        claimed = store.claim_jobs(conn, ids, lease_margin_s=state.config.lease_margin_s)
+        claimed = store.claim_jobs(conn, ids, lease_margin_s=state.config.lease_margin_s, holder=me)
         unclaimed = [i for i in ids if i not in {r.id for r in claimed}]
         released = []
         if unclaimed:
@@ -59,6 +61,16 @@ def run_jobs(state: AppState, ids: Sequence[uuid.UUID], delivery: store.Delivery
             if settled:
                 released = dependencies.release(conn, settled)
         current = {i: store.get_job(conn, i) for i in unclaimed}
+        # Held by a process of this machine that is gone (a worker killed mid-attempt): take
+        # the job over now rather than when its lease runs out.
+        dead = {i: r.lease_holder for i, r in current.items()
+                if r is not None and r.state == "RUNNING" and holder.is_dead(r.lease_holder)}
+        if dead:
+            taken = store.claim_jobs(conn, list(dead), lease_margin_s=state.config.lease_margin_s,
+                                     holder=me, dead=sorted({h for h in dead.values() if h}))
+            claimed += taken
+            for took in taken:
+                del current[took.id]
     if released:
         continue_released(state, released)
     for job_id, row in current.items():
@@ -79,13 +91,12 @@ def run_jobs(state: AppState, ids: Sequence[uuid.UUID], delivery: store.Delivery
             finishes.append(execute(state, row, delivery))
         timed[row.id] = (row, clock)
     plain = [f for f in finishes if not f.children]
-    with autocommit(state.engine) as conn:
-        finished = store.finish_jobs(conn, plain)
+    finished = OUTAGE_RETRY(_finish)(state, plain)
     released = list(finished.released)
     moved = finished.states
     for f in finishes:
         if f.children:
-            states, freed = _finish_with_children(state, f, timed[f.job_id][0].owner)
+            states, freed = OUTAGE_RETRY(_finish_with_children)(state, f, timed[f.job_id][0].owner)
             moved.update(states)
             released += freed
     if released:
@@ -101,6 +112,11 @@ def run_jobs(state: AppState, ids: Sequence[uuid.UUID], delivery: store.Delivery
         if new_state == "QUEUED":
             outcome.retry.append(f.job_id)
     return outcome
+
+
+def _finish(state: AppState, finishes: list[store.Finish]) -> store.Finished:
+    with autocommit(state.engine) as conn:
+        return store.finish_jobs(conn, finishes)
 
 
 def _backoff(row: Row[Any], spec: QueueSpec | None, delivery: store.Delivery) -> float | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
@@ -398,6 +399,10 @@ def enqueue(state: AppState, rows: list[Row[Any]]) -> list[Row[Any]]:
         for i in range(0, len(group), TASK_BATCH):
             enqueued += _create_tasks(state, queue, group[i : i + TASK_BATCH])
     done = set(enqueued)
+    if len(done) < len(rows):
+        state.enqueue_backlog.set()
+    elif done and state.enqueue_backlog.is_set():
+        _drain_backlog(state)
     to_mark = [r.id for r in rows if r.state == "CREATED" and r.id in done]
     to_revert = [r for r in rows if r.state == "QUEUED" and r.id not in done]
     if not to_mark and not to_revert:
@@ -420,6 +425,32 @@ def enqueue(state: AppState, rows: list[Row[Any]]) -> list[Row[Any]]:
         # Still not lost: a QUEUED job without a task is found by the sweeper.
         logger.warning("could not mark unenqueued jobs CREATED", extra={"error": type(e).__name__})
     return [moved.get(r.id, r) for r in rows]
+
+
+def _drain_backlog(state: AppState) -> None:
+    """Cloud Tasks answers again after a failure: send the jobs left CREATED meanwhile, in the
+    background, now rather than at the next sweep. One drain per process at a time; the
+    sweeper remains the net (a job enqueued twice is one task: task names are fixed)."""
+    if not state.draining.acquire(blocking=False):
+        return
+    state.enqueue_backlog.clear()
+
+    def drain() -> None:
+        try:
+            while True:
+                with state.engine.connect() as conn:
+                    rows = store.stale_created(conn, older_than_s=0, limit=state.config.sweep_batch)
+                if not rows:
+                    return
+                after = enqueue(state, rows)
+                if any(r.state == "CREATED" for r in after):
+                    return  # failing again: the flag is set, the next success drains
+        except Exception as e:  # the sweeper still covers every job left
+            logger.warning("draining the enqueue backlog stopped", extra={"error": type(e).__name__})
+        finally:
+            state.draining.release()
+
+    threading.Thread(target=drain, name="cloudjobs-enqueue-backlog", daemon=True).start()
 
 
 def _create_tasks(state: AppState, queue: str, rows: list[Row[Any]]) -> list[uuid.UUID]:

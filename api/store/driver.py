@@ -300,6 +300,31 @@ def sqlstate(e: BaseException) -> str | None:
     return code if isinstance(code, str) else None
 
 
+# What a database error means for the service, by SQLSTATE (the same for every driver):
+# - the connection is no use any more: the server is going away or is a standby, or the
+#   session is read-only (a demoted primary after a failover) — replace it and its pool;
+# - the server cannot serve now: out of connection slots, of disk, of memory;
+# - the transaction lost a race: a serialization failure or a deadlock, worth retrying.
+# Each is an outage to the caller (503 with Retry-After), never a 500.
+_DISCARD = {"57P01", "57P02", "57P03", "25006", "53300", "08000", "08001", "08003", "08004", "08006", "08007"}
+_UNAVAILABLE = {"53000", "53100", "53200", "53400", "58030", "57014"}
+_RACE = {"40001", "40P01"}
+
+
+def classify(e: BaseException) -> str | None:
+    """`discard`, `unavailable`, `race`, or None (a bug or bad input, not an outage)."""
+    code = sqlstate(e)
+    if code is None:
+        return None
+    if code in _DISCARD or code.startswith("08"):
+        return "discard"
+    if code in _UNAVAILABLE:
+        return "unavailable"
+    if code in _RACE:
+        return "race"
+    return None
+
+
 def set_autocommit(dbapi: Any, on: bool) -> None:
     """Turn autocommit on or off on a DBAPI connection that has no transaction open."""
     of(dbapi).set_autocommit(dbapi, on)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
+from google.api_core.retry import Retry
 from sqlalchemy.engine import Connection, Engine
 
 from api.config import Config
@@ -71,6 +72,11 @@ def create_engine(config: Config, *, url: str | None = None, pool_size: int | No
     sa.event.listen(
         engine, "connect", lambda dbapi, _record: chosen.on_connect(dbapi, prepared=prepared)
     )
+    sa.event.listen(engine, "handle_error", _on_error)
+    if target:
+        sa.event.listen(engine, "do_connect", _connect)
+    # The pool logs under its class's name; a logger holds the same filter once, however many engines.
+    logging.getLogger(f"{type(engine.pool).__module__}.{type(engine.pool).__name__}").addFilter(_DEAD_CLOSE)
     sa.event.listen(engine, "checkin", _on_checkin)
     sa.event.listen(engine, "checkout", functools.partial(_check_on_checkout, engine.dialect))
     return engine
@@ -105,6 +111,53 @@ def autocommit(engine: Engine) -> Iterator[Connection]:
 PING_AFTER_IDLE_S = 5.0
 
 
+def is_outage(e: BaseException) -> bool:
+    """The database could not serve: not a bug or bad input, but a 503 to retry (or a finish
+    to try again)."""
+    if isinstance(e, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError):
+        return True
+    # A driver may report a lost connection as InterfaceError or a plain DatabaseError;
+    # SQLAlchemy flags it. The rest by SQLSTATE (api/store/driver.py): a read-only or standby
+    # server, no connection slots, no disk, a lost serialization race.
+    return isinstance(e, sa.exc.DBAPIError) and (
+        bool(e.connection_invalidated) or driver.classify(e) is not None
+    )
+
+
+# A finish that met an outage is tried again for up to 30 s, from 0.1 s apart to 2 s apart
+# (google-api-core's retry, already installed for the Cloud Tasks client): a database blip
+# costs the attempt a moment, not its whole lease. A finish is safe to repeat — it moves a
+# job only while the attempt still holds its lease.
+OUTAGE_RETRY = Retry(predicate=is_outage, initial=0.1, maximum=2.0, multiplier=2.0, timeout=30.0)
+
+
+def _on_error(ctx: sa.engine.ExceptionContext) -> None:
+    """A connection that saw the server go away, turn standby or read-only is not returned to
+    the pool: SQLAlchemy drops it and every other connection of the pool (they point at the
+    same server), so the next request connects afresh — to the new primary after a failover."""
+    if driver.classify(ctx.original_exception) == "discard":
+        ctx.is_disconnect = True
+
+
+class _DeadCloseFilter(logging.Filter):
+    """SQLAlchemy's pool logs a traceback when closing a connection fails; closing one whose
+    server is gone (restarted, failed over) always fails, by design of the protocol's goodbye.
+    Those records go; any other close failure is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(("Exception terminating connection", "Exception closing connection")):
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        while error is not None:
+            if isinstance(error, OSError) or (type(error).__name__ == "InterfaceError" and "network" in str(error)):
+                return False
+            error = error.__cause__ or error.__context__
+        return True
+
+
+_DEAD_CLOSE = _DeadCloseFilter()
+
+
 def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
     record.info["cloudjobs_idle_since"] = time.monotonic()
 
@@ -132,6 +185,22 @@ def _check_on_checkout(dialect: Any, dbapi_connection: Any, record: Any, _proxy:
 _dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
+@contextmanager
+def _socket_errors_as_dbapi(dbapi: Any) -> Iterator[None]:
+    """A socket error while connecting (pg8000 lets a broken pipe through unwrapped when the
+    server is going down) as the driver's InterfaceError, so SQLAlchemy wraps it and the app
+    answers 503: the server is unreachable, not the code broken."""
+    try:
+        yield
+    except OSError as e:
+        raise dbapi.InterfaceError(f"could not connect: {e.strerror or type(e).__name__}") from e
+
+
+def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+    with _socket_errors_as_dbapi(dialect.loaded_dbapi):
+        return dialect.loaded_dbapi.connect(*cargs, **cparams)
+
+
 class _CloudSqlCreator:
     """Connections through the Cloud SQL Python Connector, made lazily after fork."""
 
@@ -153,12 +222,13 @@ class _CloudSqlCreator:
 
                     self._connector = Connector(refresh_strategy="lazy")
         c = self._config
-        return self._connector.connect(
-            c.instance_connection_name,
-            self._driver,  # the connector's psycopg driver since 1.22
-            user=c.db_user,
-            password=c.db_password,
-            db=c.db_name,
-            enable_iam_auth=c.db_iam_auth,
-            **self._connect_args,  # passed on to the driver's connect()
-        )
+        with _socket_errors_as_dbapi(sa.dialects.registry.load(f"postgresql.{self._driver}").import_dbapi()):
+            return self._connector.connect(
+                c.instance_connection_name,
+                self._driver,  # the connector's psycopg driver since 1.22
+                user=c.db_user,
+                password=c.db_password,
+                db=c.db_name,
+                enable_iam_auth=c.db_iam_auth,
+                **self._connect_args,  # passed on to the driver's connect()
+            )

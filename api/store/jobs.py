@@ -181,7 +181,7 @@ _CLAIM = sa.text(
         -- By primary key alone: with a condition on state beside it, the planner may walk
         -- an index by state instead, through the entries of every job that left RUNNING
         -- since the last vacuum (thousands, under load), on each claim.
-        SELECT id, state, lease_expires_time, attempts, attempts_base, max_attempts,
+        SELECT id, state, lease_expires_time, lease_holder, attempts, attempts_base, max_attempts,
                attempt_started_time, task_name, type, queue, owner
         FROM jobs
         WHERE id = ANY(CAST(:ids AS uuid[]))
@@ -189,8 +189,10 @@ _CLAIM = sa.text(
         -- statement modifies would be skipped by a lock here. Joined with `claimed`, these
         -- snapshot values are those of the attempt that was taken over.
     ), expired AS (
+        -- The lease ran out, or the process holding it is known dead (handlers/holder.py).
         SELECT * FROM named
-        WHERE state = 'RUNNING' AND lease_expires_time < now() AND attempts - attempts_base < max_attempts
+        WHERE state = 'RUNNING' AND attempts - attempts_base < max_attempts
+          AND (lease_expires_time < now() OR lease_holder = ANY(CAST(:dead AS text[])))
     ), claimed AS (
         UPDATE jobs SET
             state = 'RUNNING',
@@ -198,20 +200,27 @@ _CLAIM = sa.text(
             started_time = coalesce(started_time, now()),
             attempt_started_time = now(),
             lease_expires_time = now() + make_interval(secs => timeout_s + :margin),
+            lease_holder = :holder,
             next_attempt_time = NULL,
             updated_time = now()
         WHERE id = ANY(CAST(:ids AS uuid[]))
           AND attempts - attempts_base < max_attempts
           AND NOT cancel_requested
           AND (state IN ('CREATED', 'QUEUED')
-               OR (state = 'RUNNING' AND lease_expires_time < now()))
+               OR (state = 'RUNNING' AND (lease_expires_time < now()
+                                          OR lease_holder = ANY(CAST(:dead AS text[])))))
         RETURNING jobs.*
     ), lost AS (
-        -- The attempt whose lease ran out never finished: record it before the next one.
+        -- The attempt whose lease ran out, or whose process died, never finished: record it
+        -- before the next one.
         INSERT INTO job_attempts (job_id, number, outcome, error, started_time, finished_time,
                                   task_name, type, queue, owner)
-        SELECT e.id, e.attempts, 'TIMED_OUT',
-               '{"code": "LEASE_EXPIRED", "message": "the attempt outlived its lease"}'::jsonb,
+        SELECT e.id, e.attempts,
+               CASE WHEN e.lease_expires_time < now() THEN 'TIMED_OUT' ELSE 'LOST' END,
+               CASE WHEN e.lease_expires_time < now()
+                    THEN '{"code": "LEASE_EXPIRED", "message": "the attempt outlived its lease"}'
+                    ELSE '{"code": "ATTEMPT_DIED", "message": "the process running the attempt died"}'
+               END::jsonb,
                e.attempt_started_time, now(), e.task_name, e.type, e.queue, e.owner
         FROM expired e JOIN claimed c ON c.id = e.id
         ON CONFLICT DO NOTHING
@@ -232,14 +241,17 @@ _CLAIM = sa.text(
 
 
 def claim_jobs(
-    conn: Connection, job_ids: Sequence[uuid.UUID], *, lease_margin_s: int = LEASE_MARGIN_S
+    conn: Connection, job_ids: Sequence[uuid.UUID], *, lease_margin_s: int = LEASE_MARGIN_S,
+    holder: str | None = None, dead: Sequence[str] = (),
 ) -> list[Row[Any]]:
-    """QUEUED (or CREATED, or RUNNING with an expired lease) → RUNNING, as a new attempt.
+    """QUEUED (or CREATED, or RUNNING with an expired lease or a holder in `dead`) → RUNNING,
+    as a new attempt held by `holder`.
 
     Each row holds what running the attempt needs (id, type, queue, state, payload, attempts,
     attempts_base, max_attempts, timeout_s and the times), not the whole job: a column is
     parsed by the driver on every claim."""
-    rows = conn.execute(_CLAIM, {"ids": [str(i) for i in job_ids], "margin": lease_margin_s})
+    rows = conn.execute(_CLAIM, {"ids": [str(i) for i in job_ids], "margin": lease_margin_s,
+                                 "holder": holder, "dead": list(dead)})
     return list(rows)
 
 
@@ -417,7 +429,7 @@ _INSERT_ORCHESTRATED = sa.text(
 JobRecord = namedtuple("JobRecord", [c.name for c in jobs.c])  # type: ignore[misc]
 _INSERTED_DEFAULTS = {
     "result": None, "error": None, "attempts": 0, "progress": None, "run": 0, "attempts_base": 0,
-    "cancel_requested": False, "lease_expires_time": None, "attempt_started_time": None,
+    "cancel_requested": False, "lease_expires_time": None, "lease_holder": None, "attempt_started_time": None,
     "started_time": None, "done_time": None, "next_attempt_time": None,
     "waiting_on": 0, "on_dependency_failure": None, "has_dependents": False, "workflow_id": None, "step": None,
 }

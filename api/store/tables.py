@@ -61,6 +61,8 @@ jobs = Table(
     Column("next_attempt_time", DateTime(timezone=True),
            comment="While QUEUED after a retryable failure: when Cloud Tasks should deliver the next attempt "
                    "(the queue's backoff after the delivery's retry count). Null otherwise."),
+    Column("lease_holder", Text, comment="The process that claimed the running attempt: host/boot id/pid/start ticks. "
+                                         "Meaningful while RUNNING."),
     Column("attempt_started_time", DateTime(timezone=True), comment="When the current attempt started."),
     Column("created_time", DateTime(timezone=True), nullable=False, server_default=_now, comment="When the job was accepted."),
     Column("scheduled_time", DateTime(timezone=True), nullable=False, server_default=_now, comment="When the job was due (run_at, or its creation)."),

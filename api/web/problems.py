@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, json
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from api.errors import DatabaseUnavailable, Problem
+from api.store import driver
+from api.store.engine import is_outage
 
 logger = logging.getLogger(__name__)
 
@@ -34,14 +34,6 @@ def _http_problem(e: HTTPException) -> Response:
     return resp
 
 
-def _is_outage(e: BaseException) -> bool:
-    if isinstance(e, OperationalError | InterfaceError | PoolTimeout):
-        return True
-    # A driver may report a lost connection as InterfaceError or a plain DatabaseError;
-    # SQLAlchemy flags it.
-    return isinstance(e, DBAPIError) and bool(e.connection_invalidated)
-
-
 def register(app: Flask) -> None:
     """Map every exception to problem+json; nothing else reaches the client."""
 
@@ -55,8 +47,8 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(e: Exception) -> Response:
-        if _is_outage(e):
-            logger.error("database unavailable: %s", type(e).__name__)
+        if is_outage(e):
+            logger.error("database unavailable: %s %s", type(e).__name__, driver.sqlstate(e) or "")
             return problem_response(
                 DatabaseUnavailable(
                     "the database did not answer; nothing was changed, try again",

@@ -403,16 +403,16 @@ def _deep(levels: int) -> str:
 
 
 @pytest.mark.parametrize(("body", "field"), [
-    ('{"type": "echo", "payload": %s}' % _deep(1000), "payload.k.k"),  # past the parser's recursion
-    ('{"type": "echo", "payload": {"list": [%s]}}' % _deep(70), "payload.list[0].k"),
-    ('{"type": "echo", "labels": %s}' % _deep(80), "labels.k"),
+    (f'{{"type": "echo", "payload": {_deep(1000)}}}', "payload.k.k"),  # past the parser's recursion
+    (f'{{"type": "echo", "payload": {{"list": [{_deep(70)}]}}}}', "payload.list[0].k"),
+    (f'{{"type": "echo", "labels": {_deep(80)}}}', "labels.k"),
 ])
 def test_a_body_nested_too_deep_is_a_422_naming_where(client: FlaskClient, db: Any, body: str, field: str) -> None:
     resp = client.post("/v1/jobs", data=body, content_type="application/json")
     assert resp.status_code == 422, resp.get_json()
     [err] = resp.get_json()["errors"]
     assert err["field"].startswith(field) and "64 levels" in err["message"]
-    batch = client.post("/v1/jobs:batchCreate", data='{"jobs": [{"type": "echo"}, %s]}' % body,
+    batch = client.post("/v1/jobs:batchCreate", data=f'{{"jobs": [{{"type": "echo"}}, {body}]}}',
                         content_type="application/json")
     assert batch.status_code == 422 and batch.get_json()["errors"][0]["field"].startswith("jobs[1].")
     with db.connect() as conn:
@@ -420,14 +420,14 @@ def test_a_body_nested_too_deep_is_a_422_naming_where(client: FlaskClient, db: A
 
 
 def test_sixty_four_levels_are_accepted(client: FlaskClient) -> None:
-    resp = client.post("/v1/jobs", data='{"type": "echo", "payload": %s}' % _deep(62),
+    resp = client.post("/v1/jobs", data=f'{{"type": "echo", "payload": {_deep(62)}}}',
                        content_type="application/json")
     assert resp.status_code == 202, resp.get_json()
 
 
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"])
 def test_a_number_that_is_not_finite_is_a_422_naming_it(client: FlaskClient, number: str) -> None:
-    raw = '{"type": "echo", "payload": {"a": [1, {"x": %s}]}}' % number
+    raw = f'{{"type": "echo", "payload": {{"a": [1, {{"x": {number}}}]}}}}'
     resp = client.post("/v1/jobs", data=raw, content_type="application/json")
     assert resp.status_code == 422, resp.get_json()
     assert resp.get_json()["errors"][0]["field"] == "payload.a[1].x"

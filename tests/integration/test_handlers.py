@@ -12,6 +12,7 @@ from flask.testing import FlaskClient
 from sqlalchemy.engine import Engine
 
 from api.store import jobs as store
+from handlers import holder
 
 
 @pytest.fixture
@@ -153,6 +154,45 @@ def test_a_delivery_while_another_attempt_holds_the_lease_is_409(open_client: Fl
     assert resp.status_code == 409
     assert resp.get_json()["title"].startswith("Job is running")
     assert job(open_client, j["id"])["attempts"] == 1
+
+
+def _holder_of_a_process_that_ended() -> str:
+    """The holder name a process of this machine had, taken while it ran; it has exited since."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c",
+                             "from handlers.holder import this_process; print(this_process(), flush=True); input()"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    name = proc.stdout.readline().strip()
+    assert holder.is_dead(name) is False  # alive: never taken over
+    proc.stdin.close()
+    proc.wait(timeout=30)
+    assert holder.is_dead(name) is True
+    return name
+
+
+def test_a_job_whose_attempts_process_died_on_this_machine_is_taken_over_at_once(
+        open_client: FlaskClient, db: Engine) -> None:
+    j = create(open_client, {"type": "echo", "payload": {"n": 1}})
+    with db.begin() as conn:  # claimed by a worker that was then killed: its lease has 330 s to run
+        store.claim_jobs(conn, [uuid.UUID(j["id"])], holder=_holder_of_a_process_that_ended())
+    resp = deliver(open_client, j["id"], retry_count=1)
+    assert resp.status_code == 200 and resp.get_json()["jobs"] == {j["id"]: "COMPLETED"}
+    first, second = attempts(open_client, j["id"])
+    assert (first["outcome"], first["error"]["code"]) == ("LOST", "ATTEMPT_DIED")
+    assert second["outcome"] == "COMPLETED" and job(open_client, j["id"])["attempts"] == 2
+
+
+def test_a_holder_alive_or_on_another_machine_keeps_its_lease(open_client: FlaskClient, db: Engine) -> None:
+    for name in (holder.this_process(), "elsewhere/0f1e/12345/678"):
+        j = create(open_client, {"type": "echo"})
+        with db.begin() as conn:
+            store.claim_jobs(conn, [uuid.UUID(j["id"])], holder=name)
+        assert holder.is_dead(name) is False
+        assert deliver(open_client, j["id"], retry_count=1).status_code == 409
+        assert job(open_client, j["id"])["attempts"] == 1
 
 
 def test_a_task_for_an_unknown_job_is_acknowledged(open_client: FlaskClient) -> None:

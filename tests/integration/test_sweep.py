@@ -148,7 +148,16 @@ def test_the_sweep_endpoint_is_authenticated(client: FlaskClient, open_app: Flas
 
 def test_the_sweeper_reads_only_live_jobs_through_the_partial_index(db: Engine) -> None:
     with db.connect() as conn:
-        conn.execute(sa.text("SET enable_seqscan = off"))  # the test table is tiny
+        # A history of finished jobs beside a few live ones, as a table in production holds.
+        conn.execute(sa.text("""
+            INSERT INTO jobs (id, type, queue, payload, state, task_name, max_attempts, timeout_s, done_time)
+            SELECT gen_random_uuid(), 'echo', 'default', '{}', 'COMPLETED', 'job-' || n, 3, 30, now()
+            FROM generate_series(1, 5000) n"""))
+        conn.execute(sa.text("""
+            INSERT INTO jobs (id, type, queue, payload, state, task_name, max_attempts, timeout_s)
+            SELECT gen_random_uuid(), 'echo', 'default', '{}', s, 'live-' || s || n, 3, 30
+            FROM generate_series(1, 5) n, unnest(ARRAY['CREATED', 'QUEUED', 'RUNNING']) s"""))
+        conn.execute(sa.text("ANALYZE jobs"))
         for state, column in (("CREATED", "updated_time"), ("RUNNING", "lease_expires_time")):
             plan = "\n".join(r[0] for r in conn.execute(sa.text(
                 f"EXPLAIN SELECT * FROM jobs WHERE state = '{state}' AND {column} < now()")))
