@@ -13,6 +13,7 @@ accepts. For development and tests only: the app never imports it.
 from __future__ import annotations
 
 from emulator.cli import main
+from emulator.clock import ManualClock, RealClock
 from emulator.runtime import Emulator
 
-__all__ = ["Emulator", "main"]
+__all__ = ["Emulator", "ManualClock", "RealClock", "main"]

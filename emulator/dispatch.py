@@ -23,6 +23,7 @@ import aiohttp
 import grpc
 from google.cloud.tasks_v2 import types as T
 
+from emulator.clock import RealClock
 from emulator.state import Attempt, QueueRecord, State
 
 logger = logging.getLogger("emulator")
@@ -137,8 +138,9 @@ class Dispatcher:
     """Runs on the emulator's event loop; the ``Hooks`` methods are safe from any thread."""
 
     def __init__(self, state: State, *, app_engine_host: str,
-                 id_token: Callable[[str, str], str]) -> None:
+                 id_token: Callable[[str, str], str], clock: RealClock | None = None) -> None:
         self.state = state
+        self.clock = clock or RealClock()
         self.app_engine_host = app_engine_host
         self.id_token = id_token
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -220,7 +222,6 @@ class Dispatcher:
 
     async def _pump(self, q: QueueRecord) -> None:
         event: asyncio.Event = q.event
-        loop = asyncio.get_running_loop()
         while True:
             event.clear()
             attempts, wait, alive = self.state.take_due(q, PUMP_BATCH)
@@ -234,11 +235,7 @@ class Dispatcher:
             if wait is None:
                 await event.wait()
                 continue
-            handle = loop.call_later(wait, event.set)
-            try:
-                await event.wait()
-            finally:
-                handle.cancel()
+            await self.clock.wait(event, wait)
 
     def _launch(self, attempt: Attempt) -> None:
         if self._closing:
@@ -256,13 +253,8 @@ class Dispatcher:
         try:
             req = build_request(attempt, app_engine_host=self.app_engine_host,
                                 id_token=self.id_token)
-            async with self.session.request(
-                req.method, req.url, headers=req.headers, data=req.body,
-                allow_redirects=req.follow_redirects,
-                timeout=aiohttp.ClientTimeout(total=attempt.deadline_s),
-            ) as resp:
-                await resp.read()
-                status = resp.status
+            # The dispatch deadline on the emulator's clock (a test's manual one advances it).
+            status = await self.clock.within(attempt.deadline_s, self._send(req))
         except TimeoutError:
             error, message = grpc.StatusCode.DEADLINE_EXCEEDED, "Dispatch deadline exceeded"
         except (aiohttp.ClientError, OSError, ValueError) as exc:
@@ -286,7 +278,16 @@ class Dispatcher:
         if attempt.queue.event is not None:
             attempt.queue.event.set()
 
+    async def _send(self, req: Request) -> int:
+        assert self.session is not None
+        async with self.session.request(
+            req.method, req.url, headers=req.headers, data=req.body,
+            allow_redirects=req.follow_redirects, timeout=aiohttp.ClientTimeout(total=None),
+        ) as resp:
+            await resp.read()
+            return resp.status
+
     async def _sweep_forever(self) -> None:
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL_S)
+            await self.clock.wait(asyncio.Event(), SWEEP_INTERVAL_S)
             self.state.sweep()

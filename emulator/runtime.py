@@ -12,6 +12,7 @@ from types import TracebackType
 import grpc
 from aiohttp import web
 
+from emulator.clock import RealClock
 from emulator.dispatch import Dispatcher
 from emulator.oidc import CERTS_V1_PATH, CERTS_V3_PATH, SigningKey, TokenIssuer, certs_app
 from emulator.server import CloudTasksService
@@ -41,6 +42,7 @@ class Emulator:
         queue_tombstone_s: float = 0.0,
         max_dispatch_rate: float | None = DEFAULT_MAX_DISPATCHES_PER_SECOND,
         grpc_workers: int = 16,
+        clock: RealClock | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -48,10 +50,14 @@ class Emulator:
         self.app_engine_host = app_engine_host
         self.key = SigningKey.from_file(key_file) if key_file else SigningKey.generate()
         self.issuer = TokenIssuer(self.key)
+        # Time for schedules, backoff, deadlines, windows and rate limits: a test may pass a
+        # ManualClock (emulator/clock.py) and advance it instead of sleeping.
+        self.clock = clock or RealClock()
         self.state = State(dedup_window_s=dedup_window_s, queue_tombstone_s=queue_tombstone_s,
-                           max_dispatch_rate=max_dispatch_rate, app_engine_host=app_engine_host)
+                           max_dispatch_rate=max_dispatch_rate, app_engine_host=app_engine_host,
+                           clock=self.clock.time, monotonic=self.clock.monotonic)
         self.dispatcher = Dispatcher(self.state, app_engine_host=app_engine_host,
-                                     id_token=self.issuer.id_token)
+                                     id_token=self.issuer.id_token, clock=self.clock)
         self.state.hooks = self.dispatcher
         self._grpc_workers = grpc_workers
         self._server: grpc.Server | None = None

@@ -13,7 +13,7 @@ from conftest import LOCATION, CountingTarget, Target, client_for, wait_until
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 
-from emulator import Emulator
+from emulator import Emulator, ManualClock
 
 Client = tasks_v2.CloudTasksClient
 FAST_RETRY = {"min_backoff": {"seconds": 0}, "max_backoff": {"seconds": 0}}
@@ -153,17 +153,33 @@ def test_unlimited_attempts(client: Client, make_queue: Callable[..., tasks_v2.Q
     assert target.on("/run")[-1].headers["x-cloudtasks-taskretrycount"] == "25"
 
 
-def test_backoff_timing(client: Client, make_queue: Callable[..., tasks_v2.Queue],
-                        target: Target) -> None:
-    # 0.1s doubling twice, then linear by 0.4s: gaps 0.1, 0.2, 0.4, 0.8 (capped at 0.5).
-    q = make_queue(retry_config={"min_backoff": {"nanos": 100_000_000},
-                                 "max_backoff": {"nanos": 500_000_000}, "max_doublings": 2})
+def _failed_attempts(client: Client, name: str, n: int) -> tasks_v2.Task:
+    """The task once its `n`th attempt has been answered (its next one scheduled)."""
+    def answered() -> tasks_v2.Task | None:
+        t = client.get_task(request={"name": name, "response_view": tasks_v2.Task.View.FULL})
+        return t if t.dispatch_count == n and "response_time" in t.last_attempt else None
+    return wait_until(answered)
+
+
+def test_backoff_timing(make_emulator: Callable[..., Emulator], target: Target) -> None:
+    # 10 s doubling twice, then linear by 40 s: gaps 10, 20, 40, 80 capped at 50. Time moves
+    # only when the test says, so each gap is exact and none is waited for.
+    clock = ManualClock()
+    client = client_for(make_emulator(clock=clock))
+    q = client.create_queue(parent=LOCATION, queue={
+        "name": f"{LOCATION}/queues/backoff", "retry_config": {
+            "min_backoff": {"seconds": 10}, "max_backoff": {"seconds": 50}, "max_doublings": 2}})
     target.respond = lambda request, n: 500 if n < 4 else 200
-    client.create_task(parent=q.name, task={"http_request": {"url": target.url()}})
-    got = target.wait_for(5, timeout=10)
-    gaps = [b.at - a.at for a, b in zip(got, got[1:], strict=False)]
-    for gap, expected in zip(gaps, [0.1, 0.2, 0.4, 0.5], strict=True):
-        assert expected * 0.95 <= gap <= expected + 0.4, gaps
+    task = client.create_task(parent=q.name, task={"http_request": {"url": target.url()}})
+    for n, gap in enumerate([10, 20, 40, 50], start=1):
+        t = _failed_attempts(client, task.name, n)
+        assert (t.schedule_time - t.last_attempt.response_time).total_seconds() == pytest.approx(gap, abs=1e-3)
+        clock.advance(gap - 0.01)
+        assert len(target.on("/run")) == n  # not due yet: nothing can have been sent
+        clock.advance(0.01)
+        target.wait_for(n + 1)
+    wait_until(lambda: gone(client, task.name))
+    client.transport.close()
 
 
 def test_schedule_time_is_honoured_and_orders_dispatch(
@@ -224,20 +240,32 @@ def test_max_concurrent_dispatches_is_respected(client: Client,
     assert got[-1].at - got[0].at >= 0.35  # three waves of 0.2 s
 
 
-def test_dispatch_deadline_exceeded_is_retried(client: Client, queue: tasks_v2.Queue,
+def test_dispatch_deadline_exceeded_is_retried(make_emulator: Callable[..., Emulator],
                                                target: Target) -> None:
-    # 15 s is the shortest deadline Google allows for HTTP tasks.
+    # 15 s is the shortest deadline Google allows for HTTP tasks: on the manual clock it
+    # passes when the test says, not after 15 s of waiting.
+    clock = ManualClock()
+    client = client_for(make_emulator(clock=clock))
+    queue = client.create_queue(parent=LOCATION, queue={
+        "name": f"{LOCATION}/queues/deadline", "retry_config": {"min_backoff": {"seconds": 1}}})
     target.respond = lambda request, n: (200, 60.0) if n == 0 else 200
     task = client.create_task(parent=queue.name, task={
         "http_request": {"url": target.url()}, "dispatch_deadline": {"seconds": 15}})
-    first, second = target.wait_for(2, timeout=25)
-    assert 14.9 <= second.at - first.at <= 17
+    target.wait_for(1)
+    clock.advance(14.99)
+    assert "response_time" not in client.get_task(name=task.name).last_attempt  # still waiting for its answer
+    clock.advance(0.02)
+    t = _failed_attempts(client, task.name, 1)
+    assert t.last_attempt.response_status.code == 4  # DEADLINE_EXCEEDED
+    clock.advance(1.0)  # the backoff
+    first, second = target.wait_for(2)
     h = second.headers
     assert h["x-cloudtasks-taskretrycount"] == "1"
     assert h["x-cloudtasks-taskexecutioncount"] == "0"
     assert h["x-cloudtasks-taskpreviousresponse"] == "0"
     assert h["x-cloudtasks-taskretryreason"] == "DEADLINE_EXCEEDED"
     wait_until(lambda: gone(client, task.name))
+    client.transport.close()
 
 
 def test_hanging_handler_on_one_queue_does_not_stall_another(

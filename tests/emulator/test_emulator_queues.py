@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
@@ -11,7 +10,7 @@ from google.api_core import exceptions
 from google.cloud import tasks_v2
 from google.protobuf import field_mask_pb2
 
-from emulator import Emulator
+from emulator import Emulator, ManualClock
 
 Client = tasks_v2.CloudTasksClient
 
@@ -210,7 +209,8 @@ def test_purge_deletes_tasks_and_keeps_names(client: Client, queue: tasks_v2.Que
 
 
 def test_queue_tombstone_is_failed_precondition(make_emulator: Callable[..., Emulator]) -> None:
-    emu = make_emulator(queue_tombstone_s=0.3)
+    clock = ManualClock()
+    emu = make_emulator(queue_tombstone_s=7 * 24 * 3600, clock=clock)  # Google's: about a week
     client = client_for(emu)
     name = f"{LOCATION}/queues/recycled"
     client.create_queue(parent=LOCATION, queue={"name": name})
@@ -219,6 +219,6 @@ def test_queue_tombstone_is_failed_precondition(make_emulator: Callable[..., Emu
         client.create_queue(parent=LOCATION, queue={"name": name})
     with pytest.raises(exceptions.FailedPrecondition):
         client.update_queue(queue={"name": name})
-    time.sleep(0.35)
+    clock.advance(7 * 24 * 3600 + 1)
     client.create_queue(parent=LOCATION, queue={"name": name})
     client.transport.close()

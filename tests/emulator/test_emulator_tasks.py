@@ -11,7 +11,7 @@ from conftest import LOCATION, Target, client_for, wait_until
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 
-from emulator import Emulator
+from emulator import Emulator, ManualClock
 
 Client = tasks_v2.CloudTasksClient
 FULL = tasks_v2.Task.View.FULL
@@ -121,23 +121,26 @@ def test_executed_name_is_reserved(client: Client, queue: tasks_v2.Queue,
 
 def test_name_is_free_again_after_the_window(make_emulator: Callable[..., Emulator],
                                              target: Target) -> None:
-    emu = make_emulator(dedup_window_s=0.3)
+    clock = ManualClock()
+    emu = make_emulator(dedup_window_s=3600, clock=clock)
     client = client_for(emu)
     q = client.create_queue(parent=LOCATION, queue={"name": f"{LOCATION}/queues/window"})
     client.pause_queue(name=q.name)
     name = f"{q.name}/tasks/again"
     client.create_task(parent=q.name, task=http_task(target, name))
     client.delete_task(name=name)
+    clock.advance(3599.9)  # one hour, less a moment: still reserved
     with pytest.raises(exceptions.AlreadyExists):
         client.create_task(parent=q.name, task=http_task(target, name))
-    time.sleep(0.35)
+    clock.advance(0.2)
     client.create_task(parent=q.name, task=http_task(target, name))
     client.transport.close()
 
 
 def test_tombstones_expire_from_memory(make_emulator: Callable[..., Emulator],
                                        target: Target) -> None:
-    emu = make_emulator(dedup_window_s=0.05)
+    clock = ManualClock()
+    emu = make_emulator(dedup_window_s=60, clock=clock)
     client = client_for(emu)
     q = client.create_queue(parent=LOCATION, queue={"name": f"{LOCATION}/queues/mem"})
     for i in range(50):
@@ -145,7 +148,9 @@ def test_tombstones_expire_from_memory(make_emulator: Callable[..., Emulator],
     target.wait_for(50)
     record = emu.state.queues[q.name]
     wait_until(lambda: not record.tasks)
-    time.sleep(0.06)
+    emu.state.sweep()
+    assert len(record.tombstones) == 50  # within the window the names stay reserved
+    clock.advance(60.1)
     emu.state.sweep()
     assert not record.tasks and not record.tombstones
     client.transport.close()

@@ -67,11 +67,15 @@ def timed_get(client: FlaskClient, job_id: uuid.UUID, wait: float) -> tuple[floa
     return time.monotonic() - start, resp.get_json()
 
 
-def later(delay: float, fn: Callable[[], None]) -> threading.Thread:
-    """Run fn in another thread after a delay, as another request or process would."""
+def once_waiting(app: Flask, fn: Callable[[], None]) -> threading.Thread:
+    """Run fn in another thread, as another request or process would, once a `?wait=` request
+    of this app is registered and waiting (the race each test names, not a guess at timing)."""
 
     def run() -> None:
-        time.sleep(delay)
+        deadline = time.monotonic() + 10
+        while "cloudjobs.waiters" not in app.extensions or waiters_of(app).waiting == 0:
+            assert time.monotonic() < deadline, "nobody ever waited"
+            time.sleep(0.005)
         fn()
 
     t = threading.Thread(target=run)
@@ -136,14 +140,14 @@ def abandon(db: Engine, job_id: uuid.UUID) -> None:
     ],
 )
 def test_a_waiter_wakes_as_soon_as_another_connection_ends_the_job(
-    client: FlaskClient, db: Engine, transition: Transition, final: str
+    app: Flask, client: FlaskClient, db: Engine, transition: Transition, final: str
 ) -> None:
     job_id = create(client)
-    t = later(0.3, lambda: transition(db, job_id))
+    t = once_waiting(app, lambda: transition(db, job_id))
     elapsed, job = timed_get(client, job_id, 20)
     t.join()
     assert job["state"] == final and job["done"] is True
-    assert 0.3 <= elapsed < 2.5, elapsed  # woken by NOTIFY, long before S or the 5 s fallback
+    assert elapsed < 2.5, elapsed  # woken by NOTIFY, long before S or the 5 s fallback
 
 
 def test_a_job_that_is_not_done_is_returned_as_it_is_after_s(client: FlaskClient) -> None:
@@ -196,7 +200,8 @@ def test_a_waiter_does_not_query_the_database_while_it_waits(
 def test_without_a_notification_the_fallback_still_returns_the_job(
     build: Callable[..., Flask], db: Engine
 ) -> None:
-    client = build(wait_fallback_s=0.5).test_client()
+    app = build(wait_fallback_s=0.5)
+    client = app.test_client()
     job_id = create(client)
 
     def finish_without_notify() -> None:
@@ -208,11 +213,11 @@ def test_without_a_notification_the_fallback_still_returns_the_job(
                 {"id": job_id},
             )
 
-    t = later(0.3, finish_without_notify)
+    t = once_waiting(app, finish_without_notify)
     elapsed, job = timed_get(client, job_id, 20)
     t.join()
     assert job["state"] == "COMPLETED"
-    assert elapsed < 0.3 + 0.5 + 1.0, elapsed  # the fallback interval, plus a margin
+    assert elapsed < 0.5 + 1.0, elapsed  # the fallback interval, plus a margin
 
 
 def test_a_listener_whose_connection_is_killed_reconnects_and_still_wakes_waiters(
@@ -232,7 +237,7 @@ def test_a_listener_whose_connection_is_killed_reconnects_and_still_wakes_waiter
             time.sleep(0.05)
         complete(db, job_id)
 
-    t = later(0.2, kill_then_complete)
+    t = once_waiting(app, kill_then_complete)
     elapsed, job = timed_get(client, job_id, 20)
     t.join()
     assert job["state"] == "COMPLETED"
