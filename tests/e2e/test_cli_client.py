@@ -86,3 +86,44 @@ def test_get_of_an_unknown_job_exits_2_with_the_problem(stack: Stack, db: Engine
     proc = cloudjobs(stack, "get", str(uuid.uuid4()))
     assert proc.returncode == 2
     assert "Job not found" in proc.stderr and proc.stdout == ""
+
+
+def test_workflows_submit_wait_get_list_from_a_file(stack: Stack, db: Engine, tmp_path: object) -> None:
+    from pathlib import Path
+
+    spec = Path(str(tmp_path)) / "flow.json"
+    name = f"cli-{uuid.uuid4().hex[:6]}"
+    spec.write_text(json.dumps({"name": name, "steps": [
+        {"name": "one", "type": "echo", "payload": {"n": 1}},
+        {"name": "two", "type": "echo", "needs": ["one"]},
+    ]}))
+    proc = cloudjobs(stack, "workflows", "submit", str(spec), "--label", "via=cli", "--wait")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    workflow_id = lines[0]
+    assert any(line.startswith("COMPLETED  2/2 done") for line in lines)
+    header = next(line for line in lines if line.startswith("STEP"))
+    assert header.split() == ["STEP", "STATE", "TYPE", "ATTEMPTS", "NEEDS", "JOB", "ERROR"]
+    got = cloudjobs(stack, "workflows", "get", workflow_id)
+    assert got.returncode == 0 and f"name      {name}" in got.stdout and "two   COMPLETED" in got.stdout
+    listed = cloudjobs(stack, "workflows", "list", "--label", "via=cli", "-o", "json")
+    assert listed.returncode == 0 and workflow_id in [w["id"] for w in json.loads(listed.stdout)]
+    again = cloudjobs(stack, "workflows", "retry", workflow_id)
+    assert again.returncode == 2 and again.stderr.startswith("cloudjobs: ")  # it COMPLETED: 409
+
+
+def test_workflows_submit_of_a_bad_file_is_one_line_and_exit_2(stack: Stack, db: Engine, tmp_path: object) -> None:
+    from pathlib import Path
+
+    bad = Path(str(tmp_path)) / "bad.json"
+    bad.write_text("{not json")
+    proc = cloudjobs(stack, "workflows", "submit", str(bad))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "not valid JSON" in proc.stderr
+    cyclic = Path(str(tmp_path)) / "cyclic.json"
+    cyclic.write_text(json.dumps([{"name": "a", "type": "echo", "needs": ["b"]},
+                                  {"name": "b", "type": "echo", "needs": ["a"]}]))
+    proc = cloudjobs(stack, "workflows", "submit", str(cyclic))
+    assert proc.returncode == 2 and "needs a name" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    proc = cloudjobs(stack, "workflows", "submit", str(cyclic), "--name", "loop")
+    assert proc.returncode == 2 and ("a → b → a" in proc.stderr or "b → a → b" in proc.stderr), proc.stderr

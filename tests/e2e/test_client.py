@@ -310,3 +310,50 @@ def test_under_gevent_one_process_holds_many_waiters_and_wakes_them_all(stack: S
             answers = list(pool.map(wait, range(50)))
     # With gthread's limit of 4, 46 of them would have been answered at once, not done.
     assert [a["state"] for a in answers] == ["COMPLETED"] * 50
+
+
+# -- orchestration from the client (#14): depends_on, and workflows composed in Python
+
+
+def test_a_chain_of_a_group_and_a_chord_runs_each_step_after_what_it_needs(client: Client) -> None:
+    from cloudjobs_client import Step, chain, chord, group
+
+    flow = chain(
+        Step("fetch", "echo", {"n": 1}),
+        chord(group(Step("left", "echo", {"n": 2}), Step("right", "echo", {"n": 3})),
+              Step("merge", "echo", {"n": 4})),
+    )
+    wf = client.submit_workflow(flow, name=f"canvas-{uuid.uuid4().hex[:6]}", labels={"suite": "e2e"})
+    assert {s.name: s.needs for s in wf.steps} == {
+        "fetch": [], "left": ["fetch"], "right": ["fetch"], "merge": ["left", "right"]}
+    done = client.wait_workflow(wf.id, timeout=30)
+    assert done.done and done.succeeded and done.step_count == 4 and done.active == 0
+    jobs = {s.name: client.get(s.job_id) for s in done.steps}
+    assert jobs["merge"].result == {"n": 4}
+    for step in ("left", "right"):  # the fan-in ran after both, and they after fetch
+        assert jobs[step].started_time >= jobs["fetch"].done_time
+        assert jobs["merge"].started_time >= jobs[step].done_time
+    assert wf.id in [w.id for w in client.list_workflows(labels={"suite": "e2e"})]
+    with pytest.raises(Conflict):
+        client.retry_workflow(wf.id)  # it COMPLETED: nothing to run again
+
+
+def test_a_job_submitted_with_depends_on_waits_and_follows_its_policy(client: Client) -> None:
+    parent = client.submit("echo", {"p": 1}, run_at=later())
+    child = client.submit("echo", {"c": 1}, depends_on=[parent.id], on_dependency_failure="cancel")
+    assert child.state == "WAITING"
+    client.cancel(parent.id)
+    ended = client.wait(child.id, timeout=10)
+    assert ended.state == "CANCELLED" and ended.error is not None and ended.error.code == "DEPENDENCY_FAILED"
+
+
+def test_a_workflow_cancelled_from_the_client_ends_cancelled(client: Client) -> None:
+    from cloudjobs_client import Step
+
+    wf = client.submit_workflow([Step("later", "echo", run_at=later()), Step("after", "echo", needs=["later"])],
+                                name="to-cancel")
+    cancelled = client.cancel_workflow(wf.id)
+    assert cancelled.state == "CANCELLED" and cancelled.done
+    assert {s.state for s in client.get_workflow(wf.id).steps} == {"CANCELLED"}
+    with pytest.raises(ValueError, match="unique"):
+        client.submit_workflow([Step("x", "echo"), Step("x", "echo")], name="twice")  # refused before sending

@@ -13,6 +13,7 @@ from cloudjobs_client.client import (
     Unavailable,
     ValidationFailed,
 )
+from cloudjobs_client.workflows import Step, Workflow, WorkflowStep, chain, chord, group
 
 __all__ = [
     "ApiError",
@@ -26,4 +27,10 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "ValidationFailed",
+    "Step",
+    "Workflow",
+    "WorkflowStep",
+    "chain",
+    "chord",
+    "group",
 ]

@@ -1,4 +1,5 @@
-"""`cloudjobs submit | get | list | watch | attempts | cancel | retry`: the REST API for people.
+"""`cloudjobs submit | get | list | watch | attempts | cancel | retry | workflows`: the REST API
+for people.
 
 Each command talks to `--url` (else `CLOUDJOBS_URL`, else http://127.0.0.1:8080) with the key
 in `CLOUDJOBS_API_KEY`, through cloudjobs_client.client. `--output json` prints the API's JSON instead of
@@ -18,12 +19,16 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 if TYPE_CHECKING:
     from cloudjobs_client.client import ApiError, Client, Job
+    from cloudjobs_client.workflows import Workflow
 
-COMMANDS = ("submit", "get", "list", "watch", "attempts", "cancel", "retry")
+T = TypeVar("T")
+
+COMMANDS = ("submit", "get", "list", "watch", "attempts", "cancel", "retry", "workflows")
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
@@ -52,6 +57,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--queue", help="a queue of queues.yaml (default: routed by type)")
     p.add_argument("--label", action="append", default=[], metavar="K=V", help="repeatable")
     p.add_argument("--max-attempts", type=int)
+    p.add_argument("--depends-on", action="append", default=[], metavar="JOB_ID",
+                   help="wait for these jobs to end first (repeatable, or comma-separated)")
+    p.add_argument("--on-dependency-failure", choices=("fail", "cancel", "run"),
+                   help="what a failed dependency does to this job (default: fail)")
     p.add_argument("--idempotency-key", help="default: a new one per command")
     p.add_argument("--wait", action="store_true", help="show progress until the job is done")
     p.add_argument("--timeout", type=float, help="with --wait: stop waiting after S seconds")
@@ -76,6 +85,31 @@ def register(subparsers: Any) -> None:
         ("retry", "run a FAILED or CANCELLED job again"),
     ):
         command(name, text).add_argument("job_id")
+
+    wf = subparsers.add_parser("workflows", help="submit, list, show, watch, cancel or retry workflows",
+                               description="Workflows: a DAG of steps in one request (docs/workflows.md).")
+    actions = wf.add_subparsers(dest="action", required=True)
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        return actions.add_parser(name, parents=[common], help=help, description=help)  # type: ignore[no-any-return]
+
+    p = action("submit", "create a workflow from a JSON file; with --wait, follow it until it ends")
+    p.add_argument("file", help='a JSON file {"name", "labels", "steps": [...]} or a list of steps; - for stdin')
+    p.add_argument("--name", help="the workflow's name (overrides the file's)")
+    p.add_argument("--label", action="append", default=[], metavar="K=V", help="repeatable")
+    p.add_argument("--idempotency-key", help="default: a new one per command")
+    p.add_argument("--wait", action="store_true", help="follow it until every step has ended")
+    p.add_argument("--timeout", type=float, help="with --wait: stop waiting after S seconds")
+    p = action("list", "list workflows, newest first")
+    p.add_argument("--state", action="append", default=[], help="repeatable, or comma-separated")
+    p.add_argument("--label", action="append", default=[], metavar="K=V", help="repeatable")
+    p.add_argument("--limit", type=int, default=20, help="at most N workflows (0: all); default 20")
+    action("get", "show a workflow and its steps").add_argument("workflow_id")
+    p = action("watch", "follow a workflow until every step has ended")
+    p.add_argument("workflow_id")
+    p.add_argument("--timeout", type=float, help="stop watching after S seconds")
+    action("cancel", "cancel every step not yet ended").add_argument("workflow_id")
+    action("retry", "run the failed and cancelled steps, and what follows them, again").add_argument("workflow_id")
 
 
 def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
@@ -114,22 +148,25 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
         labels=_labels(args.label),
         max_attempts=args.max_attempts,
         idempotency_key=args.idempotency_key,
+        depends_on=_multi(args.depends_on) or None,
+        on_dependency_failure=args.on_dependency_failure,
     )
     if args.wait:
         return _follow(client, job.id, args)
-    if args.output == "json":
-        _json(job.raw)
-    else:
-        print(job.id)  # alone, so that ID=$(cloudjobs submit …) works
-    return 0
+    return _show(args, job.raw, lambda: print(job.id))  # the id alone, so that ID=$(cloudjobs submit …) works
 
 
 def _get(client: Client, args: argparse.Namespace) -> int:
     job = client.get(args.job_id)
+    return _show(args, job.raw, lambda: _describe(job))
+
+
+def _show(args: argparse.Namespace, raw: Any, text: Callable[[], None]) -> int:
+    """The API's JSON with --output json, else the text."""
     if args.output == "json":
-        _json(job.raw)
+        _json(raw)
     else:
-        _describe(job)
+        text()
     return 0
 
 
@@ -142,16 +179,7 @@ def _list(client: Client, args: argparse.Namespace) -> int:
         labels=_labels(args.label) or None,
         page_size=min(limit + 1 if limit else 500, 500),  # one more than shown: are there more?
     )
-    jobs: list[Job] = []
-    more = False
-    for job in found:
-        if limit is not None and len(jobs) >= limit:
-            more = True
-            break
-        jobs.append(job)
-    if more:  # on stderr: stdout stays the table (or the JSON)
-        print(f"cloudjobs list: more than {limit} jobs match; --limit N for more, --limit 0 for all",
-              file=sys.stderr)
+    jobs = _take(found, limit, "list", "jobs")
     if args.output == "json":
         _json([j.raw for j in jobs])
         return 0
@@ -171,6 +199,19 @@ def _list(client: Client, args: argparse.Namespace) -> int:
     header = ["ID", "TYPE", "QUEUE", "STATE", "ATTEMPTS", "CREATED", "PROGRESS", "LABELS"]
     _table(header, rows)
     return 0
+
+
+def _take(found: Iterable[T], limit: int | None, command: str, what: str) -> list[T]:
+    """At most `limit` items; when more match, one line on stderr says so (stdout stays the
+    table, or the JSON)."""
+    items: list[T] = []
+    for item in found:
+        if limit is not None and len(items) >= limit:
+            print(f"cloudjobs {command}: more than {limit} {what} match; --limit N for more, --limit 0 for all",
+                  file=sys.stderr)
+            break
+        items.append(item)
+    return items
 
 
 def _watch(client: Client, args: argparse.Namespace) -> int:
@@ -205,7 +246,73 @@ def _retry(client: Client, args: argparse.Namespace) -> int:
     return _show_state(client.retry(args.job_id), args)
 
 
+def _workflows(client: Client, args: argparse.Namespace) -> int:
+    return _WORKFLOW_ACTIONS[args.action](client, args)
+
+
+def _workflow_submit(client: Client, args: argparse.Namespace) -> int:
+    spec = _json_file(args.file)
+    if isinstance(spec, list):
+        spec = {"steps": spec}
+    if not isinstance(spec, dict) or not isinstance(spec.get("steps"), list):
+        raise UsageError(f"{args.file}: a JSON object with a list `steps`, or a list of steps")
+    labels = {**(spec.get("labels") or {}), **_labels(args.label)}
+    name = args.name or spec.get("name")
+    if not name:
+        raise UsageError(f"{args.file}: a workflow needs a name: --name, or `name` in the file")
+    try:
+        wf = client.submit_workflow(spec["steps"], name=name, labels=labels or None,
+                                    idempotency_key=args.idempotency_key)
+    except ValueError as e:  # two steps of one name, a step without a type: said before sending
+        raise UsageError(f"{args.file}: {e}") from None
+    if args.wait:
+        return _follow_workflow(client, wf.id, args)
+    return _show(args, wf.raw, lambda: print(wf.id))  # alone, so that WF=$(cloudjobs workflows submit …) works
+
+
+def _workflow_list(client: Client, args: argparse.Namespace) -> int:
+    limit = args.limit if args.limit > 0 else None
+    found = client.list_workflows(state=_multi(args.state) or None, labels=_labels(args.label) or None,
+                                  page_size=min(limit + 1 if limit else 500, 500))
+    flows = _take(found, limit, "workflows list", "workflows")
+    if args.output == "json":
+        _json([w.raw for w in flows])
+        return 0
+    rows = [[w.id, w.name or "", w.state, _step_counts(w), _when(w.created_time), _when(w.done_time)]
+            for w in flows]
+    _table(["ID", "NAME", "STATE", "STEPS", "CREATED", "ENDED"], rows)
+    return 0
+
+
+def _workflow_get(client: Client, args: argparse.Namespace) -> int:
+    wf = client.get_workflow(args.workflow_id)
+    return _show(args, wf.raw, lambda: _describe_workflow(wf))
+
+
+def _workflow_watch(client: Client, args: argparse.Namespace) -> int:
+    return _follow_workflow(client, args.workflow_id, args)
+
+
+def _workflow_cancel(client: Client, args: argparse.Namespace) -> int:
+    return _show_workflow_state(client.cancel_workflow(args.workflow_id), args)
+
+
+def _workflow_retry(client: Client, args: argparse.Namespace) -> int:
+    return _show_workflow_state(client.retry_workflow(args.workflow_id), args)
+
+
+_WORKFLOW_ACTIONS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
+    "submit": _workflow_submit,
+    "list": _workflow_list,
+    "get": _workflow_get,
+    "watch": _workflow_watch,
+    "cancel": _workflow_cancel,
+    "retry": _workflow_retry,
+}
+
+
 _HANDLERS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
+    "workflows": _workflows,
     "submit": _submit,
     "get": _get,
     "list": _list,
@@ -248,6 +355,63 @@ def _follow(client: Client, job_id: str, args: argparse.Namespace) -> int:
         print(f"cloudjobs: {job.id} is still {job.state} after {args.timeout:g}s", file=sys.stderr)
         return EXIT_TIMEOUT
     return 0 if job.state == "COMPLETED" else EXIT_FAILED
+
+
+def _follow_workflow(client: Client, workflow_id: str, args: argparse.Namespace) -> int:
+    """A line each time the steps' counts change, then the steps; the exit status for how it ended."""
+    as_json = args.output == "json"
+    stream = sys.stderr if as_json else sys.stdout
+    if not as_json:
+        print(workflow_id)
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    last = ""
+    while True:
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        wf = client.wait_workflow(workflow_id, timeout=min(remaining, 2.0) if remaining is not None else 2.0)
+        line = f"{wf.state}  {_step_counts(wf)}"
+        if line != last and (not as_json or stream.isatty()):
+            print(line, file=stream, flush=True)
+            last = line
+        if wf.done or (deadline is not None and time.monotonic() >= deadline):
+            break
+    if as_json:
+        _json(wf.raw)
+    else:
+        _steps_table(wf)
+    if not wf.done:
+        print(f"cloudjobs: workflow {wf.id} is still {wf.state} after {args.timeout:g}s", file=sys.stderr)
+        return EXIT_TIMEOUT
+    return 0 if wf.state == "COMPLETED" else EXIT_FAILED
+
+
+def _step_counts(wf: Workflow) -> str:
+    """`3/5 done, 1 failed`: steps ended of all, and the failed and cancelled ones."""
+    text = f"{wf.step_count - wf.active}/{wf.step_count} done"
+    if wf.failed:
+        text += f", {wf.failed} failed"
+    if wf.cancelled:
+        text += f", {wf.cancelled} cancelled"
+    return text
+
+
+def _describe_workflow(wf: Workflow) -> None:
+    for k, v in (("id", wf.id), ("name", wf.name or ""), ("state", wf.state), ("steps", _step_counts(wf)),
+                 ("labels", ",".join(f"{k}={v}" for k, v in sorted(wf.labels.items()))),
+                 ("created", _when(wf.created_time)), ("ended", _when(wf.done_time))):
+        if v:
+            print(f"{k:<8}  {v}")
+    print()
+    _steps_table(wf)
+
+
+def _steps_table(wf: Workflow) -> None:
+    rows = [[s.name, s.state, s.type, str(s.attempts), ",".join(s.needs), s.job_id,
+             f"{s.error.get('code', '')}: {s.error.get('message', '')}" if s.error else ""] for s in wf.steps]
+    _table(["STEP", "STATE", "TYPE", "ATTEMPTS", "NEEDS", "JOB", "ERROR"], rows)
+
+
+def _show_workflow_state(wf: Workflow, args: argparse.Namespace) -> int:
+    return _show(args, wf.raw, lambda: print(f"{wf.id}  {wf.state}  {_step_counts(wf)}"))
 
 
 class ProgressLine:
@@ -342,11 +506,7 @@ def _describe(job: Job) -> None:
 
 
 def _show_state(job: Job, args: argparse.Namespace) -> int:
-    if args.output == "json":
-        _json(job.raw)
-    else:
-        print(f"{job.id}  {job.state}")
-    return 0
+    return _show(args, job.raw, lambda: print(f"{job.id}  {job.state}"))
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -431,6 +591,17 @@ def _payload(raw: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise UsageError("--payload must be a JSON object")
     return value
+
+
+def _json_file(path: str) -> Any:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"{path}: {e.strerror}") from None
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"{path} is not valid JSON: {e}") from None
 
 
 def _labels(raw: Iterable[str]) -> dict[str, str]:

@@ -33,6 +33,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
+from cloudjobs_client.workflows import Step, Workflow, steps_of
+
 __all__ = [
     "ApiError",
     "Attempt",
@@ -334,8 +336,13 @@ class Client:
         timeout_s: int | None = None,
         labels: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
+        depends_on: Iterable[str] | None = None,
+        on_dependency_failure: str | None = None,
     ) -> Job:
-        """Create a job. Safe to retry: the same key returns the same job, never a second."""
+        """Create a job. Safe to retry: the same key returns the same job, never a second.
+
+        With `depends_on` (ids of your jobs) it waits, WAITING, until they have all ended;
+        `on_dependency_failure` says what a failed one does to it: fail, cancel or run."""
         body = _job_body(
             {
                 "type": type,
@@ -345,6 +352,8 @@ class Client:
                 "max_attempts": max_attempts,
                 "timeout_s": timeout_s,
                 "labels": labels,
+                "depends_on": None if depends_on is None else [str(i) for i in depends_on],
+                "on_dependency_failure": on_dependency_failure,
             }
         )
         key = idempotency_key or str(uuid.uuid4())
@@ -424,24 +433,9 @@ class Client:
         page_size: int = 100,
     ) -> Iterator[Job]:
         """Every job that matches, newest first, fetched a page at a time as you iterate."""
-        params: dict[str, Any] = {"page_size": min(max(page_size, 1), MAX_PAGE_SIZE)}
-        for name, value in (("state", state), ("type", type), ("queue", queue)):
-            if value:
-                params[name] = value if isinstance(value, str) else ",".join(value)
-        if labels:
-            params["label"] = [f"{k}:{v}" for k, v in labels.items()]
-        if created_after is not None:
-            params["created_after"] = _rfc3339(created_after)
-        if created_before is not None:
-            params["created_before"] = _rfc3339(created_before)
-        while True:
-            page = self._call("GET", "/v1/jobs", params=params)
-            for item in page["jobs"]:
-                yield Job.from_json(item)
-            token = page.get("next_page_token")
-            if not token:
-                return
-            params["page_token"] = token
+        params = _filters(page_size, labels, created_after, created_before, state=state, type=type, queue=queue)
+        for item in self._pages("/v1/jobs", "jobs", params):
+            yield Job.from_json(item)
 
     def attempts(self, job_id: str) -> builtins.list[Attempt]:
         """The job's attempts, oldest first."""
@@ -456,7 +450,72 @@ class Client:
         """Run a FAILED or CANCELLED job again (idempotent). Conflict if it COMPLETED."""
         return Job.from_json(self._call("POST", _job_path(job_id) + ":retry"))
 
+    # -- workflows -------------------------------------------------------------------------
+
+    def submit_workflow(
+        self,
+        steps: Step | Any,
+        *,
+        name: str,
+        labels: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Workflow:
+        """Create a workflow from a composition (`chain`, `group`, `chord`), a Step, or a list
+        of steps; all its steps are stored in one transaction. Safe to retry, like submit."""
+        body: dict[str, Any] = {"name": name, "steps": steps_of(steps)}
+        if labels:
+            body["labels"] = dict(labels)
+        key = idempotency_key or str(uuid.uuid4())
+        return Workflow.from_json(self._call("POST", "/v1/workflows", json=body, headers={"Idempotency-Key": key}))
+
+    def get_workflow(self, workflow_id: str) -> Workflow:
+        """The workflow now, with its steps."""
+        return Workflow.from_json(self._call("GET", _workflow_path(workflow_id)))
+
+    def wait_workflow(self, workflow_id: str, timeout: float | None = None) -> Workflow:
+        """The workflow once every step has ended, or as it is after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = MAX_WAIT_S if deadline is None else deadline - time.monotonic()
+            step = round(max(min(MAX_WAIT_S, remaining), 0.001), 3)
+            wf = Workflow.from_json(self._call("GET", _workflow_path(workflow_id),
+                                               params={"wait": f"{step:g}"}, wait=step))
+            if wf.done or (deadline is not None and time.monotonic() >= deadline):
+                return wf
+
+    def list_workflows(
+        self,
+        *,
+        state: str | Iterable[str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+        page_size: int = 100,
+    ) -> Iterator[Workflow]:
+        """Every workflow that matches, newest first (without their steps), a page at a time."""
+        params = _filters(page_size, labels, created_after, created_before, state=state)
+        for item in self._pages("/v1/workflows", "workflows", params):
+            yield Workflow.from_json(item)
+
+    def cancel_workflow(self, workflow_id: str) -> Workflow:
+        """Cancel every step not yet ended (idempotent). Conflict once it COMPLETED or FAILED."""
+        return Workflow.from_json(self._call("POST", _workflow_path(workflow_id) + ":cancel"))
+
+    def retry_workflow(self, workflow_id: str) -> Workflow:
+        """Run the FAILED and CANCELLED steps, and everything after them, again."""
+        return Workflow.from_json(self._call("POST", _workflow_path(workflow_id) + ":retry"))
+
     # -- HTTP ------------------------------------------------------------------------------
+
+    def _pages(self, path: str, key: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The items of a keyset-paged list, one page fetched at a time."""
+        while True:
+            page = self._call("GET", path, params=params)
+            yield from page[key]
+            token = page.get("next_page_token")
+            if not token:
+                return
+            params["page_token"] = token
 
     def _call(
         self,
@@ -519,6 +578,28 @@ def _read_body(resp: requests.Response) -> ProtocolError | ReadTimeoutError | No
             return cause
         raise
     return None
+
+
+def _filters(
+    page_size: int, labels: Mapping[str, str] | None, created_after: datetime | str | None,
+    created_before: datetime | str | None, **lists: str | Iterable[str] | None,
+) -> dict[str, Any]:
+    """A list request's query: the page size, each filter given (lists comma-joined)."""
+    params: dict[str, Any] = {"page_size": min(max(page_size, 1), MAX_PAGE_SIZE)}
+    for name, value in lists.items():
+        if value:
+            params[name] = value if isinstance(value, str) else ",".join(value)
+    if labels:
+        params["label"] = [f"{k}:{v}" for k, v in labels.items()]
+    if created_after is not None:
+        params["created_after"] = _rfc3339(created_after)
+    if created_before is not None:
+        params["created_before"] = _rfc3339(created_before)
+    return params
+
+
+def _workflow_path(workflow_id: str) -> str:
+    return "/v1/workflows/" + quote(str(workflow_id), safe="")
 
 
 def _job_path(job_id: str) -> str:
