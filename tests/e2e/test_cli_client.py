@@ -106,6 +106,11 @@ def test_workflows_submit_wait_get_list_from_a_file(stack: Stack, db: Engine, tm
     assert header.split() == ["STEP", "STATE", "TYPE", "ATTEMPTS", "NEEDS", "JOB", "ERROR"]
     got = cloudjobs(stack, "workflows", "get", workflow_id)
     assert got.returncode == 0 and f"name      {name}" in got.stdout and "two   COMPLETED" in got.stdout
+    flow_yaml = Path(str(tmp_path)) / "flow.yaml"
+    flow_yaml.write_text(f"name: {name}-yaml\nsteps:\n  - {{name: a, type: echo}}\n  - {{name: b, type: echo, needs: [a]}}\n")
+    proc = cloudjobs(stack, "workflows", "submit", str(flow_yaml), "--label", "via=cli", "--wait", "-o", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert [s["needs"] for s in json.loads(proc.stdout)["steps"]] == [[], ["a"]]
     listed = cloudjobs(stack, "workflows", "list", "--label", "via=cli", "-o", "json")
     assert listed.returncode == 0 and workflow_id in [w["id"] for w in json.loads(listed.stdout)]
     again = cloudjobs(stack, "workflows", "retry", workflow_id)

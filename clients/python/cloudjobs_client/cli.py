@@ -594,10 +594,20 @@ def _payload(raw: str) -> dict[str, Any]:
 
 
 def _json_file(path: str) -> Any:
+    """A JSON document, or YAML for a .yaml/.yml file (with PyYAML: `cloudjobs-client[yaml]`)."""
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise UsageError(f"{path}: {e.strerror}") from None
+    if path.endswith((".yaml", ".yml")):
+        try:
+            import yaml
+        except ImportError:
+            raise UsageError(f"{path}: reading YAML needs PyYAML: pip install 'cloudjobs-client[yaml]'") from None
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise UsageError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     try:
         return json.loads(text)
     except ValueError as e:
