@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -124,9 +124,13 @@ class JobContext:
     # Each dependency under its job id (as text) and, for a workflow's steps, its step name too.
     parents: Mapping[str, Parent] = field(default_factory=dict)
     workflow_id: uuid.UUID | None = None
-    step: str | None = None
+    step_name: str | None = None  # its name in its workflow (ctx.step is for durable steps)
     # ctx.submit: validates a child and keeps it for the finish; returns its id.
     _submit: Callable[[str, dict[str, Any], dict[str, Any]], str] | None = None
+    # ctx.step: the recorded results (read on first use) and how to record one.
+    _load_steps: Callable[[], dict[str, Any]] | None = None
+    _record_step: Callable[[str, Any, datetime], Any] | None = None
+    _steps: dict[str, Any] | None = None
     _children: list[str] = field(default_factory=list)
     # Cancellation is polled from the database; a job that asks in a tight loop should not
     # cost a query each time.
@@ -161,6 +165,29 @@ class JobContext:
         """A continuation: a child that depends on every child submitted so far (a fan-in)."""
         depends = [*options.pop("depends_on", ()), *self._children]
         return self.submit(type, payload, depends_on=depends, **options)
+
+    def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run `fn(*args, **kwargs)` once for this job and keep its result.
+
+        The result (JSON, within the payload size limit) is stored as soon as `fn` returns,
+        under `name`; a later attempt of this job — after a failure, a retry, a crash — gets
+        the stored result back without calling `fn`, so a job resumes at the step it had
+        not finished. Give each step its own name; a step that raises records nothing and
+        runs again on the next attempt. Make each step idempotent all the same: a process
+        killed after `fn` returned but before its result was stored runs it again.
+        """
+        if self._record_step is None or self._load_steps is None:
+            raise RuntimeError("ctx.step is available while a job runs under /handlers/run")
+        if not isinstance(name, str) or not 1 <= len(name) <= 200:
+            raise ValueError("a step's name is a string of 1 to 200 characters")
+        if self._steps is None:
+            self._steps = self._load_steps()
+        if name in self._steps:
+            return self._steps[name]
+        started = datetime.now(UTC)
+        result = fn(*args, **kwargs)
+        self._steps[name] = self._record_step(name, result, started)
+        return self._steps[name]
 
     def cancelled(self) -> bool:
         """Whether the job was asked to stop; a job should return soon after this is True."""

@@ -22,7 +22,7 @@ from api.observability import traces as observability
 from api.orchestration import lifecycle
 from api.orchestration.lifecycle import continue_released
 from api.state import AppState
-from api.store import dependencies
+from api.store import dependencies, steps
 from api.store import jobs as store
 from api.store.engine import OUTAGE_RETRY, autocommit
 from handlers import holder
@@ -163,8 +163,10 @@ def execute(state: AppState, row: Row[Any], delivery: store.Delivery) -> store.F
         # Only a job created with depends_on has a policy, and parents to read.
         parents=_parents(state, row.id) if row.on_dependency_failure is not None else {},
         workflow_id=row.workflow_id,
-        step=row.step,
+        step_name=row.step,
         _submit=lambda type, payload, options: _child(state, row, children, type, payload, options),
+        _load_steps=lambda: _step_results(state, row.id),
+        _record_step=lambda name, result, started: _record_step(state, row, name, result, started),
     )
     children: list[store.NewJob] = []
     log = {"job_id": str(row.id), "attempt": attempt, "type": row.type, "queue": row.queue}
@@ -284,6 +286,28 @@ def _child(
             raise ValueError(f"ctx.submit({type!r}): depends_on names no job of this job's owner: {missing[0]}")
     children.append(new)
     return str(new.id)
+
+
+def _step_results(state: AppState, job_id: uuid.UUID) -> dict[str, Any]:
+    with state.engine.connect() as conn:
+        return steps.results(conn, job_id)
+
+
+def _record_step(state: AppState, row: Row[Any], name: str, result: Any, started: datetime) -> Any:
+    """Store a step's result at once, in a statement of its own (it must outlive a failure of
+    the attempt); the result that stands."""
+    try:
+        size = len(json.dumps(result).encode())
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the result of step {name!r} is not JSON: {e}") from None
+    if size > state.config.max_payload_bytes:
+        raise ValueError(f"the result of step {name!r} is {size} bytes; at most {state.config.max_payload_bytes}")
+
+    def record() -> Any:
+        with autocommit(state.engine) as conn:
+            return steps.record(conn, row.id, name, attempt=row.attempts, result=result, started=started)
+
+    return OUTAGE_RETRY(record)()
 
 
 def _parents(state: AppState, job_id: uuid.UUID) -> dict[str, Parent]:

@@ -57,3 +57,37 @@ def bad_spawner(payload: dict[str, Any], ctx: JobContext) -> Any:
     ctx.submit("echo", {"ok": 1})
     ctx.submit("no-such-type")
     return {}
+
+
+# How many times each durable step's function ran, by job id and step (the tests run in-process).
+STEP_RUNS: dict[tuple[str, str], int] = {}
+
+
+def _counted(job_id: str, name: str, value: Any) -> Any:
+    STEP_RUNS[(job_id, name)] = STEP_RUNS.get((job_id, name), 0) + 1
+    return value
+
+
+@job("three_steps")
+def three_steps(payload: dict[str, Any], ctx: JobContext) -> Any:
+    """Three durable steps; the third raises on the first attempt when `fail_third`."""
+    jid = str(ctx.job_id)
+    one = ctx.step("one", _counted, jid, "one", {"n": 1})
+    two = ctx.step("two", _counted, jid, "two", one["n"] + 1)
+
+    def third() -> int:
+        _counted(jid, "three", None)
+        if payload.get("fail_third") and ctx.attempt == 1:
+            raise RuntimeError("step three failed")
+        return two + 1
+
+    three = ctx.step("three", third)
+    return {"steps": [one["n"], two, three]}
+
+
+@job("bad_step")
+def bad_step(payload: dict[str, Any], ctx: JobContext) -> Any:
+    """A step whose result JSON cannot carry, or one past the size limit."""
+    if payload.get("big"):
+        return ctx.step("big", lambda: "x" * int(payload["big"]))
+    return ctx.step("set", lambda: {1, 2})

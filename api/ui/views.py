@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -19,15 +21,18 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from api.errors import JobNotFound, Problem, Unauthenticated
+from api.errors import JobNotFound, Problem, Unauthenticated, WorkflowNotFound
 from api.reporting.reports import BUCKETS, ReportQuery, run_report
+from api.store import dependencies
 from api.store import jobs as store
-from api.store.tables import STATES, TERMINAL
-from api.ui import charts
+from api.store import steps as step_store
+from api.store import workflows as workflow_store
+from api.store.tables import STATES, TERMINAL, WORKFLOW_STATES
+from api.ui import charts, dag
 from api.web import paging
 from api.web.auth import Principal
 from api.web.http import check_params, current_state, filter_digest, parse_filter, parse_job_id
-from api.web.resources import attempts_resource, job_resource
+from api.web.resources import attempts_resource, job_resource, steps_resource, workflow_resource
 
 bp = Blueprint(
     "ui",
@@ -150,33 +155,49 @@ def _forget(resp: BaseResponse) -> None:
 def jobs() -> str:
     """Jobs, newest first, filtered by state, type, queue and label, paged by keyset."""
     state = current_state()
-    args = MultiDict([(k, v.strip()) for k, v in request.args.items(multi=True) if v.strip()])
-    check_params(args, (*FILTERS, "page_size", "page_token"))
-    flt = parse_filter(args, owner=principal().scope)
-    size = paging.page_size(args.get("page_size"))
-    scope = filter_digest(flt)
-    after = None
-    if token := args.get("page_token"):
-        after = paging.decode(state.config.page_token_key, token, scope)
-    with state.engine.connect() as conn:
-        rows = store.list_jobs(conn, flt, limit=size + 1, after=after)
-    next_url = None
-    kept = [(k, v) for k, v in args.items(multi=True) if k != "page_token"]
-    if len(rows) > size:
-        rows = rows[:size]
-        last = rows[-1]
-        token = paging.encode(state.config.page_token_key, (last.created_time, last.id), scope)
-        next_url = url_for("ui.jobs") + "?" + _query(kept + [("page_token", token)])
+    page = _page(FILTERS, "", "ui.jobs", store.list_jobs)
     return render_template(
         "ui/jobs.html",
-        jobs=[job_resource(r) for r in rows],
-        next_url=next_url,
-        first_url=url_for("ui.jobs") + "?" + _query(kept) if after else None,
-        chosen={k: args.get(k, "") for k in FILTERS},
+        jobs=[job_resource(r) for r in page.rows],
+        next_url=page.next_url,
+        first_url=page.first_url,
+        chosen=page.chosen,
         states=STATES,
         types=sorted(state.registry.types),
         queues=sorted(state.queues.specs),
     )
+
+
+@dataclass
+class _Page:
+    rows: list[Any]
+    next_url: str | None
+    first_url: str | None
+    chosen: dict[str, str]
+
+
+def _page(filters: tuple[str, ...], scope_prefix: str, endpoint: str, list_rows: Callable[..., list[Any]]) -> _Page:
+    """A list page: the request's filters (any other parameter is a 400), the rows of this
+    page by keyset, and the links to the next and the first page, filters kept."""
+    state = current_state()
+    args = MultiDict([(k, v.strip()) for k, v in request.args.items(multi=True) if v.strip()])
+    check_params(args, (*filters, "page_size", "page_token"))
+    flt = parse_filter(args, owner=principal().scope)
+    size = paging.page_size(args.get("page_size"))
+    scope = scope_prefix + filter_digest(flt)
+    after = None
+    if token := args.get("page_token"):
+        after = paging.decode(state.config.page_token_key, token, scope)
+    with state.engine.connect() as conn:
+        rows = list_rows(conn, flt, limit=size + 1, after=after)
+    next_url = None
+    kept = [(k, v) for k, v in args.items(multi=True) if k != "page_token"]
+    if len(rows) > size:
+        rows = rows[:size]
+        token = paging.encode(state.config.page_token_key, (rows[-1].created_time, rows[-1].id), scope)
+        next_url = url_for(endpoint) + "?" + _query(kept + [("page_token", token)])
+    first_url = url_for(endpoint) + "?" + _query(kept) if after else None
+    return _Page(rows, next_url, first_url, {k: args.get(k, "") for k in filters})
 
 
 def _query(pairs: list[tuple[str, str]]) -> str:
@@ -193,13 +214,57 @@ def job(job_id: str) -> str:
         if row is None:
             raise JobNotFound(f"no job {job_id}")
         attempts = attempts_resource(row, store.list_attempts(conn, jid))
+        durable = steps_resource(step_store.list_steps(conn, jid))
+        parents = dependencies.parents(conn, jid) if row.on_dependency_failure is not None else []
     resource = job_resource(row)
     return render_template(
         "ui/job.html",
         job=resource,
         attempts=attempts,
+        steps=durable,
+        parents=parents,
         pretty=_pretty,
         refresh=row.state not in TERMINAL,
+    )
+
+
+MAX_STEPS_LISTED = 1000
+
+
+@bp.get("/workflows")
+def workflows() -> str:
+    """Workflows, newest first, filtered by state and label, paged by keyset."""
+    page = _page(("state", "label"), "workflows:", "ui.workflows", workflow_store.list_workflows)
+    return render_template(
+        "ui/workflows.html",
+        workflows=[workflow_resource(r, None) for r in page.rows],
+        next_url=page.next_url,
+        first_url=page.first_url,
+        chosen=page.chosen,
+        states=WORKFLOW_STATES,
+    )
+
+
+@bp.get("/workflows/<workflow_id>")
+def workflow(workflow_id: str) -> str:
+    """One workflow: its DAG drawn with each step's state, and its steps."""
+    state = current_state()
+    try:
+        wid = uuid.UUID(workflow_id)
+    except ValueError:
+        raise WorkflowNotFound(f"no workflow {workflow_id}") from None
+    with state.engine.connect() as conn:
+        row = workflow_store.get_workflow(conn, wid, owner=principal().scope)
+        if row is None:
+            raise WorkflowNotFound(f"no workflow {workflow_id}")
+        resource = workflow_resource(row, workflow_store.steps(conn, wid))
+    return render_template(
+        "ui/workflow.html",
+        workflow=resource,
+        drawing=dag.layout(resource["steps"]),
+        max_drawn=dag.MAX_DRAWN,
+        steps=resource["steps"][:MAX_STEPS_LISTED],
+        refresh=row.state == "RUNNING",
     )
 
 
@@ -347,6 +412,24 @@ def _when(value: str | None) -> str:
     if not value:
         return "—"
     return value.replace("T", " ")[:19] + "Z"
+
+
+# A step's box in the workflow graph, by state: (fill, stroke), as the state badges colour them.
+STATE_COLOURS = {
+    "COMPLETED": ("#dcfce7", "#16a34a"), "FAILED": ("#fee2e2", "#dc2626"), "CANCELLED": ("#e5e7eb", "#6b7280"),
+    "RUNNING": ("#dbeafe", "#2563eb"), "QUEUED": ("#fef3c7", "#d97706"), "CREATED": ("#fef3c7", "#d97706"),
+    "WAITING": ("#f9fafb", "#9ca3af"),
+}
+
+
+@bp.app_template_global("state_fill")
+def _state_fill(state: str) -> str:
+    return STATE_COLOURS.get(state, ("#ffffff", "#9ca3af"))[0]
+
+
+@bp.app_template_global("state_stroke")
+def _state_stroke(state: str) -> str:
+    return STATE_COLOURS.get(state, ("#ffffff", "#9ca3af"))[1]
 
 
 @bp.app_template_global("job_url")

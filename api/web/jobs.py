@@ -12,7 +12,7 @@ from sqlalchemy.engine import Row
 from api.errors import JobNotFound
 from api.orchestration import lifecycle
 from api.state import AppState
-from api.store import dependencies
+from api.store import dependencies, steps
 from api.store import jobs as store
 from api.store.engine import autocommit
 from api.web import paging
@@ -29,7 +29,7 @@ from api.web.http import (
     parse_job_id,
     principal,
 )
-from api.web.resources import attempts_resource, job_resource
+from api.web.resources import attempts_resource, job_resource, steps_resource
 
 bp = Blueprint("jobs", __name__)
 bp.before_request(authenticate)
@@ -118,6 +118,18 @@ def list_attempts(job_id: str) -> Response:
             raise JobNotFound(f"no job {job_id}")
         rows = store.list_attempts(conn, jid)
     return json_response({"attempts": attempts_resource(job, rows)})
+
+
+@bp.get("/v1/jobs/<job_id>/steps")
+def list_steps(job_id: str) -> Response:
+    """A job's durable steps (ctx.step), in the order they finished."""
+    state = current_state()
+    jid = parse_job_id(job_id)
+    with state.engine.connect() as conn:
+        if store.get_job(conn, jid, owner=principal().scope) is None:
+            raise JobNotFound(f"no job {job_id}")
+        rows = steps.list_steps(conn, jid)
+    return json_response({"steps": steps_resource(rows)})
 
 
 @bp.get("/v1/jobs")

@@ -9,7 +9,7 @@ from pydantic.json_schema import models_json_schema
 
 from api.orchestration.requests import CreateJob
 from api.orchestration.workflows import MAX_STEPS, CreateWorkflow, WorkflowStep
-from api.web.resources import AttemptList, Job, JobList, Workflow, WorkflowList
+from api.web.resources import AttemptList, DurableStepList, Job, JobList, Workflow, WorkflowList
 
 REF = "#/components/schemas/{model}"
 
@@ -106,7 +106,7 @@ def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) 
     """The whole OpenAPI 3.1 document; `types` and `queues` make the job fields exact."""
     _, defs = models_json_schema(
         [(m, "validation" if m in (CreateJob, WorkflowStep, CreateWorkflow) else "serialization")
-         for m in (CreateJob, Job, JobList, AttemptList, WorkflowStep, CreateWorkflow, Workflow, WorkflowList)],
+         for m in (CreateJob, Job, JobList, AttemptList, DurableStepList, WorkflowStep, CreateWorkflow, Workflow, WorkflowList)],
         ref_template=REF,
     )
     schemas = dict(defs["$defs"])
@@ -251,6 +251,14 @@ def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) 
                     "summary": "A job's attempts, oldest first",
                     "parameters": [JOB_ID],
                     "responses": {"200": _json(_ref("AttemptList"), "The attempts"), **_problems(404, 503)},
+                }
+            },
+            "/v1/jobs/{job_id}/steps": {
+                "get": {
+                    "operationId": "listSteps",
+                    "summary": "A job's durable steps (ctx.step), in the order they finished",
+                    "parameters": [JOB_ID],
+                    "responses": {"200": _json(_ref("DurableStepList"), "The steps"), **_problems(404, 503)},
                 }
             },
             "/v1/workflows": {

@@ -93,6 +93,23 @@ class AttemptList(BaseModel):
     attempts: list[Attempt]
 
 
+class DurableStep(BaseModel):
+    """A durable step of a job (ctx.step): its result, recorded once, reused by later attempts."""
+
+    name: str
+    attempt: int = Field(description="The attempt that ran it.")
+    result: Any = None
+    started_time: datetime
+    finished_time: datetime
+    duration_s: float
+
+
+class DurableStepList(BaseModel):
+    """A job's durable steps, in the order they finished."""
+
+    steps: list[DurableStep]
+
+
 
 
 class WorkflowStepState(BaseModel):
@@ -177,6 +194,13 @@ def _job_fields(row: Row[Any]) -> dict[str, Any]:
     }
 
 
+def steps_resource(rows: list[Row[Any]]) -> list[dict[str, Any]]:
+    """A job's durable steps as the API shows them."""
+    return [{"name": r.name, "attempt": r.attempt, "result": r.result, "started_time": rfc3339(r.started_time),
+             "finished_time": rfc3339(r.finished_time),
+             "duration_s": round((r.finished_time - r.started_time).total_seconds(), 3)} for r in rows]
+
+
 def attempts_resource(job: Row[Any], rows: list[Row[Any]]) -> list[dict[str, Any]]:
     """A job's attempts as the API shows them, oldest first: the ended ones (job_attempts),
     then, while the job is RUNNING, the attempt running now (outcome RUNNING, no finish)."""
@@ -204,3 +228,33 @@ def attempt_resource(row: Row[Any]) -> dict[str, Any]:
         "execution_count": row.execution_count,
         "retry_reason": row.retry_reason,
     }
+
+
+def workflow_resource(row: Row[Any], steps: list[Row[Any]] | None) -> dict[str, Any]:
+    """A workflow as the API shows it; `steps` and `counts` on the single-workflow read."""
+    out: dict[str, Any] = {
+        "id": str(row.id),
+        "name": row.name,
+        "labels": row.labels,
+        "state": row.state,
+        "done": row.state != "RUNNING",
+        "step_count": row.steps,
+        "active": row.active,
+        "failed": row.failed,
+        "cancelled": row.cancelled,
+        "created_time": rfc3339(row.created_time),
+        "done_time": rfc3339(row.done_time),
+        "updated_time": rfc3339(row.updated_time),
+    }
+    if steps is not None:
+        counts: dict[str, int] = {}
+        for s in steps:
+            counts[s.state] = counts.get(s.state, 0) + 1
+        out["counts"] = counts
+        out["steps"] = [
+            {"name": s.step, "job_id": str(s.id), "state": s.state, "type": s.type, "needs": list(s.needs),
+             "attempts": s.attempts, "started_time": rfc3339(s.started_time), "done_time": rfc3339(s.done_time),
+             "error": s.error}
+            for s in steps
+        ]
+    return out

@@ -15,7 +15,6 @@ from api.orchestration import workflows as service
 from api.store import workflows as store
 from api.store.engine import autocommit
 from api.store.tables import WORKFLOW_STATES
-from api.times import rfc3339
 from api.web import paging
 from api.web import waiting as waiters
 from api.web.http import (
@@ -28,6 +27,7 @@ from api.web.http import (
     parse_filter,
     principal,
 )
+from api.web.resources import workflow_resource
 
 bp = Blueprint("workflows", __name__)
 bp.before_request(authenticate)
@@ -36,36 +36,6 @@ bp.before_request(authenticate)
 # notify the workflow's waiters as a job's end does its own.
 WAIT_POLL_S = 0.25
 LIST_PARAMS = {"state", "label", "created_after", "created_before", "page_size", "page_token"}
-
-
-def workflow_resource(row: Row[Any], steps: list[Row[Any]] | None) -> dict[str, Any]:
-    """A workflow as the API shows it; `steps` and `counts` on the single-workflow read."""
-    out: dict[str, Any] = {
-        "id": str(row.id),
-        "name": row.name,
-        "labels": row.labels,
-        "state": row.state,
-        "done": row.state != "RUNNING",
-        "step_count": row.steps,
-        "active": row.active,
-        "failed": row.failed,
-        "cancelled": row.cancelled,
-        "created_time": rfc3339(row.created_time),
-        "done_time": rfc3339(row.done_time),
-        "updated_time": rfc3339(row.updated_time),
-    }
-    if steps is not None:
-        counts: dict[str, int] = {}
-        for s in steps:
-            counts[s.state] = counts.get(s.state, 0) + 1
-        out["counts"] = counts
-        out["steps"] = [
-            {"name": s.step, "job_id": str(s.id), "state": s.state, "type": s.type, "needs": list(s.needs),
-             "attempts": s.attempts, "started_time": rfc3339(s.started_time), "done_time": rfc3339(s.done_time),
-             "error": s.error}
-            for s in steps
-        ]
-    return out
 
 
 def _parse_id(raw: str) -> uuid.UUID:

@@ -60,7 +60,8 @@ def stack(migrated_url: str) -> Iterator[Stack]:
     url = f"http://127.0.0.1:{port}"
     with Emulator(host="127.0.0.1", port=0, http_port=0) as emu:
         env = stack_env(database_url=migrated_url, emulator=emu, url=url, queues_file=TEST_QUEUES,
-                        project="e2e-project", service_account=SERVICE_ACCOUNT, log_level="WARNING")
+                        project="e2e-project", service_account=SERVICE_ACCOUNT, log_level="WARNING",
+                        JOB_MODULES="tests.jobs")  # the test job types too (served from the checkout)
         config = Config.from_env(env)
         client = make_client(config)
         sync_queues(client, config, list(Queues.load(TEST_QUEUES).specs.values()))

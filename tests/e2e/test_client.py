@@ -338,6 +338,12 @@ def test_a_chain_of_a_group_and_a_chord_runs_each_step_after_what_it_needs(clien
         client.retry_workflow(wf.id)  # it COMPLETED: nothing to run again
 
 
+def test_the_client_reads_a_jobs_durable_steps(client: Client) -> None:
+    job = client.wait(client.submit("three_steps").id, timeout=30)
+    assert job.result == {"steps": [1, 2, 3]}
+    assert [(s["name"], s["attempt"]) for s in client.steps(job.id)] == [("one", 1), ("two", 1), ("three", 1)]
+
+
 def test_a_job_submitted_with_depends_on_waits_and_follows_its_policy(client: Client) -> None:
     parent = client.submit("echo", {"p": 1}, run_at=later())
     child = client.submit("echo", {"c": 1}, depends_on=[parent.id], on_dependency_failure="cancel")

@@ -361,3 +361,76 @@ def test_reports_chart_and_tabulate_throughput_failure_rate_and_run_time(
         "<rect x=" in html
         and "<polyline" not in html.split('id="throughput-h"')[1].split("</section>")[0]
     )
+
+
+# -- workflows (#14): a list, a page that draws the DAG, and links from a step's job page
+
+
+def create_workflow(client: FlaskClient, body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
+    resp = client.post("/v1/workflows", data=json.dumps(body), content_type="application/json", headers=headers or {})
+    assert resp.status_code == 202, resp.get_data(as_text=True)
+    return resp.get_json()  # type: ignore[no-any-return]
+
+
+DIAMOND = {"name": "diamond <b>", "labels": {"team": "ui"}, "steps": [
+    {"name": "a", "type": "echo"},
+    {"name": "b", "type": "echo", "needs": ["a"]},
+    {"name": "c", "type": "echo", "needs": ["a"]},
+    {"name": "d", "type": "parents", "needs": ["b", "c"]},
+]}
+
+
+def test_the_workflow_page_draws_each_step_in_its_column_with_its_state_and_edges(
+        client: FlaskClient, db: Engine) -> None:
+    wf = create_workflow(client, DIAMOND)
+    a = next(s["job_id"] for s in wf["steps"] if s["name"] == "a")
+    run_attempts(db, a, [("FAILED", "FAILED", {"code": "X", "message": "no"})])
+    html = client.get(f"/ui/workflows/{wf['id']}").get_data(as_text=True)
+    assert "diamond &lt;b&gt;" in html and "<b>" not in html.split("<main", 1)[1]  # escaped
+    svg = html.split('<svg class="dag"', 1)[1].split("</svg>", 1)[0]
+    nodes = re.findall(r'<a href="/ui/jobs/([0-9a-f-]{36})" class="dag-node" data-step="(\w)" data-state="(\w+)">', svg)
+    now = client.get(f"/v1/workflows/{wf['id']}").get_json()["steps"]
+    assert {(s["job_id"], s["name"], s["state"]) for s in now} == set(nodes)  # each box: its job, its state
+    assert dict((step, state) for _, step, state in nodes)["a"] == "FAILED"
+    xs = {step: int(x) for step, x in re.findall(r'data-step="(\w)"[^>]*>\s*<title>[^<]*</title>\s*<rect x="(\d+)"', svg)}
+    assert xs["a"] < xs["b"] == xs["c"] < xs["d"]  # a column per depth
+    assert svg.count('class="dag-edge"') == 4 and ' style=' not in svg and "<script" not in html
+    assert html.count('class="state state-failed"') >= 3  # a, and b and c failed by the policy, in the table
+
+
+def test_the_workflow_list_links_each_workflow_and_filters_by_state(client: FlaskClient) -> None:
+    wf = create_workflow(client, {**DIAMOND, "name": "listed"})
+    html = client.get("/ui/workflows").get_data(as_text=True)
+    assert f'href="/ui/workflows/{wf["id"]}"' in html and "listed" in html and "0 / 4" in html
+    assert wf["id"] not in client.get("/ui/workflows?state=COMPLETED").get_data(as_text=True)
+    assert client.get("/ui/workflows?sate=RUNNING").status_code == 400
+
+
+def test_a_steps_job_page_links_its_workflow_and_what_it_needs(client: FlaskClient) -> None:
+    wf = create_workflow(client, DIAMOND)
+    d = next(s for s in wf["steps"] if s["name"] == "d")
+    html = client.get(f"/ui/jobs/{d['job_id']}").get_data(as_text=True)
+    assert f'id="workflow-link" href="/ui/workflows/{wf["id"]}"' in html and "<strong>d</strong>" in html
+    needs = html.split('id="parents">', 1)[1].split("</dd>", 1)[0]
+    assert sorted(re.findall(r">(\w)</a>", needs)) == ["b", "c"] and "WAITING" in needs
+
+
+def test_a_jobs_page_lists_its_durable_steps(make_app: Callable[..., Flask]) -> None:
+    client = make_app(handler_auth="none").test_client()
+    j = create(client, {"type": "three_steps"})
+    client.post("/handlers/run", data=json.dumps({"job_id": j["id"]}), content_type="application/json")
+    html = client.get(f"/ui/jobs/{j['id']}").get_data(as_text=True)
+    table = html.split('id="durable-steps"', 1)[1].split("</table>", 1)[0]
+    assert re.findall(r"<tr>\s*<td>(\w+)</td>", table) == ["one", "two", "three"]
+
+
+@pytest.mark.parametrize("workflow_id", ["nope", str(uuid.uuid4())])
+def test_an_unknown_or_foreign_workflow_is_a_404_page(keys_app: Flask, db: Engine, workflow_id: str) -> None:
+    client = keys_app.test_client()
+    a, b = make_key(db, "team-a"), make_key(db, "team-b")
+    wf = create_workflow(client, DIAMOND, bearer(a))
+    assert client.get(f"/ui/workflows/{wf['id']}", headers=bearer(a)).status_code == 200
+    assert client.get(f"/ui/workflows/{wf['id']}", headers=bearer(b)).status_code == 404
+    assert wf["id"] not in client.get("/ui/workflows", headers=bearer(b)).get_data(as_text=True)
+    resp = client.get(f"/ui/workflows/{workflow_id}", headers=bearer(a))
+    assert resp.status_code == 404 and resp.mimetype == "text/html"

@@ -442,6 +442,10 @@ class Client:
         answer = self._call("GET", _job_path(job_id) + "/attempts")
         return [Attempt.from_json(a) for a in answer["attempts"]]
 
+    def steps(self, job_id: str) -> builtins.list[dict[str, Any]]:
+        """The job's durable steps (ctx.step): name, attempt, result and times, as the API gives them."""
+        return list(self._call("GET", _job_path(job_id) + "/steps")["steps"])
+
     def cancel(self, job_id: str) -> Job:
         """Cancel the job (idempotent); a running one stops cooperatively. Conflict if it ended."""
         return Job.from_json(self._call("POST", _job_path(job_id) + ":cancel"))
