@@ -181,12 +181,13 @@ job_dependencies = Table(
 job_steps = Table(
     "job_steps",
     metadata,
-    Column("job_id", UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("job_id", UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, comment="The job."),
     Column("name", Text, nullable=False, comment="The step's name in its job."),
     Column("result", JSONB, comment="What the step's function returned (JSON)."),
     Column("attempt", Integer, nullable=False, comment="The attempt that ran it."),
-    Column("started_time", DateTime(timezone=True), nullable=False),
-    Column("finished_time", DateTime(timezone=True), nullable=False, server_default=_now),
+    Column("started_time", DateTime(timezone=True), nullable=False, comment="When its function was called."),
+    Column("finished_time", DateTime(timezone=True), nullable=False, server_default=_now,
+           comment="When its result was stored."),
     PrimaryKeyConstraint("job_id", "name", name="job_steps_pkey"),
     comment="Durable steps: each step's result, recorded once; later attempts reuse it.",
 )

@@ -26,12 +26,13 @@ def upgrade() -> None:
     op.create_table(
         "job_steps",
         sa.Column("job_id", postgresql.UUID(as_uuid=True), sa.ForeignKey("jobs.id", ondelete="CASCADE"),
-                  nullable=False),
+                  nullable=False, comment="The job."),
         sa.Column("name", sa.Text, nullable=False, comment="The step's name in its job."),
         sa.Column("result", postgresql.JSONB, comment="What the step's function returned (JSON)."),
         sa.Column("attempt", sa.Integer, nullable=False, comment="The attempt that ran it."),
-        sa.Column("started_time", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("finished_time", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column("started_time", sa.DateTime(timezone=True), nullable=False, comment="When its function was called."),
+        sa.Column("finished_time", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now(),
+                  comment="When its result was stored."),
         sa.PrimaryKeyConstraint("job_id", "name"),
         comment="Durable steps: each step's result, recorded once; later attempts reuse it.",
     )

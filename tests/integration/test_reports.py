@@ -262,3 +262,22 @@ def test_report_cli_formats(migrated_url: str, db: Engine, history: dict[str, uu
     csv_out = subprocess.run(base + ["--format", "csv"], cwd=ROOT, env=env, capture_output=True, text=True,
                              timeout=60).stdout.splitlines()
     assert csv_out[0].startswith("key,jobs,completed") and len(csv_out) == 3
+
+
+def test_workflows_are_in_the_reporting_schema_with_their_durations(make_app: Callable[..., Flask], db: Engine) -> None:
+    client = make_app(handler_auth="none").test_client()
+    wf = client.post("/v1/workflows", data=json.dumps({"name": "nightly", "steps": [
+        {"name": "a", "type": "echo"}, {"name": "b", "type": "echo", "needs": ["a"]},
+        {"name": "c", "type": "echo", "needs": ["a"]},
+    ]}), content_type="application/json").get_json()
+    steps = {s["name"]: s["job_id"] for s in wf["steps"]}
+    waiting = _as_reporting_role(db, "SELECT count(*) FROM reporting.job_stats_hourly WHERE active = 3")
+    assert waiting[0][0] == 1  # a QUEUED, b and c WAITING: all three active
+    for name in ("a", "b", "c"):
+        assert client.post("/handlers/run", data=json.dumps({"job_id": steps[name]}),
+                           content_type="application/json").status_code == 200
+    [row] = _as_reporting_role(db, "SELECT name, state, steps, failed, first_started_time IS NOT NULL, "
+                                   "duration_s >= start_wait_s, step_run_s >= 0 FROM reporting.workflow_history")
+    assert tuple(row) == ("nightly", "COMPLETED", 3, 0, True, True, True)
+    rows = _as_reporting_role(db, "SELECT step, workflow_id::text FROM reporting.job_history ORDER BY step")
+    assert [tuple(r) for r in rows] == [("a", wf["id"]), ("b", wf["id"]), ("c", wf["id"])]
