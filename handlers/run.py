@@ -91,12 +91,12 @@ def run_jobs(state: AppState, ids: Sequence[uuid.UUID], delivery: store.Delivery
             finishes.append(execute(state, row, delivery))
         timed[row.id] = (row, clock)
     plain = [f for f in finishes if not f.children]
-    finished = OUTAGE_RETRY(_finish)(state, plain)
+    finished = _finish(state, plain)
     released = list(finished.released)
     moved = finished.states
     for f in finishes:
         if f.children:
-            states, freed = OUTAGE_RETRY(_finish_with_children)(state, f, timed[f.job_id][0].owner)
+            states, freed = _finish_with_children(state, f, timed[f.job_id][0].owner)
             moved.update(states)
             released += freed
     if released:
@@ -114,6 +114,7 @@ def run_jobs(state: AppState, ids: Sequence[uuid.UUID], delivery: store.Delivery
     return outcome
 
 
+@OUTAGE_RETRY
 def _finish(state: AppState, finishes: list[store.Finish]) -> store.Finished:
     with autocommit(state.engine) as conn:
         return store.finish_jobs(conn, finishes)
@@ -243,6 +244,7 @@ def is_last_attempt(row: Row[Any], spec: Any, delivery: store.Delivery, *, ran_s
     return bool(spec.attempts_exhausted(delivery.retry_count, age))
 
 
+@OUTAGE_RETRY
 def _finish_with_children(state: AppState, f: store.Finish, owner: str | None) -> tuple[dict[uuid.UUID, str], list[Any]]:
     """A COMPLETED finish and the children its attempt submitted, in one transaction: if the
     finish moves nothing (a later attempt holds the job), no child is created."""
@@ -297,17 +299,20 @@ def _record_step(state: AppState, row: Row[Any], name: str, result: Any, started
     """Store a step's result at once, in a statement of its own (it must outlive a failure of
     the attempt); the result that stands."""
     try:
-        size = len(json.dumps(result).encode())
+        size = lifecycle.json_size(result)  # measured as a payload is
     except (TypeError, ValueError) as e:
         raise ValueError(f"the result of step {name!r} is not JSON: {e}") from None
     if size > state.config.max_payload_bytes:
         raise ValueError(f"the result of step {name!r} is {size} bytes; at most {state.config.max_payload_bytes}")
+    if bad := lifecycle.unstorable(result, f"step {name!r}"):
+        raise ValueError(f"the result of {bad} holds text PostgreSQL cannot store (NUL, unpaired surrogates)")
+    return _store_step(state, row.id, name, row.attempts, result, started)
 
-    def record() -> Any:
-        with autocommit(state.engine) as conn:
-            return steps.record(conn, row.id, name, attempt=row.attempts, result=result, started=started)
 
-    return OUTAGE_RETRY(record)()
+@OUTAGE_RETRY
+def _store_step(state: AppState, job_id: uuid.UUID, name: str, attempt: int, result: Any, started: datetime) -> Any:
+    with autocommit(state.engine) as conn:
+        return steps.record(conn, job_id, name, attempt=attempt, result=result, started=started)
 
 
 def _parents(state: AppState, job_id: uuid.UUID) -> dict[str, Parent]:

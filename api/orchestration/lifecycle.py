@@ -34,6 +34,11 @@ _compact_json = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, n
 MAX_IDEMPOTENCY_KEY = 255
 
 
+def json_size(value: Any) -> int:
+    """The size of a JSON value as the limits count it: compact, ASCII-escaped."""
+    return len(_compact_json(value))
+
+
 def unstorable(value: Any, path: str = "payload") -> str | None:
     """The path of the first string PostgreSQL's JSONB cannot hold (NUL, lone surrogates)."""
     if isinstance(value, str):
@@ -90,7 +95,7 @@ def check_job(state: AppState, req: CreateJob) -> list[dict[str, str]]:
     for name, value in (("payload", req.payload), ("labels", req.labels)):
         if bad := unstorable(value, name):
             return [{"field": bad, "message": "text may not hold NUL characters or unpaired surrogates"}]
-    size = len(_compact_json(req.payload))
+    size = json_size(req.payload)
     if size > state.config.max_payload_bytes:
         return [{"field": "payload", "message": f"{size} bytes; at most {state.config.max_payload_bytes}"}]
     try:

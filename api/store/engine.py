@@ -208,6 +208,7 @@ class _CloudSqlCreator:
         self._config = config
         self._driver = driver_name
         self._connect_args = connect_args
+        self._dbapi = sa.dialects.registry.load(f"postgresql.{driver_name}").import_dbapi()
         self._connector: Any = None
         self._lock = threading.Lock()
 
@@ -222,7 +223,7 @@ class _CloudSqlCreator:
 
                     self._connector = Connector(refresh_strategy="lazy")
         c = self._config
-        with _socket_errors_as_dbapi(sa.dialects.registry.load(f"postgresql.{self._driver}").import_dbapi()):
+        with _socket_errors_as_dbapi(self._dbapi):
             return self._connector.connect(
                 c.instance_connection_name,
                 self._driver,  # the connector's psycopg driver since 1.22

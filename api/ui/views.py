@@ -31,7 +31,7 @@ from api.store.tables import STATES, TERMINAL, WORKFLOW_STATES
 from api.ui import charts, dag
 from api.web import paging
 from api.web.auth import Principal
-from api.web.http import check_params, current_state, filter_digest, parse_filter, parse_job_id
+from api.web.http import check_params, current_state, filter_digest, parse_filter, parse_job_id, parse_workflow_id
 from api.web.resources import attempts_resource, job_resource, steps_resource, workflow_resource
 
 bp = Blueprint(
@@ -249,10 +249,7 @@ def workflows() -> str:
 def workflow(workflow_id: str) -> str:
     """One workflow: its DAG drawn with each step's state, and its steps."""
     state = current_state()
-    try:
-        wid = uuid.UUID(workflow_id)
-    except ValueError:
-        raise WorkflowNotFound(f"no workflow {workflow_id}") from None
+    wid = parse_workflow_id(workflow_id)
     with state.engine.connect() as conn:
         row = workflow_store.get_workflow(conn, wid, owner=principal().scope)
         if row is None:

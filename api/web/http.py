@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from flask import Request, Response, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
-from api.errors import InvalidRequest, JobNotFound, ValidationFailed
+from api.errors import InvalidRequest, JobNotFound, ValidationFailed, WorkflowNotFound
 from api.state import AppState
 from api.store import jobs as store
 from api.store.engine import autocommit
@@ -166,6 +166,14 @@ def _deep_path(raw: bytes) -> str:
 # What the command line and the dashboard show of an id (8 characters) is enough to name it.
 MIN_ID_PREFIX = 8
 _ID_PREFIX = re.compile(rf"[0-9a-f]{{{MIN_ID_PREFIX},31}}")
+
+
+def parse_workflow_id(raw: str) -> uuid.UUID:
+    """A workflow id from the path; 404 when it is not a UUID (no workflow can have it)."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise WorkflowNotFound(f"no workflow {raw}") from None
 
 
 def parse_job_id(raw: str) -> uuid.UUID:

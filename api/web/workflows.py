@@ -25,6 +25,7 @@ from api.web.http import (
     json_body,
     json_response,
     parse_filter,
+    parse_workflow_id,
     principal,
 )
 from api.web.resources import workflow_resource
@@ -36,13 +37,6 @@ bp.before_request(authenticate)
 # notify the workflow's waiters as a job's end does its own.
 WAIT_POLL_S = 0.25
 LIST_PARAMS = {"state", "label", "created_after", "created_before", "page_size", "page_token"}
-
-
-def _parse_id(raw: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise WorkflowNotFound(f"no workflow {raw}") from None
 
 
 def _read(workflow_id: uuid.UUID) -> tuple[Row[Any], list[Row[Any]]]:
@@ -68,7 +62,7 @@ def create_workflow() -> Response:
 @bp.get("/v1/workflows/<workflow_id>")
 def get_workflow(workflow_id: str) -> Response:
     """One workflow with its steps; `?wait=S` answers as soon as it has ended (or after S)."""
-    wid = _parse_id(workflow_id)
+    wid = parse_workflow_id(workflow_id)
     check_params(request.args, {"wait"})
     wait_s = waiters.wait_seconds(request.args.get("wait"))
     row, steps = _read(wid)
@@ -106,7 +100,7 @@ def list_workflows() -> Response:
 @bp.post("/v1/workflows/<workflow_id>:cancel")
 def cancel_workflow(workflow_id: str) -> Response:
     """Cancel every step not yet terminal; idempotent; 409 once it COMPLETED or FAILED."""
-    row = service.cancel(current_state(), _parse_id(workflow_id), scope=principal().scope)
+    row = service.cancel(current_state(), parse_workflow_id(workflow_id), scope=principal().scope)
     if row is None:
         raise WorkflowNotFound(f"no workflow {workflow_id}")
     return json_response(workflow_resource(*_read(row.id)))
@@ -115,7 +109,7 @@ def cancel_workflow(workflow_id: str) -> Response:
 @bp.post("/v1/workflows/<workflow_id>:retry")
 def retry_workflow(workflow_id: str) -> Response:
     """Run the failed and cancelled steps and what follows them again; 409 once it COMPLETED."""
-    row = service.retry(current_state(), _parse_id(workflow_id), scope=principal().scope)
+    row = service.retry(current_state(), parse_workflow_id(workflow_id), scope=principal().scope)
     if row is None:
         raise WorkflowNotFound(f"no workflow {workflow_id}")
     return json_response(workflow_resource(*_read(row.id)))
