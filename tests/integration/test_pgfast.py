@@ -12,12 +12,23 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from api.config import Config
-from api.store import pgfast
+from api.store import driver, pgfast
 from api.store.engine import create_engine
 from bench.pgwire import CountingProxy, counting
-from tests.conftest import TEST_DRIVER
 
-pytestmark = pytest.mark.skipif(TEST_DRIVER != "pg8000", reason="pgfast patches pg8000; TEST_DRIVER is another")
+
+# pgfast patches pg8000: these tests run on pg8000 whatever driver the suite runs on
+# (TEST_DRIVER=psycopg), against the same database.
+@pytest.fixture(scope="module")
+def migrated_url(migrated_url: str) -> str:
+    return driver.with_driver(migrated_url, "pg8000")
+
+
+@pytest.fixture(scope="module")
+def engine(migrated_url: str) -> Iterator[Engine]:
+    eng = create_engine(Config(), url=migrated_url)
+    yield eng
+    eng.dispose()
 
 
 @pytest.fixture
