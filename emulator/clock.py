@@ -32,6 +32,9 @@ class RealClock:
     def monotonic(self) -> float:
         return time.monotonic()
 
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
     async def wait(self, event: asyncio.Event, seconds: float) -> None:
         """Until `event` is set or `seconds` have passed, whichever comes first."""
         handle = asyncio.get_running_loop().call_later(seconds, event.set)

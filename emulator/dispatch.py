@@ -289,5 +289,5 @@ class Dispatcher:
 
     async def _sweep_forever(self) -> None:
         while True:
-            await self.clock.wait(asyncio.Event(), SWEEP_INTERVAL_S)
+            await self.clock.sleep(SWEEP_INTERVAL_S)
             self.state.sweep()
