@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry, if_exception_type
 from google.cloud import tasks_v2
 
 from api.cloud.queues import QueueSpec, duration_proto
@@ -92,6 +93,18 @@ def build_queue(config: Config, spec: QueueSpec) -> tasks_v2.Queue:
     )
 
 
+# A create is safe to repeat (task names are fixed: a repeat is AlreadyExists), so UNAVAILABLE
+# — Cloud Tasks or the channel to it coming back — is retried for a moment before the job is
+# left CREATED for the backlog drain and the sweeper.
+CREATE_RETRY = Retry(predicate=if_exception_type(gexc.ServiceUnavailable), initial=0.1, maximum=0.5,
+                     multiplier=2.0, timeout=2.0)
+
+# The emulator restarts (in development, in the fault tests); gRPC's default reconnect backoff
+# grows to 120 s, which would keep a process's channel failing long after it is back.
+EMULATOR_CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                            ("grpc.max_reconnect_backoff_ms", 1000)]
+
+
 class TasksClient:
     """The process's CloudTasksClient, built on first use (after gunicorn forks)."""
 
@@ -113,7 +126,7 @@ class TasksClient:
         """Create the task; False when a task of that name exists or existed recently."""
         try:
             self.client.create_task(
-                parent=queue_path(self._config, queue), task=task, timeout=timeout
+                parent=queue_path(self._config, queue), task=task, timeout=timeout, retry=CREATE_RETRY
             )
         except gexc.AlreadyExists:
             return False
@@ -126,7 +139,7 @@ class TasksClient:
         for t in tasks:  # raw protobuf, as build_task: proto-plus would convert each again
             request.requests.add(parent=parent).task.CopyFrom(tasks_v2.Task.pb(t))
         operation = self.client.batch_create_tasks(
-            request=tasks_v2.BatchCreateTasksRequest.wrap(request), timeout=timeout
+            request=tasks_v2.BatchCreateTasksRequest.wrap(request), timeout=timeout, retry=CREATE_RETRY
         )
         operation.result(timeout=timeout)
 
@@ -147,7 +160,7 @@ def make_client(config: Config) -> tasks_v2.CloudTasksClient:
             CloudTasksGrpcTransport,
         )
 
-        channel = grpc.insecure_channel(config.emulator_host)
+        channel = grpc.insecure_channel(config.emulator_host, options=EMULATOR_CHANNEL_OPTIONS)
         return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
     return tasks_v2.CloudTasksClient()
 

@@ -476,9 +476,13 @@ def _create_tasks(state: AppState, queue: str, rows: list[Row[Any]]) -> list[uui
         try:
             state.tasks.batch_create_tasks(tasks, queue=queue)
             return [r.id for r in rows]
+        except gexc.ServiceUnavailable:
+            # Still unavailable after CREATE_RETRY: one by one would only wait as long per job.
+            logger.warning("enqueue failed, jobs stay CREATED for the sweeper", extra={"jobs": len(rows)})
+            return []
         except gexc.GoogleAPIError as e:
-            # ALREADY_EXISTS for one task fails the batch; so may an outage. One by one
-            # tells them apart, and a task that exists counts as enqueued.
+            # ALREADY_EXISTS for one task fails the batch. One by one tells the tasks apart,
+            # and a task that exists counts as enqueued.
             logger.info("batch enqueue fell back to one by one", extra={"error": type(e).__name__})
     done = []
     for row, task in zip(rows, tasks, strict=True):
@@ -490,6 +494,8 @@ def _create_tasks(state: AppState, queue: str, rows: list[Row[Any]]) -> list[uui
                 "enqueue failed, job stays CREATED for the sweeper",
                 extra={"job_id": str(row.id), "error": type(e).__name__},
             )
+            if isinstance(e, gexc.ServiceUnavailable):
+                break  # the rest would fail the same way, each after its own retries
             continue
         done.append(row.id)
     return done
