@@ -163,13 +163,20 @@ def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
 
 
 def _check_on_checkout(dialect: Any, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-    """Replace a connection the server closed; ping one that sat idle (PING_AFTER_IDLE_S)."""
+    """Replace a connection the server closed; ping one that sat idle (PING_AFTER_IDLE_S).
+
+    A connection made for this checkout is lent as it is: the pool replaces a connection only
+    once per checkout, and gives up with a bare InvalidRequestError (a 500) if the replacement
+    fails the check too — as one can while backends are being terminated. Should it be dead,
+    its first statement fails as an outage (a 503) and the pool drops it."""
+    idle_since = record.info.get("cloudjobs_idle_since")
+    if idle_since is None:
+        return  # new
     if driver.closed_by_server(dbapi_connection):
         # The pool drops this connection and checks out (or makes) another.
         raise sa.exc.DisconnectionError("the server closed the connection")
-    idle_since = record.info.get("cloudjobs_idle_since")
-    if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
-        return  # new, or back from work a moment ago
+    if time.monotonic() - idle_since < PING_AFTER_IDLE_S:
+        return  # back from work a moment ago
     try:
         dialect.do_ping(dbapi_connection)
         # The ping opens a transaction (outside autocommit): end it, so the connection is lent as it was.
