@@ -60,6 +60,14 @@ class Config:
     oidc_audience: str | None = None  # defaults to handler_base_url
     queues_file: Path = Path("queues.yaml")
 
+    # Triggers: schedules fired by Cloud Scheduler and Pub/Sub push subscriptions (schedules.yaml)
+    schedules_file: Path = Path("schedules.yaml")
+    scheduler_location: str | None = None  # Cloud Scheduler's region; defaults to `location`
+    scheduler_emulator_host: str | None = None  # defaults to the Cloud Tasks emulator's (it serves both)
+    scheduler_service_account: str | None = None  # the OIDC identity Cloud Scheduler signs as; defaults to tasks'
+    pubsub_service_account: str | None = None  # the OIDC identity of Pub/Sub push; defaults to tasks'
+    scheduler_job_prefix: str = "cloudjobs-"  # the Cloud Scheduler jobs `schedules sync` owns
+
     # Handler authentication (fail closed: None means "not configured")
     handler_auth: HandlerAuth | None = None
     oidc_certs_url: str = GOOGLE_CERTS_URL
@@ -103,6 +111,26 @@ class Config:
     # The command line: where `cloudjobs dev` keeps its database, log and dev.json, and where
     # the database commands look for that file when DATABASE_URL is unset.
     data_dir: Path = Path(".cloudjobs")
+
+    @property
+    def scheduler_region(self) -> str:
+        """Where the Cloud Scheduler jobs live."""
+        return self.scheduler_location or self.location
+
+    @property
+    def scheduler_emulator(self) -> str | None:
+        """`host:port` of an emulated Cloud Scheduler, if any."""
+        return self.scheduler_emulator_host or self.emulator_host
+
+    @property
+    def scheduler_identity(self) -> str | None:
+        """The service account Cloud Scheduler signs its OIDC tokens as."""
+        return self.scheduler_service_account or self.tasks_service_account
+
+    @property
+    def pubsub_identity(self) -> str | None:
+        """The service account Pub/Sub push signs its OIDC tokens as."""
+        return self.pubsub_service_account or self.tasks_service_account
 
     @property
     def audience(self) -> str:
@@ -195,6 +223,12 @@ class Config:
             tasks_service_account=e.get("TASKS_SERVICE_ACCOUNT") or None,
             oidc_audience=e.get("OIDC_AUDIENCE") or None,
             queues_file=Path(e.get("QUEUES_FILE", "queues.yaml")),
+            schedules_file=Path(e.get("SCHEDULES_FILE", "schedules.yaml")),
+            scheduler_location=e.get("CLOUD_SCHEDULER_LOCATION") or None,
+            scheduler_emulator_host=e.get("CLOUD_SCHEDULER_EMULATOR_HOST") or None,
+            scheduler_service_account=e.get("SCHEDULER_SERVICE_ACCOUNT") or None,
+            pubsub_service_account=e.get("PUBSUB_SERVICE_ACCOUNT") or None,
+            scheduler_job_prefix=e.get("SCHEDULER_JOB_PREFIX", "cloudjobs-"),
             handler_auth=auth,  # type: ignore[arg-type]
             oidc_certs_url=e.get("OIDC_CERTS_URL", GOOGLE_CERTS_URL),
             on_app_engine=on_app_engine,

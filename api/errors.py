@@ -126,3 +126,19 @@ class DatabaseUnavailable(Problem):
     status = 503
     title = "Database unavailable"
     slug = "database-unavailable"
+
+
+class ScheduleNotFound(Problem):
+    """No schedule of that name in schedules.yaml."""
+
+    status = 404
+    title = "Schedule not found"
+    slug = "schedule-not-found"
+
+
+class SchedulerUnavailable(Problem):
+    """Cloud Scheduler did not answer; nothing was changed and the request may be retried."""
+
+    status = 503
+    title = "Cloud Scheduler unavailable"
+    slug = "scheduler-unavailable"

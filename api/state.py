@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import Engine
 
 from api.cloud.queues import Queues
+from api.cloud.schedules import SchedulerClient, Schedules
 from api.cloud.tasks import TasksClient
 from api.config import Config
 from api.store.engine import create_engine
@@ -35,10 +36,14 @@ class AppState:
     # sends the jobs left CREATED at once, not at the next sweep (api/orchestration/lifecycle.py).
     enqueue_backlog: threading.Event = field(default_factory=threading.Event)
     draining: threading.Lock = field(default_factory=threading.Lock)
+    # schedules.yaml: the schedules Cloud Scheduler fires and the Pub/Sub triggers (none without it)
+    schedules: Schedules = field(default_factory=Schedules)
+    scheduler: SchedulerClient | None = None  # Cloud Scheduler (or the emulator's), for :run/:pause/:resume
 
     @classmethod
     def build(
-        cls, config: Config, *, registry: Registry, queues: Queues | None = None
+        cls, config: Config, *, registry: Registry, queues: Queues | None = None,
+        schedules: Schedules | None = None,
     ) -> AppState:
         """Build the parts; nothing connects to the database or Cloud Tasks yet."""
         engine = create_engine(config)
@@ -55,4 +60,6 @@ class AppState:
                 if config.reporting_database_url else engine
             ),
             run_slots=threading.BoundedSemaphore(config.run_concurrency),
+            schedules=schedules or Schedules.load(config.schedules_file),
+            scheduler=SchedulerClient(config),
         )

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate requirements.txt, the lock file the Dockerfile and App Engine install: every
-# runtime dependency of pyproject.toml (with the otel, psycopg and gevent extras), each pinned to one
+# runtime dependency of pyproject.toml (with the otel, psycopg, gevent and pubsub extras), each pinned to one
 # version with the hashes of its files on PyPI, for every Python the project supports
 # (--universal; markers where a dependency differs). The project's own packages (cloudjobs,
 # cloudjobs-client) are left out: pip cannot hash a folder, so they are installed with
@@ -14,5 +14,5 @@ uv pip compile --universal --python-version 3.11 --generate-hashes \
   --custom-compile-command "deploy/lock.sh" \
   --output-file requirements.txt "$@" - <<'IN'
 ./clients/python
-.[otel,psycopg,gevent]
+.[otel,psycopg,gevent,pubsub]
 IN

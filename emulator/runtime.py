@@ -15,6 +15,7 @@ from aiohttp import web
 from emulator.clock import RealClock
 from emulator.dispatch import Dispatcher
 from emulator.oidc import CERTS_V1_PATH, CERTS_V3_PATH, SigningKey, TokenIssuer, certs_app
+from emulator.scheduler import CloudSchedulerService, SchedulerDispatcher, SchedulerState
 from emulator.server import CloudTasksService
 from emulator.state import State
 from emulator.validation import DEFAULT_MAX_DISPATCHES_PER_SECOND
@@ -28,7 +29,8 @@ MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 
 
 class Emulator:
-    """A local Cloud Tasks v2 server: ``start()``, point a client at ``address``, ``stop()``."""
+    """A local Cloud Tasks v2 and Cloud Scheduler v1 server: ``start()``, point a client at
+    ``address``, ``stop()``."""
 
     def __init__(
         self,
@@ -59,6 +61,10 @@ class Emulator:
         self.dispatcher = Dispatcher(self.state, app_engine_host=app_engine_host,
                                      id_token=self.issuer.id_token, clock=self.clock)
         self.state.hooks = self.dispatcher
+        # Cloud Scheduler v1, on the same port and clock (emulator/scheduler.py).
+        self.scheduler = SchedulerState(clock=self.clock)
+        self.scheduler_dispatcher = SchedulerDispatcher(self.scheduler, id_token=self.issuer.id_token,
+                                                        app_engine_host=app_engine_host, clock=self.clock)
         self._grpc_workers = grpc_workers
         self._server: grpc.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -116,7 +122,8 @@ class Emulator:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
         )
-        server.add_generic_rpc_handlers(CloudTasksService(self.state).generic_handlers())
+        server.add_generic_rpc_handlers([*CloudTasksService(self.state).generic_handlers(),
+                                         CloudSchedulerService(self.scheduler).generic_handler()])
         try:
             port = server.add_insecure_port(f"{self.host}:{self.port}")
         except RuntimeError as exc:
@@ -138,6 +145,7 @@ class Emulator:
 
     async def _astart(self) -> None:
         await self.dispatcher.start()
+        await self.scheduler_dispatcher.start()
         # Certificates are fetched rarely; a short shutdown wait keeps stop() prompt.
         self._runner = web.AppRunner(certs_app(self.key), access_log=None,
                                      shutdown_timeout=0.25)
@@ -149,6 +157,7 @@ class Emulator:
 
     async def _astop(self) -> None:
         await self.dispatcher.close()
+        await self.scheduler_dispatcher.close()
         if self._runner is not None:
             await self._runner.cleanup()
 

@@ -80,6 +80,7 @@ def run_dev(args: argparse.Namespace) -> int:
         config = Config.from_env(over=settings)
         _migrate(config)
         queues = _sync_queues(config)
+        schedules = _sync_schedules(config)
         timer = _start_sweeper(config, args.sweep_every)
         parts.on_stop("", timer.stop)
         state = devstate.DevState(pid=os.getpid(), app_url=app_url, database_url=database_url,
@@ -89,7 +90,8 @@ def run_dev(args: argparse.Namespace) -> int:
         parts.on_stop("", lambda: devstate.remove(folder, os.getpid()))
 
         _banner(app_url, folder, pg_embedded=pg is not None, emulator=emulator.address, moved=moved,
-                queues=queues, own_queues=own_queues, sweep_every=args.sweep_every, reload=args.reload)
+                queues=queues, own_queues=own_queues, sweep_every=args.sweep_every, reload=args.reload,
+                schedules=schedules)
         console.show_held()
         parts.announce = True
         # Jobs left by a previous dev: their tasks were in the emulator, which starts empty.
@@ -101,7 +103,8 @@ def run_dev(args: argparse.Namespace) -> int:
         listener.listen(128)
         app.start()
         if args.reload:
-            _watch(Path.cwd(), config.queues_file, folder, stop, on_change=lambda why: _reload(app, config, why))
+            _watch(Path.cwd(), config.queues_file, folder, stop, on_change=lambda why: _reload(app, config, why),
+                   schedules_file=config.schedules_file.resolve())
         status = app.supervise(stop, reload=args.reload)
         say("\nstopping...")
         console.quiet = True  # the parts' farewells (cancelled dispatches, closed sockets) are the log's
@@ -147,6 +150,12 @@ def dev_settings(base: Config, *, database_url: str, emulator: Any, app_url: str
         "DEMO_JOB_TYPES": "true",  # sleep, echo and flaky, for the first curl
         "QUEUES_FILE": str(queues_file),
         "JOB_MODULES": ",".join(base.job_modules),
+        # The emulator is Cloud Scheduler too; schedules fire from it, signed as the same account.
+        "CLOUD_SCHEDULER_EMULATOR_HOST": emulator.address,
+        "CLOUD_SCHEDULER_LOCATION": base.scheduler_region,
+        "SCHEDULER_SERVICE_ACCOUNT": DEV_SERVICE_ACCOUNT,
+        "PUBSUB_SERVICE_ACCOUNT": DEV_SERVICE_ACCOUNT,
+        "SCHEDULES_FILE": str(base.schedules_file.resolve()) if base.schedules_file.exists() else str(base.schedules_file),
     }
 
 
@@ -248,6 +257,15 @@ def _sync_queues(config: Config) -> list[str]:
     return list(queues.specs)
 
 
+def _sync_schedules(config: Config) -> list[str]:
+    """schedules.yaml into the emulator's Cloud Scheduler, so schedules fire here as in production."""
+    from api.cloud.schedules import Schedules, make_scheduler_client, sync_schedules
+
+    schedules = Schedules.load(config.schedules_file)
+    sync_schedules(make_scheduler_client(config), config, schedules)
+    return list(schedules.schedules)
+
+
 def _start_sweeper(config: Config, every_s: float) -> Any:
     from api.cli.sweeper import SweepTimer
 
@@ -255,11 +273,13 @@ def _start_sweeper(config: Config, every_s: float) -> Any:
 
 
 def _banner(url: str, folder: Path, *, pg_embedded: bool, emulator: str, moved: bool, queues: list[str],
-            own_queues: bool, sweep_every: float, reload: bool) -> None:
+            own_queues: bool, sweep_every: float, reload: bool, schedules: list[str]) -> None:
     say(f"cloudjobs is running on {url}  (Ctrl-C stops everything)\n")
     say(f"  postgres   {'embedded, data in ' + str(folder / 'postgres') if pg_embedded else 'DATABASE_URL'}")
     say(f"  emulator   {emulator}" + (f" ({DEFAULT_EMULATOR_PORT} was taken)" if moved else ""))
     say(f"  queues     {', '.join(queues)}" + (" (no queues.yaml here: one default queue)" if own_queues else ""))
+    say(f"  schedules  {', '.join(schedules)} (fired by the emulator's Cloud Scheduler)" if schedules
+        else "  schedules  none (schedules.yaml declares them)")
     say(f"  sweeper    every {sweep_every:g}s" if sweep_every > 0 else "  sweeper    off")
     say(f"  reload     {'on: a change to a .py file here restarts the app' if reload else 'off'}")
     say(f"  log        {folder / LOG_FILE}; the database commands find dev through {folder / devstate.STATE_FILE}\n")
@@ -339,12 +359,19 @@ def _reload(app: _AppProcess, config: Config, why: str) -> None:
             _sync_queues(config)
         except QueuesInvalid as e:
             say(f"  queues     {e}: kept as they were")
+    if why.endswith(config.schedules_file.name):
+        from api.cloud.schedules import SchedulesInvalid
+
+        try:
+            _sync_schedules(config)
+        except SchedulesInvalid as e:
+            say(f"  schedules  {e}: kept as they were")
     _report_interrupted(config, app.restart())
 
 
 def _watch(root: Path, queues_file: Path, folder: Path, stop: threading.Event,
-           on_change: Callable[[str], None]) -> None:
-    """Call `on_change` when a .py file under `root` (or the queues file) changes, in a thread.
+           on_change: Callable[[str], None], schedules_file: Path | None = None) -> None:
+    """Call `on_change` when a .py file under `root` (or the queues or schedules file) changes, in a thread.
 
     watchfiles (inotify, FSEvents, ReadDirectoryChangesW, with a polling fallback) batches a
     save's several events into one, and its default filter skips .venv, .git and caches.
@@ -357,7 +384,8 @@ def _watch(root: Path, queues_file: Path, folder: Path, stop: threading.Event,
         def __call__(self, change: watchfiles.Change, path: str) -> bool:
             if path.startswith(ignore):
                 return False
-            return (path.endswith(".py") or Path(path) == queues_file) and super().__call__(change, path)
+            watched = Path(path) in (queues_file, schedules_file)
+            return (path.endswith(".py") or watched) and super().__call__(change, path)
 
     def run() -> None:
         for changes in watchfiles.watch(root, queues_file.parent, watch_filter=Sources(), stop_event=stop,

@@ -135,6 +135,7 @@ def diagnose(
     queues = _load_queues(config, checks)
     if queues is not None:
         checks += check_capacity(config, queues, os.environ)
+        checks += check_schedules(config)
     if not connect:
         return checks
     if config.database_url or config.instance_connection_name:
@@ -403,6 +404,42 @@ def _load_queues(config: Config, checks: list[Check]) -> Any:
     names = ", ".join(queues.specs)
     checks.append(ok("queues file", f"{config.queues_file}: {names}"))
     return queues
+
+
+def schedule_problems(config: Config, schedules: Any) -> list[str]:
+    """The schedules' and triggers' jobs checked as the app checks them at start: type,
+    payload, queue, limits (one line each, naming the schedule and the field)."""
+    from types import SimpleNamespace
+
+    from api.cloud.queues import Queues
+    from api.orchestration import triggers
+    from api.web.app import job_types
+
+    sys.path.insert(0, os.getcwd())  # JOB_MODULES import from here, as the app's do
+    registry = job_types(config)
+    if config.demo_job_types:
+        from handlers.builtin import demo
+
+        registry = registry.merged(demo)
+    view = SimpleNamespace(config=config, registry=registry, queues=Queues.load(config.queues_file))
+    return triggers.check(view, schedules)  # type: ignore[arg-type]
+
+
+def check_schedules(config: Config) -> list[Check]:
+    """schedules.yaml reads, and every schedule and trigger could create its job."""
+    from api.cloud.schedules import Schedules, SchedulesInvalid
+
+    if not config.schedules_file.exists():
+        return [ok("schedules file", f"{config.schedules_file}: none (no schedules or triggers)")]
+    try:
+        schedules = Schedules.load(config.schedules_file)
+        problems = schedule_problems(config, schedules)
+    except (SchedulesInvalid, ModuleNotFoundError) as e:
+        return [fail("schedules file", str(e), "fix schedules.yaml (docs/schedules.md)")]
+    if problems:
+        return [fail("schedules file", "; ".join(problems), "fix schedules.yaml (docs/schedules.md)")]
+    names = ", ".join([*schedules.schedules, *schedules.triggers]) or "none"
+    return [ok("schedules file", f"{config.schedules_file}: {names}")]
 
 
 # ---------------------------------------------------------------- database

@@ -135,7 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     doctor.register(sub)
 
-    cli_client.register(sub)  # submit, get, list, watch, attempts, cancel, retry
+    actions = cli_client.register(sub)  # submit, get, list, watch, attempts, cancel, retry, workflows, schedules
+    # `schedules sync` talks to Cloud Scheduler, not to the API: the server's own action.
+    actions["schedules"].add_parser("sync", parents=[near_dev], help="create, update or delete the Cloud Scheduler "
+                                    "jobs of schedules.yaml (pausing or resuming as `paused:` says)")
+    triggers = sub.add_parser("triggers", help="Pub/Sub push triggers")
+    tsub = triggers.add_subparsers(dest="triggers_command", required=True)
+    tsub.add_parser("sync", parents=[near_dev], help="create the push subscriptions of schedules.yaml's "
+                    "triggers that name a topic")
 
     args = parser.parse_args(args_list)
     if args.command == "dev":
@@ -145,12 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(args.log_level, json_logs=args.command != "emulator")
     # Alembic narrates its plugins and each migration at INFO; a command's output is its answer.
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    if args.command in cli_client.COMMANDS:
+    if args.command in cli_client.COMMANDS and not (args.command == "schedules" and args.action == "sync"):
         return cli_client.run(args)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "doctor": doctor.run, "migrate": _migrate, "report": _report, "seed-history": _seed,
         "purge": _purge, "keys": _keys, "sweep": _sweep, "rollup": _rollup, "queues": _queues_sync,
-        "types": _types,
+        "types": _types, "schedules": _schedules_sync, "triggers": _triggers_sync,
     }
     return _one_line_errors(lambda: commands[args.command](args))
 
@@ -174,13 +181,14 @@ def explain(e: BaseException) -> str | None:
     from google.auth.exceptions import DefaultCredentialsError
 
     from api.cloud.queues import QueuesInvalid
+    from api.cloud.schedules import SchedulesInvalid
     from api.store.driver import sqlstate
 
     if isinstance(e, CommandFailed):
         return str(e)
     if isinstance(e, ConfigurationInvalid):
         return f"configuration: {e}"
-    if isinstance(e, QueuesInvalid):
+    if isinstance(e, QueuesInvalid | SchedulesInvalid):
         return str(e)
     if isinstance(e, DefaultCredentialsError):
         return ("no Google credentials for Cloud Tasks: run `gcloud auth application-default login`, "
@@ -192,7 +200,7 @@ def explain(e: BaseException) -> str | None:
         first = " ".join(str(e.orig).split())[:300]
         return f"cannot reach the database: {first} (check DATABASE_URL, or that `cloudjobs dev` runs)"
     if isinstance(e, gexc.GoogleAPIError | gexc.RetryError):
-        return f"Cloud Tasks: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        return f"Google Cloud: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
     if isinstance(e, ModuleNotFoundError) and e.name is not None:
         return (f"cannot import {e.name!r} ({e}): JOB_MODULES names modules importable from this "
                 "folder or the environment")
@@ -382,6 +390,37 @@ def _queues_sync(args: argparse.Namespace) -> int:
     for line in sync_queues(make_client(config), config, list(queues.specs.values())):
         print(line)
     return 0
+
+
+def _schedules_sync(args: argparse.Namespace) -> int:
+    from api.cloud.schedules import Schedules, make_scheduler_client, sync_schedules
+
+    config = command_config(args.data_dir, require_database=False)  # next to dev: its emulator
+    schedules = Schedules.load(config.schedules_file, required=True)
+    _check_schedules(config, schedules)
+    for line in sync_schedules(make_scheduler_client(config), config, schedules):
+        print(line)
+    return 0
+
+
+def _triggers_sync(args: argparse.Namespace) -> int:
+    from api.cloud.pubsub import sync_triggers
+    from api.cloud.schedules import Schedules
+
+    config = command_config(args.data_dir, require_database=False)
+    schedules = Schedules.load(config.schedules_file, required=True)
+    _check_schedules(config, schedules)
+    for line in sync_triggers(config, schedules):
+        print(line)
+    return 0
+
+
+def _check_schedules(config: Any, schedules: Any) -> None:
+    """Refuse to sync a file whose jobs could never be created (unknown type or queue, a payload
+    its type refuses): the same check as the app's at start."""
+    problems = doctor.schedule_problems(config, schedules)
+    if problems:
+        raise CommandFailed("; ".join(problems))
 
 
 def _types(args: argparse.Namespace) -> int:

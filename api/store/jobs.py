@@ -52,6 +52,11 @@ class NewJob:
     waiting_on: int = 0
     error: dict[str, str] | None = None
     has_dependents: bool = False  # a workflow's step that other steps need
+    # Triggers: the schedule fire or the Pub/Sub message that created it.
+    schedule: str | None = None
+    scheduled_for: datetime | None = None
+    trigger: str | None = None
+    message_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,9 @@ def _row_values(job: NewJob, state: str) -> dict[str, Any]:
         )
         if values["state"] in TERMINAL:
             values["done_time"] = sa.func.now()
+    if job.schedule is not None or job.trigger is not None:
+        values.update(schedule=job.schedule, scheduled_for=job.scheduled_for, trigger=job.trigger,
+                      message_id=job.message_id)
     return values
 
 
@@ -127,6 +135,24 @@ _INSERT_JOB = (
 def insert_job(conn: Connection, job: NewJob, *, state: str = "QUEUED") -> Row[Any] | None:
     """Insert a job (QUEUED: its task is created next); None when its idempotency key is taken."""
     return conn.execute(_INSERT_JOB, _row_values(job, state)).first()
+
+
+_INSERT_MESSAGE_JOB = (
+    pg_insert(jobs)
+    .on_conflict_do_nothing(index_elements=[jobs.c.trigger, jobs.c.message_id],
+                            index_where=jobs.c.message_id.isnot(None))
+    .returning(*jobs.c)
+)
+
+
+def insert_message_job(conn: Connection, job: NewJob) -> Row[Any] | None:
+    """Insert the job of a pushed message; None when that message already has its job."""
+    return conn.execute(_INSERT_MESSAGE_JOB, _row_values(job, "QUEUED")).first()
+
+
+def job_of_message(conn: Connection, trigger: str, message_id: str) -> Row[Any] | None:
+    """The job a trigger created for a message."""
+    return conn.execute(sa.select(jobs).where(jobs.c.trigger == trigger, jobs.c.message_id == message_id)).first()
 
 
 def job_by_idempotency_key(conn: Connection, key: str, *, owner: str | None) -> Row[Any] | None:
@@ -432,6 +458,7 @@ _INSERTED_DEFAULTS = {
     "cancel_requested": False, "lease_expires_time": None, "lease_holder": None, "attempt_started_time": None,
     "started_time": None, "done_time": None, "next_attempt_time": None,
     "waiting_on": 0, "on_dependency_failure": None, "has_dependents": False, "workflow_id": None, "step": None,
+    "schedule": None, "scheduled_for": None, "trigger": None, "message_id": None,
 }
 
 
@@ -681,6 +708,8 @@ class JobFilter:
     created_after: datetime | None = None
     created_before: datetime | None = None
     owner: str | None = None  # None: every owner (admins, AUTH=none)
+    schedules: tuple[str, ...] = ()
+    triggers: tuple[str, ...] = ()
 
 
 def list_jobs(
@@ -696,6 +725,10 @@ def list_jobs(
         stmt = stmt.where(jobs.c.type.in_(flt.types))
     if flt.queues:
         stmt = stmt.where(jobs.c.queue.in_(flt.queues))
+    if flt.schedules:
+        stmt = stmt.where(jobs.c.schedule.in_(flt.schedules))
+    if flt.triggers:
+        stmt = stmt.where(jobs.c.trigger.in_(flt.triggers))
     return list(conn.execute(stmt))
 
 

@@ -77,6 +77,11 @@ jobs = Table(
            comment="True once a job depends on this one: its terminal transition releases them."),
     Column("workflow_id", UUID(as_uuid=True), comment="The workflow this job is a step of."),
     Column("step", Text, comment="Its step name in the workflow."),
+    Column("schedule", Text, comment="The schedule whose fire created the job."),
+    Column("scheduled_for", DateTime(timezone=True),
+           comment="The schedule time of that fire (X-CloudScheduler-ScheduleTime)."),
+    Column("trigger", Text, comment="The Pub/Sub trigger whose message created the job."),
+    Column("message_id", Text, comment="The Pub/Sub messageId that created the job."),
     CheckConstraint(
         "state IN ('WAITING','CREATED','QUEUED','RUNNING','COMPLETED','FAILED','CANCELLED')",
         name="jobs_state_valid",
@@ -97,6 +102,10 @@ jobs = Table(
         postgresql_where=text("state IN ('WAITING','CREATED','QUEUED','RUNNING')"),
     ),
     Index("jobs_workflow_idx", "workflow_id", "step", unique=True, postgresql_where=text("workflow_id IS NOT NULL")),
+    Index("jobs_schedule_idx", "schedule", "scheduled_for", postgresql_where=text("schedule IS NOT NULL")),
+    # One job per pushed Pub/Sub message, however often Pub/Sub delivers it.
+    Index("jobs_trigger_message_idx", "trigger", "message_id", unique=True,
+          postgresql_where=text("message_id IS NOT NULL")),
     # An Idempotency-Key belongs to its caller.
     Index(
         "jobs_owner_idempotency_key_idx",
@@ -190,6 +199,38 @@ job_steps = Table(
            comment="When its result was stored."),
     PrimaryKeyConstraint("job_id", "name", name="job_steps_pkey"),
     comment="Durable steps: each step's result, recorded once; later attempts reuse it.",
+)
+
+schedule_fires = Table(
+    "schedule_fires",
+    metadata,
+    Column("schedule", Text, nullable=False, comment="The schedule's name in schedules.yaml."),
+    Column("scheduled_for", DateTime(timezone=True), nullable=False,
+           comment="The fire time Cloud Scheduler delivered (X-CloudScheduler-ScheduleTime)."),
+    Column("outcome", Text, nullable=False, comment="created, or skipped (overlap: skip)."),
+    Column("job_id", UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="SET NULL"), comment="The job the fire created."),
+    Column("previous_job_id", UUID(as_uuid=True),
+           comment="The job still active that made the fire skip, or that it cancelled."),
+    Column("fired_time", DateTime(timezone=True), nullable=False, server_default=_now,
+           comment="When the first delivery of the fire arrived."),
+    PrimaryKeyConstraint("schedule", "scheduled_for", name="schedule_fires_pkey"),
+    CheckConstraint("outcome IN ('created', 'skipped')", name="schedule_fires_outcome_valid"),
+    Index("schedule_fires_recent_idx", "schedule", text("fired_time DESC")),
+    comment="One row per schedule fire: what it did, once, however often it was delivered.",
+)
+
+trigger_rejections = Table(
+    "trigger_rejections",
+    metadata,
+    Column("subscription", Text, nullable=False, comment="The push subscription the message came from."),
+    Column("message_id", Text, nullable=False, comment="The Pub/Sub messageId."),
+    Column("trigger", Text, comment="The trigger it matched (null: none)."),
+    Column("reason", Text, nullable=False, comment="Why no job was created."),
+    Column("errors", JSONB, comment="The field errors, as a create would answer them."),
+    Column("received_time", DateTime(timezone=True), nullable=False, server_default=_now,
+           comment="When it was first pushed."),
+    PrimaryKeyConstraint("subscription", "message_id", name="trigger_rejections_pkey"),
+    comment="Pub/Sub messages acknowledged without a job, and why.",
 )
 
 workflows = Table(

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 from flask import Flask
 
 from api.cloud.queues import Queues
-from api.config import Config
+from api.cloud.schedules import Schedules
+from api.config import Config, ConfigurationInvalid
 from api.state import AppState
 
 if TYPE_CHECKING:
@@ -19,16 +20,19 @@ logger = logging.getLogger("api")
 
 
 def create_app(
-    config: Config | None = None, *, registry: Registry | None = None, queues: Queues | None = None
+    config: Config | None = None, *, registry: Registry | None = None, queues: Queues | None = None,
+    schedules: Schedules | None = None,
 ) -> Flask:
-    """Build the Flask app; `registry` and `queues` replace the configured ones (tests).
+    """Build the Flask app; `registry`, `queues` and `schedules` replace the configured ones (tests).
 
     Here the server imports `handlers` (with `job_types` below): the job types it registers
     and the running of them behind /handlers/run. Nothing connects to the database or Cloud Tasks here.
     """
     import handlers.run
+    from api.orchestration import triggers
     from api.ui.views import bp as ui_bp
     from api.web import callbacks, jobs, problems, reports, service, telemetry, types, workflows
+    from api.web import schedules as schedule_views
     from handlers.builtin import demo
 
     config = config or Config.from_env()
@@ -41,7 +45,10 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     own = job_types(config, registry)
-    state = AppState.build(config, registry=own.merged(demo) if config.demo_job_types else own, queues=queues)
+    state = AppState.build(config, registry=own.merged(demo) if config.demo_job_types else own, queues=queues,
+                           schedules=schedules)
+    if problems_found := triggers.check(state):  # a schedule that could never create its job
+        raise ConfigurationInvalid("; ".join(problems_found))
     app.extensions["cloudjobs"] = state
     types.warn_cut_timeouts(own, state.queues)  # the demo's one-hour sleep is meant to be cut
     telemetry.install(app, state)
@@ -51,6 +58,7 @@ def create_app(
     app.register_blueprint(workflows.bp)
     app.register_blueprint(reports.bp)
     app.register_blueprint(types.bp)
+    app.register_blueprint(schedule_views.bp)
     app.register_blueprint(callbacks.blueprint(run_jobs=handlers.run.run_jobs))
     app.register_blueprint(ui_bp)  # the dashboard (/ui)
     return app

@@ -10,16 +10,21 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Request, Response, request
 
-from api.errors import Busy, InvalidRequest, LeaseHeld, Problem
+from api.cloud.schedules import schedule_from_job_name
+from api.errors import Busy, InvalidRequest, LeaseHeld, Problem, ScheduleNotFound
+from api.orchestration import triggers
 from api.orchestration.sweep import sweep
 from api.state import AppState
 from api.store import jobs as store
+from api.times import rfc3339
 from api.web.callers import require_task_caller
 from api.web.http import current_state, json_body, json_response
+from api.web.resources import job_resource
 
 RunJobs = Callable[[AppState, Sequence[uuid.UUID], store.Delivery], Any]
 
@@ -64,6 +69,34 @@ def job_ids_from(body: Any) -> list[uuid.UUID]:
         raise InvalidRequest("job_id must be a UUID") from None
 
 
+def fire_from(req: Request, state: AppState) -> tuple[str, datetime]:
+    """The schedule and the fire time of a Cloud Scheduler delivery: X-CloudScheduler-JobName
+    (our job of that schedule) or the body's `schedule`, and X-CloudScheduler-ScheduleTime
+    (this moment, to the second, when a caller sends none)."""
+    job_name = req.headers.get("X-CloudScheduler-JobName")
+    if job_name:
+        name = schedule_from_job_name(state.config, job_name)
+        if name is None:
+            raise ScheduleNotFound(f"the Cloud Scheduler job {job_name!r} is not one of cloudjobs' schedules")
+    else:
+        body = json_body(req)
+        name = body.get("schedule") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("name the schedule: X-CloudScheduler-JobName, or {\"schedule\": NAME}",
+                                 errors=[{"field": "schedule", "message": "required"}])
+    raw = req.headers.get("X-CloudScheduler-ScheduleTime")
+    if not raw:
+        return name, datetime.now(UTC).replace(microsecond=0)
+    try:
+        when = datetime.fromisoformat(raw)
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise InvalidRequest("X-CloudScheduler-ScheduleTime must be an RFC 3339 time with an offset",
+                             errors=[{"field": "X-CloudScheduler-ScheduleTime", "message": "RFC 3339"}])
+    return name, when.astimezone(UTC)
+
+
 def blueprint(*, run_jobs: RunJobs) -> Blueprint:
     """The /handlers blueprint, running the jobs of a task with `run_jobs`."""
     bp = Blueprint("handlers", __name__, url_prefix="/handlers")
@@ -103,5 +136,30 @@ def blueprint(*, run_jobs: RunJobs) -> Blueprint:
         state = current_state()
         require_task_caller(request, state)
         return json_response(asdict(sweep(state)))
+
+    @bp.post("/schedule")
+    def schedule() -> Response:
+        """A schedule's fire (Cloud Scheduler): its job, created once per fire time."""
+        state = current_state()
+        require_task_caller(request, state, identity=state.config.scheduler_identity)
+        name, when = fire_from(request, state)
+        fire = triggers.fire_schedule(state, name, when)
+        return json_response({
+            "schedule": name, "scheduled_for": rfc3339(fire.scheduled_for), "outcome": fire.outcome,
+            "duplicate": fire.duplicate, "job": job_resource(fire.job) if fire.job is not None else None,
+            "previous_job_id": str(fire.previous_job_id) if fire.previous_job_id else None,
+        })
+
+    @bp.post("/pubsub")
+    def pubsub() -> Response:
+        """A Pub/Sub push delivery: its trigger's job, created once per messageId; acknowledged
+        (2xx) with the reason when it can create none, so Pub/Sub does not push it again."""
+        state = current_state()
+        require_task_caller(request, state, identity=state.config.pubsub_identity)
+        pushed = triggers.push_message(state, json_body(request))
+        if pushed.rejected is not None:
+            return json_response({"rejected": pushed.rejected, "errors": pushed.errors})
+        assert pushed.job is not None
+        return json_response({"job": job_resource(pushed.job), "duplicate": pushed.duplicate})
 
     return bp

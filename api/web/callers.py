@@ -68,16 +68,18 @@ def verify_signature(
         raise Unauthenticated("the signature does not match")
 
 
-def require_task_caller(req: Request, state: Any) -> str:
-    """Refuse a request to /handlers/* that is not from Cloud Tasks (or Cloud Scheduler)."""
+def require_task_caller(req: Request, state: Any, *, identity: str | None = None) -> str:
+    """Refuse a request to /handlers/* that is not from Cloud Tasks (or, with `identity`, from
+    the service account Cloud Scheduler or Pub/Sub push signs as)."""
     verifier = state.__dict__.get("_token_verifier")
     if verifier is None:
         verifier = state.__dict__["_token_verifier"] = TokenVerifier(state.config.oidc_certs_url)
-    return authenticate(req, state.config, verifier)
+    return authenticate(req, state.config, verifier, identity=identity)
 
 
-def authenticate(req: Request, config: Config, verifier: TokenVerifier) -> str:
-    """Check the caller as the configured mode says; returns who it is."""
+def authenticate(req: Request, config: Config, verifier: TokenVerifier, *, identity: str | None = None) -> str:
+    """Check the caller as the configured mode says; returns who it is. Under oidc the token
+    must be signed for `identity` (default: TASKS_SERVICE_ACCOUNT)."""
     mode = config.handler_auth
     if mode == "none":
         return "anonymous"
@@ -93,7 +95,7 @@ def authenticate(req: Request, config: Config, verifier: TokenVerifier) -> str:
         return "hmac"
     if mode == "oidc":
         claims = verifier.verify(
-            bearer_token(req), audience=config.audience, emails=(config.tasks_service_account or "",)
+            bearer_token(req), audience=config.audience, emails=(identity or config.tasks_service_account or "",)
         )
         return str(claims.get("email"))
     raise Unauthenticated("handler authentication is not configured")

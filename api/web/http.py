@@ -200,7 +200,7 @@ def parse_job_id(raw: str) -> uuid.UUID:
     return matches[0]
 
 
-LIST_PARAMS = frozenset({"state", "type", "queue", "label", "created_after", "created_before",
+LIST_PARAMS = frozenset({"state", "type", "queue", "label", "created_after", "created_before", "schedule", "trigger",
                          "page_size", "page_token"})
 REPORT_PARAMS = frozenset({"from", "to", "type", "queue", "group_by", "bucket", "limit"})
 
@@ -247,6 +247,8 @@ def parse_filter(args: Any, *, owner: str | None = None) -> store.JobFilter:
         created_after=parse_time(args, "created_after"),
         created_before=parse_time(args, "created_before"),
         owner=owner,
+        schedules=tuple(_multi(args, "schedule")),
+        triggers=tuple(_multi(args, "trigger")),
     )
 
 
@@ -277,7 +279,10 @@ def parse_time(args: Any, name: str) -> datetime | None:
 
 
 def filter_digest(flt: store.JobFilter) -> str:
-    raw = repr((flt.states, flt.types, flt.queues, flt.labels, flt.created_after, flt.created_before))
+    fields: tuple[Any, ...] = (flt.states, flt.types, flt.queues, flt.labels, flt.created_after, flt.created_before)
+    if flt.schedules or flt.triggers:  # tokens made before these filters existed stay good
+        fields += (flt.schedules, flt.triggers)
+    raw = repr(fields)
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 

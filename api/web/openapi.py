@@ -9,7 +9,7 @@ from pydantic.json_schema import models_json_schema
 
 from api.orchestration.requests import CreateJob
 from api.orchestration.workflows import MAX_STEPS, CreateWorkflow, WorkflowStep
-from api.web.resources import AttemptList, DurableStepList, Job, JobList, Workflow, WorkflowList
+from api.web.resources import AttemptList, DurableStepList, Job, JobList, Schedule, ScheduleList, Workflow, WorkflowList
 
 REF = "#/components/schemas/{model}"
 
@@ -47,6 +47,7 @@ def _problems(*codes: int) -> dict[str, Any]:
     text = {
         400: "Malformed request",
         401: "Not authenticated",
+        403: "Not allowed",
         404: "No such job",
         409: "Conflict",
         413: "Request too large",
@@ -86,6 +87,14 @@ WORKFLOW_ID = {
     "schema": {"type": "string", "format": "uuid"},
 }
 
+SCHEDULE = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "A schedule's name in schedules.yaml.",
+}
+
 
 WAIT = {
     "name": "wait",
@@ -106,7 +115,8 @@ def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) 
     """The whole OpenAPI 3.1 document; `types` and `queues` make the job fields exact."""
     _, defs = models_json_schema(
         [(m, "validation" if m in (CreateJob, WorkflowStep, CreateWorkflow) else "serialization")
-         for m in (CreateJob, Job, JobList, AttemptList, DurableStepList, WorkflowStep, CreateWorkflow, Workflow, WorkflowList)],
+         for m in (CreateJob, Job, JobList, AttemptList, DurableStepList, WorkflowStep, CreateWorkflow, Workflow,
+                   WorkflowList, Schedule, ScheduleList)],
         ref_template=REF,
     )
     schemas = dict(defs["$defs"])
@@ -202,6 +212,10 @@ def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) 
                         _query("label", "key:value or key=value, repeatable", array, style="form", explode=True),
                         _query("created_after", "RFC 3339", {"type": "string", "format": "date-time"}),
                         _query("created_before", "RFC 3339", {"type": "string", "format": "date-time"}),
+                        _query("schedule", "Comma-separated schedules: the jobs their fires created", array,
+                               style="form", explode=True),
+                        _query("trigger", "Comma-separated Pub/Sub triggers: the jobs their messages created", array,
+                               style="form", explode=True),
                         _query("page_size", "Default 50; above 500 is coerced to 500", {"type": "integer", "minimum": 0}),
                         _query("page_token", "next_page_token of the previous page"),
                     ],
@@ -312,6 +326,34 @@ def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) 
                     "parameters": [WORKFLOW_ID],
                     "responses": {"200": _json(_ref("Workflow"), "The workflow"), **_problems(404, 409, 503)},
                 }
+            },
+            "/v1/schedules": {
+                "get": {
+                    "operationId": "listSchedules",
+                    "summary": "The schedules and triggers of schedules.yaml: next fire times, the last fire and its job",
+                    "responses": {"200": _json(_ref("ScheduleList"), "Every schedule and trigger"), **_problems(400, 503)},
+                }
+            },
+            "/v1/schedules/{name}": {
+                "get": {
+                    "operationId": "getSchedule",
+                    "summary": "One schedule, with its latest fires",
+                    "parameters": [SCHEDULE],
+                    "responses": {"200": _json(_ref("Schedule"), "The schedule"), **_problems(400, 404, 503)},
+                }
+            },
+            **{
+                f"/v1/schedules/{{name}}:{action}": {
+                    "post": {
+                        "operationId": f"{action}Schedule",
+                        "summary": summary + " (through Cloud Scheduler; admins only)",
+                        "parameters": [SCHEDULE],
+                        "responses": {code: _json(_ref("Schedule"), "The schedule"), **_problems(403, 404, 503)},
+                    }
+                }
+                for action, code, summary in (("run", "202", "Fire now, as Cloud Scheduler's RunJob"),
+                                              ("pause", "200", "Pause: no fires until resumed"),
+                                              ("resume", "200", "Resume"))
             },
             "/v1/reports/{name}": {
                 "get": {

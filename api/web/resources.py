@@ -63,6 +63,10 @@ class Job(BaseModel):
         default=None, description="What a failed or cancelled dependency does to it (with depends_on).")
     workflow_id: uuid.UUID | None = Field(default=None, description="The workflow it is a step of.")
     step: str | None = Field(default=None, description="Its step name in that workflow.")
+    schedule: str | None = Field(default=None, description="The schedule whose fire created it.")
+    scheduled_for: datetime | None = Field(default=None, description="That fire's time (X-CloudScheduler-ScheduleTime).")
+    trigger: str | None = Field(default=None, description="The Pub/Sub trigger whose message created it.")
+    message_id: str | None = Field(default=None, description="That message's messageId.")
 
 
 class JobList(BaseModel):
@@ -156,6 +160,63 @@ class WorkflowList(BaseModel):
     next_page_token: str = Field(description="Empty on the last page.")
 
 
+class ScheduleFire(BaseModel):
+    """One fire of a schedule: what it did, once, however often Cloud Scheduler delivered it."""
+
+    scheduled_for: datetime = Field(description="The fire time (X-CloudScheduler-ScheduleTime).")
+    outcome: Literal["created", "skipped"] = Field(description="skipped: overlap `skip` found a job still active.")
+    job_id: uuid.UUID | None = None
+    job_state: State | None = None
+    previous_job_id: uuid.UUID | None = Field(default=None, description="The active job that made it skip, or that it cancelled.")
+    fired_time: datetime
+
+
+class SchedulerJob(BaseModel):
+    """The schedule's Cloud Scheduler job as Cloud Scheduler reports it."""
+
+    name: str
+    state: str = Field(description="ENABLED, PAUSED, …; NOT_SYNCED (no job: run `cloudjobs schedules sync`) "
+                                   "or UNKNOWN (Cloud Scheduler did not answer).")
+    schedule_time: datetime | None = None
+    last_attempt_time: datetime | None = None
+    status_code: int | None = Field(default=None, description="The last attempt's google.rpc code (0: success).")
+    status_message: str | None = None
+
+
+class Schedule(BaseModel):
+    """A schedule of schedules.yaml, as it stands."""
+
+    name: str
+    cron: str
+    time_zone: str
+    description: str
+    overlap: Literal["allow", "skip", "cancel_previous"]
+    paused: bool
+    job: dict[str, Any] = Field(description="The job each fire creates: type, payload, queue, labels, limits.")
+    next_fire_times: list[datetime] = Field(description="The next three, unless paused.")
+    last_fire: ScheduleFire | None = None
+    scheduler: SchedulerJob
+    fires: list[ScheduleFire] | None = Field(default=None, description="The latest fires (GET of one schedule).")
+
+
+class Trigger(BaseModel):
+    """A Pub/Sub push trigger of schedules.yaml."""
+
+    name: str
+    subscription: str
+    topic: str | None = None
+    payload: Literal["data", "message"]
+    description: str
+    job: dict[str, Any]
+
+
+class ScheduleList(BaseModel):
+    """Every schedule and trigger."""
+
+    schedules: list[Schedule]
+    triggers: list[Trigger]
+
+
 def job_resource(row: Row[Any], depends_on: list[uuid.UUID] | None = None) -> dict[str, Any]:
     """A job row as the API shows it; `depends_on` for a job created with dependencies."""
     out = _job_fields(row)
@@ -165,6 +226,12 @@ def job_resource(row: Row[Any], depends_on: list[uuid.UUID] | None = None) -> di
     if row.workflow_id is not None:
         out["workflow_id"] = str(row.workflow_id)
         out["step"] = row.step
+    if getattr(row, "schedule", None) is not None:
+        out["schedule"] = row.schedule
+        out["scheduled_for"] = rfc3339(row.scheduled_for)
+    if getattr(row, "trigger", None) is not None:
+        out["trigger"] = row.trigger
+        out["message_id"] = row.message_id
     return out
 
 

@@ -358,7 +358,7 @@ def locked() -> dict[str, tuple[str, list[str]]]:
 def test_the_lock_pins_every_runtime_dependency_within_its_range_with_hashes() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    runtime = [*project["dependencies"], *extras["otel"], *extras["psycopg"]]
+    runtime = [*project["dependencies"], *extras["otel"], *extras["psycopg"], *extras["pubsub"]]
     lock = locked()
     for raw in runtime:
         req = Requirement(raw)

@@ -1,4 +1,4 @@
-"""`cloudjobs submit | get | list | watch | attempts | cancel | retry | workflows`: the REST API
+"""`cloudjobs submit | get | list | watch | attempts | cancel | retry | workflows | schedules`: the REST API
 for people.
 
 Each command talks to `--url` (else `CLOUDJOBS_URL`, else http://127.0.0.1:8080) with the key
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-COMMANDS = ("submit", "get", "list", "watch", "attempts", "cancel", "retry", "workflows")
+COMMANDS = ("submit", "get", "list", "watch", "attempts", "cancel", "retry", "workflows", "schedules")
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
@@ -42,8 +42,9 @@ class UsageError(Exception):
     """A command-line value that cannot be used; the message says which and why."""
 
 
-def register(subparsers: Any) -> None:
-    """Add the client commands to the `cloudjobs` parser's subparsers."""
+def register(subparsers: Any) -> dict[str, Any]:
+    """Add the client commands to the `cloudjobs` parser's subparsers; the action subparsers
+    of the commands that have actions (the server adds `schedules sync` to them)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", help=f"the cloudjobs API (default: $CLOUDJOBS_URL, else {DEFAULT_URL})")
     common.add_argument("-o", "--output", choices=("text", "json"), default="text", help="text (default) or json")
@@ -110,6 +111,20 @@ def register(subparsers: Any) -> None:
     p.add_argument("--timeout", type=float, help="stop watching after S seconds")
     action("cancel", "cancel every step not yet ended").add_argument("workflow_id")
     action("retry", "run the failed and cancelled steps, and what follows them, again").add_argument("workflow_id")
+
+    sched = subparsers.add_parser("schedules", help="list, show, run, pause or resume schedules",
+                                  description="Schedules of schedules.yaml, fired by Cloud Scheduler (docs/schedules.md).")
+    sched_actions = sched.add_subparsers(dest="action", required=True)
+
+    def sched_action(name: str, help: str) -> argparse.ArgumentParser:
+        return sched_actions.add_parser(name, parents=[common], help=help, description=help)  # type: ignore[no-any-return]
+
+    sched_action("list", "every schedule: cron, next fire, last fire and its job")
+    sched_action("get", "one schedule and its latest fires").add_argument("name")
+    sched_action("run", "fire a schedule now (admins)").add_argument("name")
+    sched_action("pause", "pause a schedule in Cloud Scheduler (admins)").add_argument("name")
+    sched_action("resume", "resume a paused schedule (admins)").add_argument("name")
+    return {"workflows": actions, "schedules": sched_actions}
 
 
 def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
@@ -311,7 +326,52 @@ _WORKFLOW_ACTIONS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
 }
 
 
+def _schedules(client: Client, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        found = client.list_schedules()
+        if args.output == "json":
+            _json(found)
+            return 0
+        rows = [[s["name"], s["cron"], s["time_zone"], "paused" if s["paused"] else "enabled",
+                 _when(_time(s["next_fire_times"][0])) if s["next_fire_times"] else "-",
+                 _last_fire(s.get("last_fire"))] for s in found["schedules"]]
+        _table(["NAME", "CRON", "TIME ZONE", "STATE", "NEXT FIRE", "LAST FIRE"], rows)
+        for t in found["triggers"]:
+            print(f"trigger {t['name']}: subscription {t['subscription']} -> {t['job']['type']}")
+        return 0
+    calls = {"get": client.get_schedule, "run": client.run_schedule, "pause": client.pause_schedule,
+             "resume": client.resume_schedule}
+    try:
+        found = calls[args.action](args.name)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+    def text() -> None:
+        state = "paused" if found["paused"] else "enabled"
+        print(f"{found['name']}  {found['cron']} ({found['time_zone']})  {state}  overlap={found['overlap']}")
+        if args.action == "run":
+            print("fired: Cloud Scheduler delivers it to /handlers/schedule now")
+        for t in found["next_fire_times"]:
+            print(f"  next  {_when(_time(t))}")
+        for f in found.get("fires") or ([found["last_fire"]] if found.get("last_fire") else []):
+            print(f"  fired {_last_fire(f)}")
+
+    return _show(args, found, text)
+
+
+def _time(raw: str | None) -> datetime | None:
+    return datetime.fromisoformat(raw.replace("Z", "+00:00")) if raw else None
+
+
+def _last_fire(fire: dict[str, Any] | None) -> str:
+    if not fire:
+        return "-"
+    what = f"job {fire['job_id']} {fire['job_state']}" if fire.get("job_id") else fire["outcome"]
+    return f"{_when(_time(fire['scheduled_for']))} {what}"
+
+
 _HANDLERS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
+    "schedules": _schedules,
     "workflows": _workflows,
     "submit": _submit,
     "get": _get,

@@ -509,6 +509,29 @@ class Client:
         """Run the FAILED and CANCELLED steps, and everything after them, again."""
         return Workflow.from_json(self._call("POST", _workflow_path(workflow_id) + ":retry"))
 
+    # -- schedules -------------------------------------------------------------------------
+
+    def list_schedules(self) -> dict[str, Any]:
+        """Every schedule and trigger of the service's schedules.yaml: `{"schedules": [...],
+        "triggers": [...]}`, each schedule with its next fire times and last fire."""
+        return dict(self._call("GET", "/v1/schedules"))
+
+    def get_schedule(self, name: str) -> dict[str, Any]:
+        """One schedule, with its latest fires."""
+        return dict(self._call("GET", _schedule_path(name)))
+
+    def run_schedule(self, name: str) -> dict[str, Any]:
+        """Fire a schedule now (Cloud Scheduler's RunJob; admins only)."""
+        return dict(self._call("POST", _schedule_path(name) + ":run"))
+
+    def pause_schedule(self, name: str) -> dict[str, Any]:
+        """Pause a schedule in Cloud Scheduler (admins only)."""
+        return dict(self._call("POST", _schedule_path(name) + ":pause"))
+
+    def resume_schedule(self, name: str) -> dict[str, Any]:
+        """Resume a paused schedule (admins only)."""
+        return dict(self._call("POST", _schedule_path(name) + ":resume"))
+
     # -- HTTP ------------------------------------------------------------------------------
 
     def _pages(self, path: str, key: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -621,3 +644,9 @@ def _job_body(fields: Mapping[str, Any]) -> dict[str, Any]:
     if "labels" in body:
         body["labels"] = dict(body["labels"])
     return body
+
+
+def _schedule_path(name: str) -> str:
+    if not name or "/" in name or ":" in name:
+        raise ValueError(f"not a schedule name: {name!r}")
+    return f"/v1/schedules/{name}"
