@@ -205,3 +205,14 @@ def _reject(state: AppState, subscription: str, message_id: str, trigger: str | 
         logger.warning("pushed message acknowledged without a job",
                        extra={"subscription": subscription, "message_id": message_id, "trigger": trigger, "reason": reason})
     return Pushed(rejected=reason, errors=errors)
+
+
+def scheduler_jobs(state: AppState) -> tuple[dict[str, Any], bool]:
+    """Cloud Scheduler's jobs of the schedules, and whether it answered (a read shows the file
+    alone when it did not)."""
+    if not state.schedules.schedules or state.scheduler is None:
+        return {}, state.scheduler is not None
+    try:
+        return state.scheduler.jobs(), True
+    except gexc.GoogleAPIError:
+        return {}, False

@@ -23,16 +23,18 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from api.errors import JobNotFound, Problem, Unauthenticated, WorkflowNotFound
 from api.reporting.reports import BUCKETS, ReportQuery, run_report
+from api.orchestration import triggers
 from api.store import dependencies
 from api.store import jobs as store
 from api.store import steps as step_store
+from api.store import triggers as fire_store
 from api.store import workflows as workflow_store
 from api.store.tables import STATES, TERMINAL, WORKFLOW_STATES
 from api.ui import charts, dag
 from api.web import paging
 from api.web.auth import Principal
 from api.web.http import check_params, current_state, filter_digest, parse_filter, parse_job_id, parse_workflow_id
-from api.web.resources import attempts_resource, job_resource, steps_resource, workflow_resource
+from api.web.resources import attempts_resource, job_resource, schedule_resource, steps_resource, workflow_resource
 
 bp = Blueprint(
     "ui",
@@ -58,7 +60,7 @@ WINDOWS = {  # the reports page's windows and the bucket each is charted by
     "7d": (timedelta(days=7), "day"),
     "30d": (timedelta(days=30), "day"),
 }
-FILTERS = ("state", "type", "queue", "label")
+FILTERS = ("state", "type", "queue", "label", "schedule", "trigger")
 COMPLETED, FAILED, OTHER = "#16a34a", "#dc2626", "#9ca3af"
 P50, P95 = "#2563eb", "#f59e0b"
 
@@ -165,6 +167,8 @@ def jobs() -> str:
         states=STATES,
         types=sorted(state.registry.types),
         queues=sorted(state.queues.specs),
+        schedules=sorted(state.schedules.schedules),
+        triggers=sorted(state.schedules.triggers),
     )
 
 
@@ -262,6 +266,24 @@ def workflow(workflow_id: str) -> str:
         max_drawn=dag.MAX_DRAWN,
         steps=resource["steps"][:MAX_STEPS_LISTED],
         refresh=row.state == "RUNNING",
+    )
+
+
+@bp.get("/schedules")
+def schedules() -> str:
+    """The schedules of schedules.yaml: cron, Cloud Scheduler's state, next and last fires; the triggers."""
+    check_params(request.args, ())
+    state = current_state()
+    jobs, known = triggers.scheduler_jobs(state)
+    with state.engine.connect() as conn:
+        last = fire_store.last_fires(conn)
+    return render_template(
+        "ui/schedules.html",
+        schedules=[schedule_resource(state, s, jobs.get(n), last.get(n), scheduler_known=known)
+                   for n, s in sorted(state.schedules.schedules.items())],
+        triggers=sorted(state.schedules.triggers.values(), key=lambda t: t.name),
+        source=state.schedules.source,
+        scheduler_known=known,
     )
 
 

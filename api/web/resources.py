@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
 
+from google.cloud import scheduler_v1
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Row
 
+from api.cloud.schedules import ScheduleSpec, scheduler_job_name
 from api.store.tables import TERMINAL
 from api.times import rfc3339
+
+if TYPE_CHECKING:
+    from api.state import AppState
 
 State = Literal["WAITING", "CREATED", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
 
@@ -325,3 +330,41 @@ def workflow_resource(row: Row[Any], steps: list[Row[Any]] | None) -> dict[str, 
             for s in steps
         ]
     return out
+
+
+NEXT_FIRES = 3
+_PAUSED = scheduler_v1.Job.State.PAUSED
+
+
+def fire_resource(row: Row[Any] | None) -> dict[str, Any] | None:
+    """A schedule fire as the API shows it."""
+    if row is None:
+        return None
+    return {"scheduled_for": rfc3339(row.scheduled_for), "outcome": row.outcome,
+            "job_id": str(row.job_id) if row.job_id else None, "job_state": row.job_state,
+            "previous_job_id": str(row.previous_job_id) if row.previous_job_id else None,
+            "fired_time": rfc3339(row.fired_time)}
+
+
+def schedule_resource(state: AppState, spec: ScheduleSpec, job: scheduler_v1.Job | None, last: Row[Any] | None,
+                      *, scheduler_known: bool) -> dict[str, Any]:
+    """A schedule as the API shows it: the file's definition, Cloud Scheduler's state, the last fire."""
+    if job is not None:
+        paused = job.state == _PAUSED
+        scheduler = {"name": job.name, "state": job.state.name,
+                     "schedule_time": rfc3339(job.schedule_time) if job.schedule_time else None,
+                     "last_attempt_time": rfc3339(job.last_attempt_time) if job.last_attempt_time else None,
+                     "status_code": job.status.code if job.status else 0,
+                     "status_message": job.status.message if job.status else ""}
+    else:
+        paused = bool(spec.paused)
+        scheduler = {"name": scheduler_job_name(state.config, spec.name),
+                     "state": "NOT_SYNCED" if scheduler_known else "UNKNOWN"}
+    return {
+        "name": spec.name, "cron": spec.cron, "time_zone": spec.time_zone, "description": spec.description,
+        "overlap": spec.overlap, "paused": paused,
+        "job": {k: v for k, v in spec.job.items() if k != "payload"} | {"payload": spec.job.get("payload", {})},
+        "next_fire_times": [] if paused else [rfc3339(t) for t in spec.next_fire_times(datetime.now(UTC), NEXT_FIRES)],
+        "last_fire": fire_resource(last),
+        "scheduler": scheduler,
+    }

@@ -7,71 +7,20 @@ so production and the dashboard agree (docs/schedules.md: how `schedules sync` t
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
-
 from flask import Blueprint, Response, request
 from google.api_core import exceptions as gexc
-from google.cloud import scheduler_v1
-from sqlalchemy.engine import Row
 
-from api.cloud.schedules import ScheduleSpec, scheduler_job_name
+from api.cloud.schedules import ScheduleSpec
 from api.errors import Forbidden, ScheduleNotFound, SchedulerUnavailable
+from api.orchestration import triggers
 from api.state import AppState
 from api.store import triggers as fires
 from api.store.engine import autocommit
-from api.times import rfc3339
 from api.web.http import authenticate, check_params, current_state, json_response, principal
+from api.web.resources import fire_resource, schedule_resource
 
 bp = Blueprint("schedules", __name__)
 bp.before_request(authenticate)
-
-NEXT_FIRES = 3
-_PAUSED = scheduler_v1.Job.State.PAUSED
-
-
-def _fire(row: Row[Any] | None) -> dict[str, Any] | None:
-    if row is None:
-        return None
-    return {"scheduled_for": rfc3339(row.scheduled_for), "outcome": row.outcome,
-            "job_id": str(row.job_id) if row.job_id else None, "job_state": row.job_state,
-            "previous_job_id": str(row.previous_job_id) if row.previous_job_id else None,
-            "fired_time": rfc3339(row.fired_time)}
-
-
-def schedule_resource(state: AppState, spec: ScheduleSpec, job: scheduler_v1.Job | None, last: Row[Any] | None,
-                      *, scheduler_known: bool) -> dict[str, Any]:
-    """A schedule as the API shows it: the file's definition, Cloud Scheduler's state, the last fire."""
-    if job is not None:
-        paused = job.state == _PAUSED
-        scheduler = {"name": job.name, "state": job.state.name,
-                     "schedule_time": rfc3339(job.schedule_time) if job.schedule_time else None,
-                     "last_attempt_time": rfc3339(job.last_attempt_time) if job.last_attempt_time else None,
-                     "status_code": job.status.code if job.status else 0,
-                     "status_message": job.status.message if job.status else ""}
-    else:
-        paused = bool(spec.paused)
-        scheduler = {"name": scheduler_job_name(state.config, spec.name),
-                     "state": "NOT_SYNCED" if scheduler_known else "UNKNOWN"}
-    return {
-        "name": spec.name, "cron": spec.cron, "time_zone": spec.time_zone, "description": spec.description,
-        "overlap": spec.overlap, "paused": paused,
-        "job": {k: v for k, v in spec.job.items() if k != "payload"} | {"payload": spec.job.get("payload", {})},
-        "next_fire_times": [] if paused else [rfc3339(t) for t in spec.next_fire_times(datetime.now(UTC), NEXT_FIRES)],
-        "last_fire": _fire(last),
-        "scheduler": scheduler,
-    }
-
-
-def _scheduler_jobs(state: AppState) -> tuple[dict[str, scheduler_v1.Job], bool]:
-    """Cloud Scheduler's jobs of the schedules, and whether it answered (a read shows the file
-    alone when it did not)."""
-    if not state.schedules.schedules or state.scheduler is None:
-        return {}, state.scheduler is not None
-    try:
-        return state.scheduler.jobs(), True
-    except gexc.GoogleAPIError:
-        return {}, False
 
 
 def _spec(state: AppState, name: str) -> ScheduleSpec:
@@ -86,7 +35,7 @@ def list_schedules() -> Response:
     """Every schedule (and trigger) of schedules.yaml as it stands."""
     check_params(request.args, ())
     state = current_state()
-    jobs, known = _scheduler_jobs(state)
+    jobs, known = triggers.scheduler_jobs(state)
     with autocommit(state.engine) as conn:
         last = fires.last_fires(conn)
     return json_response({
@@ -103,11 +52,11 @@ def get_schedule(name: str) -> Response:
     check_params(request.args, ())
     state = current_state()
     spec = _spec(state, name)
-    jobs, known = _scheduler_jobs(state)
+    jobs, known = triggers.scheduler_jobs(state)
     with autocommit(state.engine) as conn:
         recent = fires.recent_fires(conn, name)
     out = schedule_resource(state, spec, jobs.get(name), recent[0] if recent else None, scheduler_known=known)
-    out["fires"] = [_fire(r) for r in recent]
+    out["fires"] = [fire_resource(r) for r in recent]
     return json_response(out)
 
 

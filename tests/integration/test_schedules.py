@@ -231,3 +231,23 @@ def test_only_an_admin_may_run_pause_or_resume(synced: Any, make_app: Callable[.
     refused = api.post("/v1/schedules/nightly:pause", headers=user)
     assert refused.status_code == 403 and refused.get_json()["title"] == "Forbidden"
     assert client.get_job(name=f"{scheduler_parent(cfg)}/jobs/it-nightly").state == scheduler_v1.Job.State.ENABLED
+
+
+def test_the_dashboard_lists_schedules_with_their_last_fire_and_filters_jobs_by_schedule(
+        synced: Any, make_app: Callable[..., Flask], emulator: Emulator) -> None:
+    cfg, client = synced
+    sync_schedules(client, cfg, Schedules.load(SCHEDULES))
+    client.pause_job(name=f"{scheduler_parent(cfg)}/jobs/it-skipper")
+    ui = make_app(schedules_file=SCHEDULES, scheduler_job_prefix="it-").test_client()
+    job = fire(ui, emulator, "nightly", "2026-12-04T01:00:00Z")["job"]
+    html = ui.get("/ui/schedules").get_data(as_text=True)
+    assert html.count('<tr><td><a href="/ui/jobs?trigger=') == 3
+    row = html[html.index('href="/ui/jobs?schedule=nightly"'):]
+    row = row[:row.index("</tr>")]
+    assert "0 2 * * *" in row and "Europe/Paris" in row and "ENABLED" in row
+    assert f'href="/ui/jobs/{job["id"]}"' in row and "QUEUED" in row
+    skipper = html[html.index('href="/ui/jobs?schedule=skipper"'):]
+    assert "PAUSED" in skipper[:skipper.index("</tr>")]
+    listed = ui.get("/ui/jobs?schedule=nightly").get_data(as_text=True)
+    assert job["id"][:8] in listed
+    assert job["id"][:8] not in ui.get("/ui/jobs?schedule=every-minute").get_data(as_text=True)

@@ -287,7 +287,7 @@ def test_with_auth_none_there_is_no_login(client: FlaskClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/ui/jobs", "/ui/reports", "/ui/login", f"/ui/jobs/{uuid.uuid4()}"]
+    "path", ["/ui/jobs", "/ui/reports", "/ui/schedules", "/ui/login", f"/ui/jobs/{uuid.uuid4()}"]
 )
 def test_every_page_carries_the_strict_csp(
     make_app: Callable[..., Flask], db: Engine, path: str
@@ -313,7 +313,7 @@ def test_no_page_has_inline_script_or_style_and_the_stylesheet_is_served(
     client: FlaskClient,
 ) -> None:
     job = create(client, {"type": "echo"})
-    for path in ("/ui/jobs", f"/ui/jobs/{job['id']}", "/ui/reports"):
+    for path in ("/ui/jobs", f"/ui/jobs/{job['id']}", "/ui/reports", "/ui/schedules"):
         html = client.get(path).get_data(as_text=True)
         assert "<script" not in html and "<style" not in html and " style=" not in html, path
         assert re.search(r'(src|href)="(https?:)?//', html) is None, (
