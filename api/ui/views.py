@@ -22,8 +22,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from api.errors import JobNotFound, Problem, Unauthenticated, WorkflowNotFound
-from api.reporting.reports import BUCKETS, ReportQuery, run_report
 from api.orchestration import triggers
+from api.reporting.reports import BUCKETS, ReportQuery, run_report
 from api.store import dependencies
 from api.store import jobs as store
 from api.store import steps as step_store
