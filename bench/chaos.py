@@ -1,7 +1,8 @@
 """The chaos run: many mixed jobs and workflows, random failures, duplicate deliveries,
 worker kills and database faults.
 
-    python -m bench.chaos [--jobs 2000] [--workflows 10] [--database-url URL] [--seed S] [--quick]
+    python -m bench.chaos [--jobs 2000] [--workflows 10] [--fires 60] [--messages 200]
+                          [--database-url URL] [--seed S] [--quick]
 
 Database faults, every few seconds in turn: a read-only interval (the database set to
 `default_transaction_read_only` and its connections dropped, as a failover to a standby looks
@@ -14,12 +15,17 @@ once, every attempt a claim started must have exactly one attempt row, and nothi
 stuck. Workflows (diamonds and fan-ins of 200, duplicates delivered to their steps too) add:
 every dependent left WAITING exactly once and never before its last dependency ended, nothing
 WAITING once its dependencies are terminal, and each workflow's state and counters equal to
-its steps'. Prints the tally; exits 1 on any violation. Everything runs on loopback.
+its steps'. Schedule fires (overlap allow, skip and cancel_previous) and Pub/Sub pushes, each
+delivered one to three times, at once or later, add: one fire row per fire time, one job per
+created fire and none for a skipped one, one job per pushed message. Prints the tally; exits 1
+on any violation. Everything runs on loopback.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import concurrent.futures
 import json
 import random
 import signal
@@ -40,6 +46,7 @@ from api.cloud.tasks import make_client, queue_path
 from bench.stack import DEFAULT_SERVER, Stack, fresh_database, running_stack
 
 HERE = Path(__file__).resolve().parent
+CHAOS_SCHEDULES = ("chaos-tick", "chaos-skip", "chaos-cancel")
 
 # Transitions are recorded by a trigger that exists only in the chaos database.
 AUDIT = """
@@ -116,6 +123,7 @@ class Chaos:
         self.kills = 0
         self.duplicates = 0
         self.sweeps = 0
+        self.trigger_deliveries = 0
         self.stop = threading.Event()
 
     def submit(self, bodies: list[dict[str, Any]]) -> list[str]:
@@ -157,6 +165,37 @@ class Chaos:
             workflow_ids.append(resp.json()["id"])
             step_ids += [s["job_id"] for s in resp.json()["steps"]]
         return workflow_ids, step_ids
+
+    def fire_and_push(self, fires: int, messages: int) -> tuple[set[str], dict[str, int]]:
+        """Deliver `fires` fire times of each chaos schedule and `messages` Pub/Sub messages,
+        each one to three times, shuffled, from four threads (retried through kills and
+        faults, as Cloud Scheduler and Pub/Sub retry); the job ids the answers named."""
+        config = self.stack.config
+        token = self.stack.emulator.issuer.id_token(config.tasks_service_account, config.audience)
+        auth = {"Authorization": f"Bearer {token}"}
+        deliveries: list[tuple[str, dict[str, str], Any]] = []
+        for schedule in CHAOS_SCHEDULES:
+            for i in range(fires):
+                at = f"2026-01-01T{i // 60:02d}:{i % 60:02d}:00Z"
+                headers = {**auth, "X-CloudScheduler-JobName": f"cloudjobs-{schedule}", "X-CloudScheduler-ScheduleTime": at}
+                deliveries += [("/handlers/schedule", headers, {"schedule": schedule})] * self.rng.randint(1, 3)
+        for i in range(messages):
+            body = {"message": {"messageId": f"chaos-{i}", "data": base64.b64encode(json.dumps({"n": i}).encode()).decode()},
+                    "subscription": "projects/bench-project/subscriptions/chaos-push"}
+            deliveries += [("/handlers/pubsub", auth, body)] * self.rng.randint(1, 3)
+        self.rng.shuffle(deliveries)
+        session = requests.Session()
+
+        def deliver(d: tuple[str, dict[str, str], Any]) -> dict[str, Any]:
+            resp = _retrying(lambda: session.post(self.stack.url + d[0], json=d[2], headers=d[1], timeout=30))
+            assert resp.status_code == 200, resp.text
+            return dict(resp.json())
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(deliver, deliveries))
+        ids = {a["job"]["id"] for a in answers if a.get("job")}
+        self.trigger_deliveries = len(deliveries)
+        return ids, {"fires": fires * len(CHAOS_SCHEDULES), "messages": messages}
 
     def duplicate(self, ids: list[str]) -> None:
         """Deliver some jobs twice: a second task with the same body, as at-least-once may."""
@@ -248,10 +287,36 @@ def _retrying(call: Any, attempts: int = 20) -> requests.Response:
     raise RuntimeError("the API did not answer")
 
 
-def check(engine: sa.Engine, ids: list[str]) -> tuple[dict[str, Any], list[str]]:
+def check_triggers(conn: sa.Connection, expected: dict[str, int]) -> list[str]:
+    """Schedule fires and pushed messages acted exactly once."""
+    violations = []
+    fires = conn.execute(sa.text("SELECT count(*) FROM schedule_fires")).scalar_one()
+    if fires != expected["fires"]:
+        violations.append(f"{expected['fires']} fire times delivered, {fires} fire rows")
+    doubled = conn.execute(sa.text("""
+        SELECT count(*) FROM (SELECT 1 FROM jobs WHERE schedule IS NOT NULL
+                              GROUP BY schedule, scheduled_for HAVING count(*) > 1) x""")).scalar_one()
+    if doubled:
+        violations.append(f"{doubled} fire times created more than one job")
+    mismatched = conn.execute(sa.text("""
+        SELECT count(*) FROM schedule_fires f
+        WHERE (f.outcome = 'created') <> EXISTS (SELECT 1 FROM jobs j WHERE j.schedule = f.schedule
+                                                  AND j.scheduled_for = f.scheduled_for AND j.id = f.job_id)
+           OR (f.outcome = 'skipped' AND f.previous_job_id IS NULL)""")).scalar_one()
+    if mismatched:
+        violations.append(f"{mismatched} fires whose job does not match their outcome")
+    pushed = conn.execute(sa.text("SELECT count(DISTINCT message_id), count(*) FROM jobs WHERE trigger IS NOT NULL")).one()
+    if tuple(pushed) != (expected["messages"], expected["messages"]):
+        violations.append(f"{expected['messages']} messages pushed, {pushed[1]} jobs for {pushed[0]} of them")
+    return violations
+
+
+def check(engine: sa.Engine, ids: list[str], expected: dict[str, int] | None = None) -> tuple[dict[str, Any], list[str]]:
     """The tally and the list of violated invariants."""
     violations: list[str] = []
     with engine.connect() as conn:
+        if expected is not None:
+            violations += check_triggers(conn, expected)
         states: dict[str, int] = dict(conn.execute(sa.text("SELECT state, count(*) FROM jobs GROUP BY state")).all())
         total = sum(states.values())
         if total != len(ids):
@@ -313,7 +378,9 @@ def check(engine: sa.Engine, ids: list[str]) -> tuple[dict[str, Any], list[str]]
             conn.execute(sa.text("SELECT outcome, count(*) FROM job_attempts GROUP BY outcome")).all()
         )
         attempts = conn.execute(sa.text("SELECT count(*) FROM job_attempts")).scalar_one()
-    tally = {"jobs": total, "states": states, "attempt_rows": attempts, "attempt_outcomes": outcomes,
+        fire_outcomes: dict[str, int] = dict(
+            conn.execute(sa.text("SELECT outcome, count(*) FROM schedule_fires GROUP BY outcome")).all())
+    tally = {"schedule_fires": fire_outcomes, "jobs": total, "states": states, "attempt_rows": attempts, "attempt_outcomes": outcomes,
              "workflows": workflow_states, "dependents_released": released}
     return tally, violations
 
@@ -332,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fan-in", type=int, default=200, help="steps joined by each fan-in workflow")
     p.add_argument("--db-fault-every", type=float, default=6.0,
                    help="seconds between database faults (read-only interval, restart); 0: none")
+    p.add_argument("--fires", type=int, default=60, help="fire times delivered per chaos schedule")
+    p.add_argument("--messages", type=int, default=200, help="Pub/Sub messages pushed")
     p.add_argument("--quick", action="store_true", help="a short run for the test suite")
     args = p.parse_args(argv)
     if args.quick:
@@ -340,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         args.workflows = min(args.workflows, 6)
         args.fan_in = min(args.fan_in, 40)
         args.db_fault_every = min(args.db_fault_every, 2.5)
+        args.fires = min(args.fires, 10)
+        args.messages = min(args.messages, 30)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     server = None
     if not args.database_url:  # an embedded server of the run's own, which it may restart
@@ -360,7 +431,8 @@ def _run(args: argparse.Namespace, seed: int, server: Any) -> int:
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         with engine.begin() as conn:
             conn.exec_driver_sql(AUDIT)
-        extra = {"LEASE_MARGIN_S": "1", "SWEEP_CREATED_AFTER_S": "2", "SWEEP_QUEUED_AFTER_S": "5"}
+        extra = {"LEASE_MARGIN_S": "1", "SWEEP_CREATED_AFTER_S": "2", "SWEEP_QUEUED_AFTER_S": "5",
+                 "SCHEDULES_FILE": str(HERE / "chaos.schedules.yaml")}
         with running_stack(url, queues_file=HERE / "chaos.queues.yaml", extra_env=extra) as stack:
             chaos = Chaos(stack, rng=rng, kill_every_s=args.kill_every, dup_fraction=args.duplicates,
                           db_fault_every_s=args.db_fault_every, server=server)
@@ -373,7 +445,9 @@ def _run(args: argparse.Namespace, seed: int, server: Any) -> int:
             ids = chaos.submit(job_mix(rng, args.jobs))
             workflow_ids, step_ids = chaos.submit_workflows(workflow_mix(rng, args.workflows, args.fan_in))
             ids += step_ids
+            triggered, expected = chaos.fire_and_push(args.fires, args.messages)
             chaos.duplicate(ids)
+            ids += sorted(triggered)
             deadline = time.monotonic() + args.timeout
             while time.monotonic() < deadline:
                 try:
@@ -390,10 +464,10 @@ def _run(args: argparse.Namespace, seed: int, server: Any) -> int:
             for t in threads:
                 t.join(timeout=30)
             time.sleep(1.0)  # let in-flight duplicate deliveries land before checking
-            tally, violations = check(engine, ids)
+            tally, violations = check(engine, ids, expected)
         engine.dispose()
     tally.update(seed=seed, workflows_submitted=len(workflow_ids), worker_kills=chaos.kills,
-                 duplicate_deliveries=chaos.duplicates,
+                 duplicate_deliveries=chaos.duplicates, trigger_deliveries=chaos.trigger_deliveries,
                  database_faults=chaos.db_faults, sweeps=chaos.sweeps, seconds=round(time.monotonic() - started, 1))
     print(json.dumps(tally, indent=2, sort_keys=True))
     for v in violations:
