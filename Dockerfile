@@ -22,7 +22,7 @@ RUN pip install --no-deps /src/clients/python /src \
  && rm -rf /src
 
 WORKDIR /app
-COPY gunicorn.conf.py queues.yaml ./
+COPY gunicorn.conf.py queues.yaml schedules.yaml ./
 
 # A home of its own: gunicorn keeps its control socket there.
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin cloudjobs

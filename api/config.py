@@ -66,7 +66,9 @@ class Config:
     scheduler_emulator_host: str | None = None  # defaults to the Cloud Tasks emulator's (it serves both)
     scheduler_service_account: str | None = None  # the OIDC identity Cloud Scheduler signs as; defaults to tasks'
     pubsub_service_account: str | None = None  # the OIDC identity of Pub/Sub push; defaults to tasks'
-    scheduler_job_prefix: str = "cloudjobs-"  # the Cloud Scheduler jobs `schedules sync` owns
+    # The Cloud Scheduler jobs `schedules sync` owns (and deletes when the file drops them); not
+    # plain "cloudjobs-", which deploy/deploy.sh's cloudjobs-sweep job starts with.
+    scheduler_job_prefix: str = "cloudjobs-schedule-"
 
     # Handler authentication (fail closed: None means "not configured")
     handler_auth: HandlerAuth | None = None
@@ -228,7 +230,7 @@ class Config:
             scheduler_emulator_host=e.get("CLOUD_SCHEDULER_EMULATOR_HOST") or None,
             scheduler_service_account=e.get("SCHEDULER_SERVICE_ACCOUNT") or None,
             pubsub_service_account=e.get("PUBSUB_SERVICE_ACCOUNT") or None,
-            scheduler_job_prefix=e.get("SCHEDULER_JOB_PREFIX", "cloudjobs-"),
+            scheduler_job_prefix=e.get("SCHEDULER_JOB_PREFIX", "cloudjobs-schedule-"),
             handler_auth=auth,  # type: ignore[arg-type]
             oidc_certs_url=e.get("OIDC_CERTS_URL", GOOGLE_CERTS_URL),
             on_app_engine=on_app_engine,

@@ -177,7 +177,7 @@ class Chaos:
         for schedule in CHAOS_SCHEDULES:
             for i in range(fires):
                 at = f"2026-01-01T{i // 60:02d}:{i % 60:02d}:00Z"
-                headers = {**auth, "X-CloudScheduler-JobName": f"cloudjobs-{schedule}", "X-CloudScheduler-ScheduleTime": at}
+                headers = {**auth, "X-CloudScheduler-JobName": f"cloudjobs-schedule-{schedule}", "X-CloudScheduler-ScheduleTime": at}
                 deliveries += [("/handlers/schedule", headers, {"schedule": schedule})] * self.rng.randint(1, 3)
         for i in range(messages):
             body = {"message": {"messageId": f"chaos-{i}", "data": base64.b64encode(json.dumps({"n": i}).encode()).decode()},

@@ -84,8 +84,13 @@ fi
 gcloud iam service-accounts add-iam-policy-binding "$INVOKER_SA" \
   --member="serviceAccount:${RUNTIME_SA}" --role=roles/iam.serviceAccountUser --format=none
 
-step "Role of the queues service account"
+step "Roles of the queues service account (queues and schedules)"
 grant_project "serviceAccount:${QUEUES_SA}" roles/cloudtasks.queueAdmin
+# `cloudjobs schedules sync` creates the Cloud Scheduler jobs of schedules.yaml; each signs its
+# OIDC token as the invoker, and making a job that does is acting as the invoker.
+grant_project "serviceAccount:${QUEUES_SA}" roles/cloudscheduler.admin
+gcloud iam service-accounts add-iam-policy-binding "$INVOKER_SA" \
+  --member="serviceAccount:${QUEUES_SA}" --role=roles/iam.serviceAccountUser --format=none
 
 # ----------------------------------------------------------------------------- Cloud SQL
 step "Cloud SQL instance ${SQL_INSTANCE} (the first creation takes several minutes)"
@@ -155,6 +160,12 @@ if exists gcloud scheduler jobs describe cloudjobs-sweep --location="$REGION"; t
 else
   gcloud scheduler jobs create http cloudjobs-sweep "${SWEEP_FLAGS[@]}"
 fi
+
+# ----------------------------------------------------------------------------- schedules
+step "Cloud Scheduler jobs of schedules.yaml (cloudjobs schedules sync)"
+# The app's variables: the job types (JOB_MODULES) each schedule's job is checked against, the
+# URL fires go to, and the invoker they are signed as (SCHEDULER_SERVICE_ACCOUNT defaults to it).
+run_job cloudjobs-schedules-sync "$QUEUES_SA" "$APP_ENV" schedules,sync
 
 # ----------------------------------------------------------------------------- checks
 step "cloudjobs doctor, as the service runs (same variables, same service account)"

@@ -57,7 +57,7 @@ def test_the_dockerfile_runs_gunicorn_on_the_app_factory_as_a_non_root_user() ->
     cmd = re.search(r"^CMD (\[.*\])$", text, re.M)
     assert cmd, "no exec-form CMD"
     assert_entrypoint(" ".join(f'"{a}"' if "(" in a else a for a in yaml.safe_load(cmd.group(1))))
-    assert re.search(r"^COPY gunicorn\.conf\.py queues\.yaml \./$", text, re.M)
+    assert re.search(r"^COPY gunicorn\.conf\.py queues\.yaml schedules\.yaml \./$", text, re.M)
     user = re.findall(r"^USER (\S+)$", text, re.M)
     assert user and user[-1] not in ("root", "0")
     # the lock with its hashes, then the two local packages without dependencies of their own
@@ -82,6 +82,7 @@ def test_the_build_context_keeps_what_the_image_needs() -> None:
         "migrations",
         "gunicorn.conf.py",
         "queues.yaml",
+        "schedules.yaml",
     }
     assert not needed & ignored
     assert {".git", ".venv", "tests"} <= ignored
@@ -254,16 +255,14 @@ def test_deploy_grants_each_account_exactly_its_roles(first_run: list[list[str]]
         "roles/cloudtasks.viewer",
         "roles/cloudtasks.taskDeleter",
     }
-    assert project_roles[QUEUES] == {"roles/cloudtasks.queueAdmin"}
+    assert project_roles[QUEUES] == {"roles/cloudtasks.queueAdmin", "roles/cloudscheduler.admin"}
     assert f"serviceAccount:{INVOKER}" not in project_roles  # only run.invoker, on the service
-    [act_as] = [
-        c for c in first_run if c[:3] == ["iam", "service-accounts", "add-iam-policy-binding"]
-    ]
-    assert act_as[3] == INVOKER
-    assert (flag(act_as, "member"), flag(act_as, "role")) == (
-        RUNTIME,
-        "roles/iam.serviceAccountUser",
-    )
+    act_as = [c for c in first_run if c[:3] == ["iam", "service-accounts", "add-iam-policy-binding"]]
+    # The runtime creates tasks, and the queues account Cloud Scheduler jobs, signed as the invoker.
+    assert {(c[3], flag(c, "member"), flag(c, "role")) for c in act_as} == {
+        (INVOKER, RUNTIME, "roles/iam.serviceAccountUser"),
+        (INVOKER, QUEUES, "roles/iam.serviceAccountUser"),
+    }
     [invoker] = [c for c in first_run if c[:3] == ["run", "services", "add-iam-policy-binding"]]
     assert (flag(invoker, "member"), flag(invoker, "role")) == (
         f"serviceAccount:{INVOKER}",
@@ -292,9 +291,15 @@ def test_deploy_migrates_syncs_queues_and_runs_the_doctor_as_jobs(
         flag(jobs["cloudjobs-queues-sync"], "args"),
         flag(jobs["cloudjobs-queues-sync"], "service-account"),
     ) == ("queues,sync", QUEUES.split(":")[1])
+    assert (
+        flag(jobs["cloudjobs-schedules-sync"], "args"),
+        flag(jobs["cloudjobs-schedules-sync"], "service-account"),
+    ) == ("schedules,sync", QUEUES.split(":")[1])
+    sync_env = env_of(jobs["cloudjobs-schedules-sync"])
+    assert (sync_env["HANDLER_BASE_URL"], sync_env["TASKS_SERVICE_ACCOUNT"]) == (URL, INVOKER)
     assert flag(jobs["cloudjobs-doctor"], "args") == "doctor"
     executed = [c[3] for c in first_run if c[:3] == ["run", "jobs", "execute"]]
-    assert executed == ["cloudjobs-migrate", "cloudjobs-queues-sync", "cloudjobs-doctor"]
+    assert executed == ["cloudjobs-migrate", "cloudjobs-queues-sync", "cloudjobs-schedules-sync", "cloudjobs-doctor"]
     order = [
         c[3] if c[:2] == ["run", "jobs"] else c[1]
         for c in first_run

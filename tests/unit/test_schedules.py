@@ -106,7 +106,7 @@ def test_the_cloud_scheduler_job_of_a_schedule() -> None:
     config = Config(project="p", location="europe-west1", handler_base_url="https://svc.example",
                     tasks_service_account="tasks@p.iam.gserviceaccount.com", scheduler_service_account="sched@p.iam.gserviceaccount.com")
     job = build_scheduler_job(config, Schedules.parse(GOOD)["nightly-report"])
-    assert job.name == "projects/p/locations/europe-west1/jobs/cloudjobs-nightly-report"
+    assert job.name == "projects/p/locations/europe-west1/jobs/cloudjobs-schedule-nightly-report"
     assert (job.schedule, job.time_zone, job.description) == ("0 2 * * *", "Europe/Paris", "nightly")
     t = job.http_target
     assert t.uri == "https://svc.example/handlers/schedule" and t.http_method == scheduler_v1.HttpMethod.POST
@@ -115,6 +115,7 @@ def test_the_cloud_scheduler_job_of_a_schedule() -> None:
     assert job.retry_config.retry_count == 2 and job.retry_config.min_backoff_duration.total_seconds() == 10
     assert job.attempt_deadline.total_seconds() == 120
     assert schedule_from_job_name(config, job.name) == "nightly-report"
-    assert schedule_from_job_name(config, "cloudjobs-nightly-report") == "nightly-report"
+    assert schedule_from_job_name(config, "cloudjobs-schedule-nightly-report") == "nightly-report"
+    assert schedule_from_job_name(config, "cloudjobs-sweep") is None  # deploy.sh's sweeper is not a schedule
     assert schedule_from_job_name(config, "projects/p/locations/l/jobs/someone-elses") is None
     assert scheduler_job_name(config.replace(scheduler_job_prefix="team-a-"), "x").endswith("/jobs/team-a-x")
