@@ -74,7 +74,9 @@ for role in \
   roles/cloudsql.instanceUser \
   roles/cloudtasks.enqueuer \
   roles/cloudtasks.viewer \
-  roles/cloudtasks.taskDeleter; do
+  roles/cloudtasks.taskDeleter \
+  roles/cloudscheduler.viewer \
+  roles/cloudscheduler.jobRunner; do
   grant_project "serviceAccount:${RUNTIME_SA}" "$role"
 done
 if [[ "$OTEL_ENABLED" == "true" ]]; then

@@ -254,6 +254,8 @@ def test_deploy_grants_each_account_exactly_its_roles(first_run: list[list[str]]
         "roles/cloudtasks.enqueuer",
         "roles/cloudtasks.viewer",
         "roles/cloudtasks.taskDeleter",
+        "roles/cloudscheduler.viewer",  # GET /v1/schedules shows Cloud Scheduler's state
+        "roles/cloudscheduler.jobRunner",  # :run
     }
     assert project_roles[QUEUES] == {"roles/cloudtasks.queueAdmin", "roles/cloudscheduler.admin"}
     assert f"serviceAccount:{INVOKER}" not in project_roles  # only run.invoker, on the service
