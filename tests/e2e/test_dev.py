@@ -28,6 +28,9 @@ def test_cloudjobs_dev_runs_the_tutorial_flow_on_an_embedded_postgres(tmp_path: 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "HANDLER_AUTH")}
+    schedules = tmp_path / "schedules.yaml"  # once a year: it fires here only when asked to
+    schedules.write_text("schedules:\n  yearly: {cron: '0 0 1 1 *', job: {type: sleep, payload: {worktime: 0.1}}}\n")
+    env["SCHEDULES_FILE"] = str(schedules)
     proc = subprocess.Popen(
         [sys.executable, "-m", "api.cli.main", "dev", "--port", str(port), "--emulator-port", "0",
          "--data-dir", str(tmp_path / "data")],
@@ -60,6 +63,17 @@ def test_cloudjobs_dev_runs_the_tutorial_flow_on_an_embedded_postgres(tmp_path: 
         # Even in dev the callback is authenticated: the emulator's OIDC token, checked.
         assert requests.post(f"{url}/handlers/run", json={"job_id": job_id}, timeout=5).status_code == 401
 
+        # dev synced schedules.yaml into the emulator's Cloud Scheduler: a fire goes through it,
+        # signed, to /handlers/schedule, and its job runs.
+        listed = requests.get(f"{url}/v1/schedules", timeout=5).json()["schedules"]
+        assert [(s["name"], s["scheduler"]["state"]) for s in listed] == [("yearly", "ENABLED")]
+        assert requests.post(f"{url}/v1/schedules/yearly:run", timeout=5).status_code == 202
+        deadline = time.monotonic() + 30
+        while not (fired := requests.get(f"{url}/v1/jobs?schedule=yearly", timeout=5).json()["jobs"]) \
+                or fired[0]["state"] != "COMPLETED":
+            assert time.monotonic() < deadline, fired
+            time.sleep(0.1)
+
         # dev.json says where everything is, for the database commands.
         state = json.loads((tmp_path / "data" / "dev.json").read_text())
         assert state["app_url"] == url and state["pid"] == proc.pid
@@ -86,6 +100,7 @@ def test_cloudjobs_dev_runs_the_tutorial_flow_on_an_embedded_postgres(tmp_path: 
     # The banner first; pgserver's initdb transcript and alembic's lines are in the log file.
     assert out.splitlines()[0] == f"cloudjobs is running on {url}  (Ctrl-C stops everything)", out
     assert "curl -s -X POST" in out
+    assert "  schedules  yearly (fired by the emulator's Cloud Scheduler)" in out.splitlines(), out
     for chatter in ("initdb", "pgserver", "alembic", "Running upgrade", "Traceback"):
         assert chatter not in out, out
     assert "initdb" in (tmp_path / "data" / "dev.log").read_text()

@@ -6,6 +6,7 @@ duplicate. Time is the emulator's ManualClock; the app runs on real time."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -104,3 +105,19 @@ def test_a_schedule_fires_its_job_once_per_minute_and_catches_up_after_an_outage
     [tick] = json.loads(listed.stdout)["schedules"]
     assert tick["last_fire"]["scheduled_for"] == "2026-12-04T09:03:00.000000Z"
     assert tick["scheduler"]["state"] == "ENABLED" and tick["scheduler"]["status_code"] == 0
+
+
+def test_a_bad_schedules_file_is_one_line_and_exit_2(tmp_path: Any) -> None:
+    bad = tmp_path / "schedules.yaml"
+    bad.write_text("schedules:\n  nightly: {cron: '0 25 * * *', job: {type: echo}}\n")
+    env = {**os.environ, "SCHEDULES_FILE": str(bad), "CLOUDJOBS_DATA_DIR": str(tmp_path / "none"),
+           "CLOUD_TASKS_EMULATOR_HOST": "127.0.0.1:9"}
+    done = run_cli(env, "schedules", "sync")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"cloudjobs: {bad}: nightly.cron: '0 25 * * *' is not valid cron"), line
+    bad.write_text("schedules:\n  nightly: {cron: '0 2 * * *', job: {type: nope}}\n")
+    done = run_cli(env, "schedules", "sync")
+    assert done.returncode == 2 and "nightly.job.type: unknown job type 'nope'" in done.stderr
+    done = run_cli(env, "schedules", "run", "a/b")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "not a schedule name" in done.stderr

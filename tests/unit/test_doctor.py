@@ -159,3 +159,21 @@ def test_capacity_warns_when_the_queues_dispatch_more_than_the_service_runs() ->
 
     [bad] = check_capacity(config, queues, {"MAX_INSTANCES": "many"})
     assert bad.status == "fail" and "MAX_INSTANCES" in bad.detail
+
+
+def test_the_doctor_checks_schedules_as_the_app_does_at_start(tmp_path) -> None:
+    from api.cli.doctor import check_schedules
+    from tests.conftest import ROOT
+
+    base = Config(queues_file=ROOT / "tests" / "queues.yaml", demo_job_types=True)
+    [none] = check_schedules(base.replace(schedules_file=tmp_path / "absent.yaml"))
+    assert none.status == "ok" and "none" in none.detail
+    [good] = check_schedules(base.replace(schedules_file=ROOT / "tests" / "schedules.yaml"))
+    assert good.status == "ok" and "nightly" in good.detail and "uploads" in good.detail
+    bad = tmp_path / "schedules.yaml"
+    bad.write_text("schedules:\n  s: {cron: '* * * * *', job: {type: echo, queue: nowhere}}\n")
+    [found] = check_schedules(base.replace(schedules_file=bad))
+    assert found.status == "fail" and "s.job.queue: unknown queue 'nowhere'" in found.detail
+    bad.write_text("schedules:\n  s: {cron: '* * * * *', time_zone: Nowhere/City, job: {type: echo}}\n")
+    [found] = check_schedules(base.replace(schedules_file=bad))
+    assert found.status == "fail" and "s.time_zone" in found.detail and found.fix
