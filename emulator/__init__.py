@@ -7,7 +7,8 @@
 It dispatches HTTP and App Engine tasks with Cloud Tasks' headers, honours rate limits,
 retry config, dispatch deadlines, schedule times and task-name de-duplication, and signs
 OIDC tokens that ``google.oauth2.id_token.verify_token(..., certs_url=emu.certs_url)``
-accepts. For development and tests only: the app never imports it.
+accepts. On the same port it serves Cloud Scheduler v1 (emulator/scheduler.py): jobs fired on
+their cron in their time zone. For development and tests only: the app never imports it.
 """
 
 from __future__ import annotations

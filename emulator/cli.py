@@ -24,7 +24,7 @@ def parser() -> argparse.ArgumentParser:
     """The argument parser (shared with ``cloudjobs emulator``)."""
     p = argparse.ArgumentParser(
         prog="cloudjobs emulator",
-        description="Run a local Cloud Tasks v2 emulator (gRPC) until Ctrl-C.",
+        description="Run a local Cloud Tasks v2 and Cloud Scheduler v1 emulator (gRPC, one port) until Ctrl-C.",
     )
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: {exc}", flush=True)
         return 1
-    print(f"Cloud Tasks emulator (gRPC) listening on {emu.address}\n"
+    print(f"Cloud Tasks (and Cloud Scheduler) emulator (gRPC) listening on {emu.address}\n"
           f"OIDC certs: {emu.certs_url} (JWKS: {emu.jwks_url})\n"
           f"App Engine tasks go to {emu.app_engine_host}\n"
           "\n"

@@ -43,6 +43,14 @@ class RealClock:
         finally:
             handle.cancel()
 
+    async def sleep_until(self, when: float) -> None:
+        """Until the wall clock reads `when`."""
+        await self.sleep(max(when - self.time(), 0.0))
+
+    async def wait_until(self, event: asyncio.Event, when: float) -> None:
+        """Until `event` is set or the wall clock reads `when`, whichever comes first."""
+        await self.wait(event, max(when - self.time(), 0.0))
+
     async def within(self, seconds: float, work: Awaitable[T]) -> T:
         """`work`'s result, or TimeoutError once `seconds` have passed (and `work` cancelled)."""
         async with asyncio.timeout(seconds):
@@ -84,21 +92,34 @@ class ManualClock(RealClock):
 
     async def sleep(self, seconds: float) -> None:
         """Until the clock has been advanced by `seconds`."""
+        with self._lock:
+            due = self.monotonic() + seconds
+        await self._sleep_until(due)
+
+    async def wait(self, event: asyncio.Event, seconds: float) -> None:
+        await _first(event.wait(), self.sleep(seconds))
+
+    async def wait_until(self, event: asyncio.Event, when: float) -> None:
+        # The deadline is fixed under the lock, so an advance() made between the caller's
+        # reading of the time and this wait still wakes it.
+        await _first(event.wait(), self._sleep_until(self._mono0 + (when - self._wall0)))
+
+    async def sleep_until(self, when: float) -> None:
+        await self._sleep_until(self._mono0 + (when - self._wall0))
+
+    async def _sleep_until(self, due: float) -> None:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
-            if seconds <= 0:
+            if due <= self.monotonic():
                 future.set_result(None)
             else:
-                self._sleepers.append((self.monotonic() + seconds, future, loop))
+                self._sleepers.append((due, future, loop))
         try:
             await future
         finally:
             with self._lock:
                 self._sleepers = [s for s in self._sleepers if s[1] is not future]
-
-    async def wait(self, event: asyncio.Event, seconds: float) -> None:
-        await _first(event.wait(), self.sleep(seconds))
 
     async def within(self, seconds: float, work: Awaitable[T]) -> T:
         job = asyncio.ensure_future(work)

@@ -107,7 +107,7 @@ class Emulator:
             self.stop()
             raise
         self._started = True
-        logger.info("Cloud Tasks emulator on %s, certs at %s", self.address, self.certs_url)
+        logger.info("Cloud Tasks emulator on %s (Cloud Scheduler too), certs at %s", self.address, self.certs_url)
         return self
 
     def _start_grpc(self) -> None:

@@ -273,7 +273,7 @@ class SchedulerState:
         return out
 
     def take_due(self) -> tuple[list[tuple[str, float]], float | None]:
-        """The fires due now (each job's next fire moves on), and seconds until the next one."""
+        """The fires due now (each job's next fire moves on), and when the next one is due."""
         now = self.clock.time()
         due = []
         with self.lock:
@@ -281,8 +281,8 @@ class SchedulerState:
                 if rec.next_fire is not None and rec.next_fire <= now:
                     due.append((name, rec.next_fire))
                     rec.next_fire = next_fire(rec.pb, max(now, rec.next_fire))
-            waits = [rec.next_fire - now for rec in self.jobs.values() if rec.next_fire is not None]
-        return due, (max(min(waits), 0.0) if waits else None)
+            upcoming = [rec.next_fire for rec in self.jobs.values() if rec.next_fire is not None]
+        return due, (min(upcoming) if upcoming else None)
 
     def record_attempt(self, name: str, started: float, code: int, message: str) -> None:
         """Keep last_attempt_time and status of a job (still there) after an attempt."""
@@ -359,15 +359,13 @@ class SchedulerDispatcher:
         assert self.event is not None
         while True:
             self.event.clear()
-            due, wait = self.state.take_due()
+            due, next_due = self.state.take_due()
             for name, ts in due:
                 self._launch(name, ts)
-            if wait is None:
+            if next_due is None:
                 await self.event.wait()
-            elif wait > 0:
-                await self.clock.wait(self.event, wait)
             else:
-                await asyncio.sleep(0)
+                await self.clock.wait_until(self.event, next_due)
 
     def _launch(self, name: str, schedule_ts: float) -> None:
         task = asyncio.create_task(self._fire(name, schedule_ts))
@@ -384,6 +382,7 @@ class SchedulerDispatcher:
                 return  # deleted meanwhile
             started = self.clock.time()
             code, message = await self._attempt(job, schedule_ts)
+            ended = self.clock.time()  # the backoff counts from here, before anyone sees the status
             self.state.record_attempt(name, started, code, message)
             logger.info("scheduler fire job=%s schedule_time=%s retry=%d code=%d",
                         name.rsplit("/", 1)[-1], rfc3339(schedule_ts), retries, code)
@@ -395,7 +394,7 @@ class SchedulerDispatcher:
             if retries >= r.retry_count and (limit <= 0 or elapsed >= limit):
                 return
             retries += 1
-            await self.clock.sleep(backoff_s(r, retries))
+            await self.clock.sleep_until(ended + backoff_s(r, retries))
 
     async def _attempt(self, job: Any, schedule_ts: float) -> tuple[int, str]:
         """Send one attempt; (google.rpc code, message): 0 for a 2xx."""
@@ -463,7 +462,8 @@ class CloudSchedulerService:
                             S.CreateJobRequest, job),
             "UpdateJob": pp(self.update_job, S.UpdateJobRequest, job),
             "DeleteJob": grpc.unary_unary_rpc_method_handler(
-                _answer(lambda r, c: self.state.delete_job(r.name)), request_deserializer=S.DeleteJobRequest.deserialize,
+                _answer(lambda r, c: self.state.delete_job(r.name)),
+                request_deserializer=S.DeleteJobRequest.deserialize,
                 response_serializer=empty_pb2.Empty.SerializeToString),
             "PauseJob": pp(lambda r, c: job.wrap(self.state.pause_job(r.name)), S.PauseJobRequest, job),
             "ResumeJob": pp(lambda r, c: job.wrap(self.state.resume_job(r.name)), S.ResumeJobRequest, job),

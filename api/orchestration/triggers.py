@@ -112,7 +112,8 @@ def fire_schedule(state: AppState, name: str, scheduled_for: datetime) -> Fire:
             try:  # best effort: a task left behind finds the job CANCELLED and is acknowledged
                 state.tasks.delete_task(c.task_name)
             except gexc.GoogleAPIError as e:
-                logger.warning("could not delete a cancelled job's task", extra={"job_id": str(c.id), "error": type(e).__name__})
+                logger.warning("could not delete a cancelled job's task",
+                               extra={"job_id": str(c.id), "error": type(e).__name__})
     return Fire("created", False, scheduled_for, lifecycle.enqueue_ready(state, [row])[0], previous)
 
 
@@ -129,7 +130,8 @@ class Pushed:
 def parse_envelope(body: Any) -> tuple[str, str, dict[str, Any]]:
     """(subscription, messageId, message) of a Pub/Sub push envelope; 400 naming the field."""
     if not isinstance(body, dict):
-        raise InvalidRequest("a Pub/Sub push envelope is a JSON object", errors=[{"field": "", "message": "not an object"}])
+        raise InvalidRequest("a Pub/Sub push envelope is a JSON object",
+                             errors=[{"field": "", "message": "not an object"}])
     message, subscription = body.get("message"), body.get("subscription")
     if not isinstance(message, dict):
         raise InvalidRequest("the envelope has no message", errors=[{"field": "message", "message": "an object"}])
@@ -138,10 +140,12 @@ def parse_envelope(body: Any) -> tuple[str, str, dict[str, Any]]:
                              errors=[{"field": "subscription", "message": "projects/P/subscriptions/S"}])
     message_id = message.get("messageId", message.get("message_id"))
     if not isinstance(message_id, str) or not 1 <= len(message_id) <= 256:
-        raise InvalidRequest("the message has no messageId", errors=[{"field": "message.messageId", "message": "1 to 256 characters"}])
+        raise InvalidRequest("the message has no messageId",
+                             errors=[{"field": "message.messageId", "message": "1 to 256 characters"}])
     data = message.get("data", "")
     if not isinstance(data, str):
-        raise InvalidRequest("message.data must be base64 text", errors=[{"field": "message.data", "message": "base64"}])
+        raise InvalidRequest("message.data must be base64 text",
+                             errors=[{"field": "message.data", "message": "base64"}])
     attributes = message.get("attributes") or {}
     if not isinstance(attributes, dict) or not all(isinstance(v, str) for v in attributes.values()):
         raise InvalidRequest("message.attributes must map names to strings",
@@ -203,7 +207,8 @@ def _reject(state: AppState, subscription: str, message_id: str, trigger: str | 
                                        reason=reason, errors=errors)
     if first:
         logger.warning("pushed message acknowledged without a job",
-                       extra={"subscription": subscription, "message_id": message_id, "trigger": trigger, "reason": reason})
+                       extra={"subscription": subscription, "message_id": message_id, "trigger": trigger,
+                              "reason": reason})
     return Pushed(rejected=reason, errors=errors)
 
 

@@ -69,7 +69,8 @@ class Job(BaseModel):
     workflow_id: uuid.UUID | None = Field(default=None, description="The workflow it is a step of.")
     step: str | None = Field(default=None, description="Its step name in that workflow.")
     schedule: str | None = Field(default=None, description="The schedule whose fire created it.")
-    scheduled_for: datetime | None = Field(default=None, description="That fire's time (X-CloudScheduler-ScheduleTime).")
+    scheduled_for: datetime | None = Field(default=None,
+                                           description="That fire's time (X-CloudScheduler-ScheduleTime).")
     trigger: str | None = Field(default=None, description="The Pub/Sub trigger whose message created it.")
     message_id: str | None = Field(default=None, description="That message's messageId.")
 
@@ -172,7 +173,8 @@ class ScheduleFire(BaseModel):
     outcome: Literal["created", "skipped"] = Field(description="skipped: overlap `skip` found a job still active.")
     job_id: uuid.UUID | None = None
     job_state: State | None = None
-    previous_job_id: uuid.UUID | None = Field(default=None, description="The active job that made it skip, or that it cancelled.")
+    previous_job_id: uuid.UUID | None = Field(default=None,
+                                              description="The active job that made it skip, or that it cancelled.")
     fired_time: datetime
 
 

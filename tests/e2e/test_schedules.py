@@ -74,6 +74,20 @@ def wait_jobs(url: str, n: int, timeout: float = 20.0) -> list[dict[str, Any]]:
         time.sleep(0.05)
 
 
+def wait_attempt(emu: Emulator, at: str, timeout: float = 20.0) -> None:
+    """Until the emulator's Cloud Scheduler has recorded an attempt started at `at` (HH:MM:SS):
+    a retry's backoff counts from the attempt's end, so time may only move on after it."""
+    name = "projects/e2e-sched/locations/us-central1/jobs/cloudjobs-schedule-tick"
+    deadline = time.monotonic() + timeout
+    while True:
+        job = emu.scheduler.snapshot(name)
+        if job is not None and job.HasField("last_attempt_time") and \
+                job.last_attempt_time.ToDatetime().strftime("%H:%M:%S") == at:
+            return
+        assert time.monotonic() < deadline, f"no attempt at {at}"
+        time.sleep(0.02)
+
+
 def test_a_schedule_fires_its_job_once_per_minute_and_catches_up_after_an_outage(scheduled: dict[str, Any]) -> None:
     env, url, clock = scheduled["env"], scheduled["url"], scheduled["clock"]
     synced = run_cli(env, "schedules", "sync")
@@ -83,19 +97,20 @@ def test_a_schedule_fires_its_job_once_per_minute_and_catches_up_after_an_outage
     [first] = wait_jobs(url, 1)
     assert (first["state"], first["scheduled_for"], first["result"]) == ("COMPLETED", "2026-12-04T09:01:00.000000Z",
                                                                         {"tick": True})
+    emu = scheduled["emu"]
     stop(scheduled["proc"])  # the app is down for the next fire and its first retries
     clock.advance(60)  # 09:02:00: refused
-    time.sleep(0.3)
+    wait_attempt(emu, "09:02:00")
     clock.advance(10)  # the first retry, 10 s on: refused
-    time.sleep(0.3)
+    wait_attempt(emu, "09:02:10")
     clock.advance(20)  # the second, 20 s on: refused
-    time.sleep(0.3)
+    wait_attempt(emu, "09:02:30")
     status = run_cli(env, "schedules", "list")  # the API is down too: the command says so in a line
     assert status.returncode == 1 and "Traceback" not in status.stderr
     scheduled["proc"] = start_gunicorn(env, scheduled["port"], workers=1)
     wait_healthy(url, scheduled["proc"])
     clock.advance(30)  # 09:03:00: the next fire, with the app back
-    time.sleep(0.3)
+    wait_attempt(emu, "09:03:00")
     clock.advance(10)  # 09:03:10: the third retry of 09:02:00 (40 s after the second) lands
     jobs = wait_jobs(url, 3)
     assert [j["scheduled_for"][11:19] for j in jobs] == ["09:01:00", "09:02:00", "09:03:00"]

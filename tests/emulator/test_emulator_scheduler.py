@@ -159,6 +159,8 @@ def test_a_failing_target_is_retried_with_the_jobs_backoff(clock: ManualClock, s
     assert len(target.on("/fire")) == 1  # the first retry waits min_backoff, 10 s
     clock.advance(1)
     target.wait_for(2, "/fire")
+    # The backoff counts from the attempt's end, recorded before its time shows.
+    wait_until(lambda: sched.get_job(name=job.name).last_attempt_time == datetime(2026, 10, 23, 8, 0, 11, tzinfo=UTC))
     clock.advance(19)
     assert len(target.on("/fire")) == 2  # then 20 s
     clock.advance(1)
@@ -169,11 +171,12 @@ def test_a_failing_target_is_retried_with_the_jobs_backoff(clock: ManualClock, s
 
 def test_retries_stop_at_retry_count(clock: ManualClock, sched: scheduler_v1.CloudSchedulerClient, target: Target) -> None:
     target.respond = lambda request, n: 500
-    sched.create_job(parent=LOCATION, job=http_job(
+    job = sched.create_job(parent=LOCATION, job=http_job(
         target, "broken", cron="0 * * * *",
         retry_config=scheduler_v1.RetryConfig(retry_count=1, min_backoff_duration={"seconds": 5})))
     clock.advance(91)
     target.wait_for(1, "/fire")
+    wait_until(lambda: sched.get_job(name=job.name).status.code == 13)  # INTERNAL, as HTTP 500
     clock.advance(5)
     target.wait_for(2, "/fire")
     clock.advance(600)

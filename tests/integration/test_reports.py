@@ -281,3 +281,23 @@ def test_workflows_are_in_the_reporting_schema_with_their_durations(make_app: Ca
     assert tuple(row) == ("nightly", "COMPLETED", 3, 0, True, True, True)
     rows = _as_reporting_role(db, "SELECT step, workflow_id::text FROM reporting.job_history ORDER BY step")
     assert [tuple(r) for r in rows] == [("a", wf["id"]), ("b", wf["id"]), ("c", wf["id"])]
+
+
+def test_schedule_and_trigger_jobs_are_told_apart_in_the_reporting_schema(
+        make_app: Callable[..., Flask], db: Engine) -> None:
+    import base64
+
+    from tests.conftest import ROOT
+
+    client = make_app(handler_auth="none", schedules_file=ROOT / "tests" / "schedules.yaml").test_client()
+    fired = client.post("/handlers/schedule", data=json.dumps({"schedule": "nightly"}), content_type="application/json",
+                        headers={"X-CloudScheduler-ScheduleTime": "2026-12-04T01:00:00Z"}).get_json()
+    pushed = client.post("/handlers/pubsub", content_type="application/json", data=json.dumps({
+        "message": {"messageId": "m-1", "data": base64.b64encode(b'{"k": 1}').decode()},
+        "subscription": "projects/p/subscriptions/uploads-push"})).get_json()
+    rows = _as_reporting_role(db, "SELECT id::text, schedule, scheduled_for, trigger, message_id "
+                                  "FROM reporting.job_history ORDER BY schedule NULLS LAST")
+    assert [(r[0], r[1], r[2].isoformat() if r[2] else None, r[3], r[4]) for r in rows] == [
+        (fired["job"]["id"], "nightly", "2026-12-04T01:00:00+00:00", None, None),
+        (pushed["job"]["id"], None, None, "uploads", "m-1"),
+    ]
