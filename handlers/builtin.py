@@ -55,7 +55,7 @@ def worktime(payload: SleepPayload, ctx: JobContext) -> dict[str, Any]:
     return sleep(payload, ctx)
 
 
-@job("echo")
+@job("echo", timeout_s=10)  # instant: a short timeout lets many share a task (jobs_per_task)
 def echo(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     """Return the payload unchanged."""
     return payload
@@ -68,7 +68,7 @@ class FlakyPayload(BaseModel):
     failures: int = Field(ge=0, le=1000)
 
 
-@job("flaky", schema=FlakyPayload)
+@job("flaky", schema=FlakyPayload, timeout_s=10)
 def flaky(payload: FlakyPayload, ctx: JobContext) -> dict[str, Any]:
     """Fail the first `failures` attempts, then succeed."""
     if ctx.attempt <= payload.failures:

@@ -46,6 +46,9 @@ class JobType:
     timeout_s: int = 300
     max_attempts: int | None = None
     queue: str | None = None
+    # At most this many jobs of this type share one Cloud Task (the queue's jobs_per_task
+    # caps it too); None: the queue decides. 1 for jobs that must have a task each.
+    jobs_per_task: int | None = None
 
     def parse(self, payload: dict[str, Any]) -> Any:
         """The payload as the function receives it: validated by its schema, if any."""
@@ -68,11 +71,14 @@ class Registry:
         timeout_s: int = 300,
         max_attempts: int | None = None,
         queue: str | None = None,
+        jobs_per_task: int | None = None,
     ) -> Callable[[JobFunction], JobFunction]:
         """Register the decorated function as the job type `name`."""
+        if jobs_per_task is not None and jobs_per_task < 1:
+            raise ValueError(f"job type {name!r}: jobs_per_task must be at least 1")
 
         def register(fn: JobFunction) -> JobFunction:
-            self.types[name] = JobType(name, fn, schema, timeout_s, max_attempts, queue)
+            self.types[name] = JobType(name, fn, schema, timeout_s, max_attempts, queue, jobs_per_task)
             return fn
 
         return register

@@ -91,3 +91,9 @@ def bad_step(payload: dict[str, Any], ctx: JobContext) -> Any:
     if payload.get("big"):
         return ctx.step("big", lambda: "x" * int(payload["big"]))
     return ctx.step("set", lambda: {1, 2})
+
+
+@job("alone", timeout_s=10, jobs_per_task=1)
+def alone(payload: dict[str, Any], ctx: JobContext) -> Any:
+    """A type whose jobs must each have a task of their own, whatever the queue allows."""
+    return payload

@@ -13,6 +13,8 @@ import yaml
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 _QUEUE_ID = re.compile(r"^[A-Za-z0-9-]{1,100}$")
+# A task's body names its jobs: 500 ids are about 20 kB, far within a task's 1 MB.
+MAX_JOBS_PER_TASK = 500
 
 
 class QueuesInvalid(Exception):
@@ -64,6 +66,8 @@ class QueueSpec:
     retry: RetryConfig = field(default_factory=RetryConfig)
     dispatch_deadline: float = 600.0  # seconds; Cloud Tasks allows 15 s to 30 min
     types: tuple[str, ...] = ()
+    # Jobs one Cloud Task may carry (run one after another by one /handlers/run); 1: a task each.
+    jobs_per_task: int = 1
 
     def attempts_exhausted(self, retry_count: int, first_attempt_age: float | None) -> bool:
         """Whether Cloud Tasks gives up after the attempt that has `retry_count` retries before it.
@@ -142,7 +146,10 @@ def _parse_queue(name: str, body: dict[str, Any], source: str) -> QueueSpec:
         ),
         dispatch_deadline=deadline,
         types=tuple(str(t) for t in body.get("types") or ()),
+        jobs_per_task=int(body.get("jobs_per_task", 1)),
     )
+    if not 1 <= spec.jobs_per_task <= MAX_JOBS_PER_TASK:
+        raise QueuesInvalid(f"{source}: {name}.jobs_per_task must be 1 to {MAX_JOBS_PER_TASK}")
     if spec.retry.max_attempts == 0 or spec.retry.max_attempts < -1:
         raise QueuesInvalid(f"{source}: {name}.retry_config.max_attempts must be -1 or >= 1")
     return spec

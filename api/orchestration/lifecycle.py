@@ -8,7 +8,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +17,8 @@ from pydantic import ValidationError
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError
 
-from api.cloud.tasks import build_task, task_id_for, task_path
+from api.cloud.queues import MAX_JOBS_PER_TASK
+from api.cloud.tasks import build_task, is_shared, shared_task_id, task_id_for, task_path
 from api.errors import IdempotencyKeyReused, InvalidRequest, JobStateConflict, ValidationFailed
 from api.observability import traces as observability
 from api.orchestration.requests import CreateJob
@@ -326,6 +327,7 @@ def create_jobs(
         parents: dict[uuid.UUID, str] = {}
         if any(j.depends_on for j in new):
             new, parents = with_dependencies(conn, new, owner=owner, field="jobs[{k}].depends_on")
+        new = share_tasks(state, new)
         rows = store.insert_jobs(conn, new)
         if parents:
             insert_edges(conn, rows, new, parents)
@@ -359,7 +361,8 @@ def cancel_job(state: AppState, job_id: uuid.UUID, *, scope: str | None) -> Row[
             return current  # already cancelled, or cancellation already requested
     if released:
         continue_released(state, released)
-    if row.state == "CANCELLED" and row.waiting_on == 0:  # a WAITING job had no task
+    # A WAITING job had no task; a shared task carries other jobs, and finds this one CANCELLED.
+    if row.state == "CANCELLED" and row.waiting_on == 0 and not is_shared(row.task_name):
         # Best effort: a task left behind finds the job CANCELLED and is acknowledged.
         try:
             state.tasks.delete_task(row.task_name)
@@ -443,8 +446,9 @@ def _drain_backlog(state: AppState) -> None:
     def drain() -> None:
         try:
             while True:
-                with state.engine.connect() as conn:
-                    rows = store.stale_created(conn, older_than_s=0, limit=state.config.sweep_batch)
+                with state.engine.begin() as conn:
+                    rows = store.unshare(conn, store.stale_created(conn, older_than_s=0,
+                                                                   limit=state.config.sweep_batch))
                 if not rows:
                     return
                 after = enqueue(state, rows)
@@ -459,18 +463,25 @@ def _drain_backlog(state: AppState) -> None:
 
 
 def _create_tasks(state: AppState, queue: str, rows: list[Row[Any]]) -> list[uuid.UUID]:
+    """Create the tasks of these rows (one per task name: a shared task carries its jobs in
+    one body); the ids of the jobs whose task now exists."""
     now = datetime.now(UTC)
+    by_name: dict[str, list[Row[Any]]] = {}
+    for row in rows:
+        by_name.setdefault(row.task_name, []).append(row)
+    members = list(by_name.values())
+    headers = observability.trace_headers()  # the attempt logs under the creator's trace
     tasks = [
         build_task(
-            job_id=row.id,
-            task_name=row.task_name,
+            job_id=[r.id for r in group] if len(group) > 1 else group[0].id,
+            task_name=group[0].task_name,
             config=state.config,
-            spec=state.queues[row.queue],
-            timeout_s=row.timeout_s,
-            schedule_time=row.scheduled_time if row.scheduled_time > now else None,
-            headers=observability.trace_headers(),  # the attempt logs under the creator's trace
+            spec=state.queues[group[0].queue],
+            timeout_s=sum(r.timeout_s for r in group),
+            schedule_time=group[0].scheduled_time if group[0].scheduled_time > now else None,
+            headers=headers,
         )
-        for row in rows
+        for group in members
     ]
     if len(tasks) > 1:
         try:
@@ -485,20 +496,65 @@ def _create_tasks(state: AppState, queue: str, rows: list[Row[Any]]) -> list[uui
             # and a task that exists counts as enqueued.
             logger.info("batch enqueue fell back to one by one", extra={"error": type(e).__name__})
     done = []
-    for row, task in zip(rows, tasks, strict=True):
+    for group, task in zip(members, tasks, strict=True):
         try:
             state.tasks.create_task(task, queue=queue)  # ALREADY_EXISTS counts as enqueued
         except gexc.GoogleAPIError as e:
             # Not lost: the row is committed as CREATED and the sweeper enqueues it later.
             logger.warning(
                 "enqueue failed, job stays CREATED for the sweeper",
-                extra={"job_id": str(row.id), "error": type(e).__name__},
+                extra={"job_id": str(group[0].id), "jobs": len(group), "error": type(e).__name__},
             )
             if isinstance(e, gexc.ServiceUnavailable):
                 break  # the rest would fail the same way, each after its own retries
             continue
-        done.append(row.id)
+        done += [r.id for r in group]
     return done
+
+
+def share_tasks(state: AppState, new: list[store.NewJob]) -> list[store.NewJob]:
+    """Jobs of a batch grouped into shared tasks where their queue allows (queues.yaml's
+    `jobs_per_task`, capped by each type's): jobs of one queue and one schedule time, as many
+    as both limits allow and as long as their timeouts, run one after another, fit the queue's
+    dispatch deadline. Jobs that wait for others keep a task of their own."""
+    open_groups: dict[tuple[str, Any], _Group] = {}
+    groups: list[_Group] = []
+    for i, j in enumerate(new):
+        spec = state.queues[j.queue]
+        jt = state.registry.types.get(j.type)
+        limit = min(spec.jobs_per_task, jt.jobs_per_task or spec.jobs_per_task) if jt else spec.jobs_per_task
+        if j.state is not None or limit <= 1:
+            continue
+        deadline = min(spec.dispatch_deadline, 1800) - TASK_HEADROOM_S
+        group = open_groups.get((j.queue, j.scheduled_time))
+        if group is None or len(group.members) >= min(group.limit, limit) or group.seconds + j.timeout_s > deadline:
+            group = open_groups[(j.queue, j.scheduled_time)] = _Group()
+            groups.append(group)
+        group.members.append(i)
+        group.limit = min(group.limit, limit)
+        group.seconds += j.timeout_s
+    out = list(new)
+    for group in groups:
+        if len(group.members) < 2:
+            continue
+        first = new[group.members[0]]
+        name = task_path(state.config, first.queue, shared_task_id(first.id))
+        for i in group.members:
+            out[i] = replace(out[i], task_name=name)
+    return out
+
+
+@dataclass
+class _Group:
+    """Jobs of a batch bound for one shared task."""
+
+    members: list[int] = field(default_factory=list)
+    limit: int = MAX_JOBS_PER_TASK
+    seconds: int = 0  # their timeouts, summed
+
+
+# A task's deadline leaves this much beyond its jobs' timeouts for the handler to record them.
+TASK_HEADROOM_S = 15
 
 
 def continue_released(state: AppState, released: Sequence[Any]) -> None:

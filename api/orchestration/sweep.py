@@ -43,8 +43,9 @@ def sweep(state: AppState) -> SweepReport:
     """One pass over the live jobs that need help."""
     cfg = state.config
     report = SweepReport()
-    with state.engine.connect() as conn:
-        created = store.stale_created(conn, older_than_s=cfg.sweep_created_after_s, limit=cfg.sweep_batch)
+    with state.engine.begin() as conn:
+        created = store.unshare(conn, store.stale_created(conn, older_than_s=cfg.sweep_created_after_s,
+                                                          limit=cfg.sweep_batch))
     if created:
         after = jobs_service.enqueue(state, created)
         report.enqueued = sum(1 for r in after if r.state != "CREATED")

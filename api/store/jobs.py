@@ -208,7 +208,7 @@ _CLAIM = sa.text(
         -- an index by state instead, through the entries of every job that left RUNNING
         -- since the last vacuum (thousands, under load), on each claim.
         SELECT id, state, lease_expires_time, lease_holder, attempts, attempts_base, max_attempts,
-               attempt_started_time, task_name, type, queue, owner
+               attempt_started_time, task_name, type, queue, owner, timeout_s
         FROM jobs
         WHERE id = ANY(CAST(:ids AS uuid[]))
         -- No FOR UPDATE: the UPDATE below locks and re-checks the row, and a row this
@@ -225,7 +225,9 @@ _CLAIM = sa.text(
             attempts = attempts + 1,
             started_time = coalesce(started_time, now()),
             attempt_started_time = now(),
-            lease_expires_time = now() + make_interval(secs => timeout_s + :margin),
+            -- The jobs of one delivery run one after another: each holds its lease for as long
+            -- as all of them may take (a task of its own: its own timeout).
+            lease_expires_time = now() + make_interval(secs => (SELECT sum(timeout_s) FROM named) + :margin),
             lease_holder = :holder,
             next_attempt_time = NULL,
             updated_time = now()
@@ -565,7 +567,7 @@ _RETRY = sa.text(
         state = 'CREATED',
         run = run + 1,
         attempts_base = attempts,
-        task_name = regexp_replace(task_name, '-[0-9]+$', '-' || (run + 1)),
+        task_name = regexp_replace(task_name, '/tasks/.*$', '/tasks/job-' || replace(id::text, '-', '') || '-' || (run + 1)),
         result = NULL,
         error = NULL,
         done_time = NULL,
@@ -586,6 +588,24 @@ _RETRY = sa.text(
 def retry_job(conn: Connection, job_id: uuid.UUID, *, owner: str | None = None) -> Row[Any] | None:
     """FAILED/CANCELLED → CREATED as a new run: a new task name, a fresh attempt budget."""
     return conn.execute(_RETRY, {"id": job_id, "owner": owner}).first()
+
+
+def unshare(conn: Connection, rows: Sequence[Row[Any]]) -> list[Row[Any]]:
+    """CREATED jobs of a shared task whose creation failed, each given its own task name
+    (job-<id>-<run>) before the sweeper sends it: a shared task's other jobs may be missing
+    from the rows at hand, and a task created for part of them under the shared name would
+    leave the rest to be taken for enqueued (ALREADY_EXISTS). The rows as they are now."""
+    shared = [r.id for r in rows if "/tasks/jobs-" in r.task_name]
+    if not shared:
+        return list(rows)
+    moved = {r.id: r for r in conn.execute(sa.text(
+        """
+        UPDATE jobs SET task_name = regexp_replace(task_name, '/tasks/.*$',
+                                                   '/tasks/job-' || replace(id::text, '-', '') || '-' || run)
+        WHERE id = ANY(CAST(:ids AS uuid[])) AND state = 'CREATED'
+        RETURNING *
+        """), {"ids": [str(i) for i in shared]})}
+    return [moved.get(r.id, r) for r in rows if r.id not in shared or r.id in moved]
 
 
 def stale_created(conn: Connection, *, older_than_s: int, limit: int) -> list[Row[Any]]:
@@ -630,7 +650,7 @@ _ABANDON = sa.text(
             state = CASE WHEN :requeue THEN 'CREATED' ELSE 'FAILED' END,
             run = CASE WHEN :requeue THEN run + 1 ELSE run END,
             task_name = CASE WHEN :requeue
-                             THEN regexp_replace(task_name, '-[0-9]+$', '-' || (run + 1))
+                             THEN regexp_replace(task_name, '/tasks/.*$', '/tasks/job-' || replace(id::text, '-', '') || '-' || (run + 1))
                              ELSE task_name END,
             error = CAST(:error AS jsonb),
             done_time = CASE WHEN :requeue THEN NULL ELSE now() END,

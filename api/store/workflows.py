@@ -119,7 +119,7 @@ _RETRY = sa.text(
         waiting_on = coalesce(w.n, 0),
         run = j.run + 1,
         attempts_base = j.attempts,
-        task_name = regexp_replace(j.task_name, '-[0-9]+$', '-' || (j.run + 1)),
+        task_name = regexp_replace(j.task_name, '/tasks/.*$', '/tasks/job-' || replace(j.id::text, '-', '') || '-' || (j.run + 1)),
         result = NULL, error = NULL, done_time = NULL, progress = NULL,
         cancel_requested = false, lease_expires_time = NULL, next_attempt_time = NULL,
         started_time = NULL, scheduled_time = now(), updated_time = now()
