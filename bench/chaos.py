@@ -10,6 +10,9 @@ to the app, then writable again without dropping them) and a restart — a real 
 restart, fast or immediate, when the run has its own embedded server (`--database-url ''`),
 else every connection to the run's database terminated (a shared server is not restarted).
 
+Half the jobs are created in batches, up to 10 to a Cloud Task (chaos.queues.yaml's
+`jobs_per_task`); duplicates are delivered of single jobs and of shared tasks alike.
+
 At the end every job must be terminal, each terminal transition must have happened exactly
 once, every attempt a claim started must have exactly one attempt row, and nothing may be
 stuck. Workflows (diamonds and fan-ins of 200, duplicates delivered to their steps too) add:
@@ -124,6 +127,7 @@ class Chaos:
         self.duplicates = 0
         self.sweeps = 0
         self.trigger_deliveries = 0
+        self.shared_duplicates = 0
         self.stop = threading.Event()
 
     def submit(self, bodies: list[dict[str, Any]]) -> list[str]:
@@ -197,23 +201,31 @@ class Chaos:
         self.trigger_deliveries = len(deliveries)
         return ids, {"fires": fires * len(CHAOS_SCHEDULES), "messages": messages}
 
-    def duplicate(self, ids: list[str]) -> None:
-        """Deliver some jobs twice: a second task with the same body, as at-least-once may."""
+    def duplicate(self, ids: list[str], engine: sa.Engine) -> None:
+        """Deliver some jobs twice, and some shared tasks whole: a second task with the same
+        body, as at-least-once may."""
         client = make_client(self.stack.config)
         parent = queue_path(self.stack.config, "default")
-        for job_id in self.rng.sample(ids, int(len(ids) * self.dup_fraction)):
+        bodies = [{"job_id": job_id} for job_id in self.rng.sample(ids, int(len(ids) * self.dup_fraction))]
+        with engine.connect() as conn:
+            shared = conn.execute(sa.text(
+                "SELECT array_agg(id::text) FROM jobs WHERE task_name LIKE '%/tasks/jobs-%' GROUP BY task_name")
+            ).scalars().all()
+        bodies += [{"job_ids": group} for group in self.rng.sample(shared, int(len(shared) * self.dup_fraction * 3))]
+        for body in bodies:
             client.create_task(parent=parent, task=tasks_v2.Task(
                 name=f"{parent}/tasks/dup-{uuid.uuid4().hex}",
                 http_request=tasks_v2.HttpRequest(
                     http_method=tasks_v2.HttpMethod.POST,
                     url=f"{self.stack.url}/handlers/run",
                     headers={"Content-Type": "application/json"},
-                    body=json.dumps({"job_id": job_id}).encode(),
+                    body=json.dumps(body).encode(),
                     oidc_token=tasks_v2.OidcToken(service_account_email=self.stack.config.tasks_service_account,
                                                   audience=self.stack.config.audience),
                 ),
             ))
             self.duplicates += 1
+            self.shared_duplicates += "job_ids" in body
 
     def killer(self) -> None:
         """SIGKILL a random gunicorn worker now and then; the master starts another."""
@@ -378,9 +390,11 @@ def check(engine: sa.Engine, ids: list[str], expected: dict[str, int] | None = N
             conn.execute(sa.text("SELECT outcome, count(*) FROM job_attempts GROUP BY outcome")).all()
         )
         attempts = conn.execute(sa.text("SELECT count(*) FROM job_attempts")).scalar_one()
+        shared = conn.execute(sa.text(
+            "SELECT count(DISTINCT task_name), count(*) FROM jobs WHERE task_name LIKE '%/tasks/jobs-%'")).one()
         fire_outcomes: dict[str, int] = dict(
             conn.execute(sa.text("SELECT outcome, count(*) FROM schedule_fires GROUP BY outcome")).all())
-    tally = {"schedule_fires": fire_outcomes, "jobs": total, "states": states, "attempt_rows": attempts, "attempt_outcomes": outcomes,
+    tally = {"schedule_fires": fire_outcomes, "shared_tasks": shared[0], "jobs_in_shared_tasks": shared[1], "jobs": total, "states": states, "attempt_rows": attempts, "attempt_outcomes": outcomes,
              "workflows": workflow_states, "dependents_released": released}
     return tally, violations
 
@@ -446,7 +460,7 @@ def _run(args: argparse.Namespace, seed: int, server: Any) -> int:
             workflow_ids, step_ids = chaos.submit_workflows(workflow_mix(rng, args.workflows, args.fan_in))
             ids += step_ids
             triggered, expected = chaos.fire_and_push(args.fires, args.messages)
-            chaos.duplicate(ids)
+            chaos.duplicate(ids, engine)
             ids += sorted(triggered)
             deadline = time.monotonic() + args.timeout
             while time.monotonic() < deadline:
@@ -467,7 +481,8 @@ def _run(args: argparse.Namespace, seed: int, server: Any) -> int:
             tally, violations = check(engine, ids, expected)
         engine.dispose()
     tally.update(seed=seed, workflows_submitted=len(workflow_ids), worker_kills=chaos.kills,
-                 duplicate_deliveries=chaos.duplicates, trigger_deliveries=chaos.trigger_deliveries,
+                 duplicate_deliveries=chaos.duplicates, shared_task_duplicates=chaos.shared_duplicates,
+                 trigger_deliveries=chaos.trigger_deliveries,
                  database_faults=chaos.db_faults, sweeps=chaos.sweeps, seconds=round(time.monotonic() - started, 1))
     print(json.dumps(tally, indent=2, sort_keys=True))
     for v in violations:
