@@ -150,6 +150,7 @@ def figures() -> dict[str, Figure]:
         Figure("cj.batch", "cloudjobs POST /v1/jobs:batchCreate ×500", "jobs/s"),
         Figure("cj.e2e.one", "cloudjobs end to end, one by one", "jobs/s", "ceiling"),
         Figure("cj.e2e.batch", "cloudjobs end to end, batches of 500", "jobs/s", "ceiling"),
+        Figure("cj.e2e.shared", "cloudjobs end to end, batches of 500, 50 jobs a task", "jobs/s", "cj.e2e.batch"),
         Figure("cj.e2e.workflow", "cloudjobs workflow: fan-out and its fan-in", "jobs/s", "cj.e2e.batch"),
         Figure("peer.procrastinate.one", "Procrastinate, one by one", "jobs/s", "cj.e2e.one"),
         Figure("peer.procrastinate.batch", "Procrastinate, batched", "jobs/s", "cj.e2e.batch"),
@@ -173,6 +174,8 @@ TARGETS: list[tuple[str, str, str | None, float | None]] = [
     ("ahead of Procrastinate, batched", "cj.e2e.batch", "peer.procrastinate.batch", 1.0),
     ("ahead of Celery", "cj.e2e.one", "peer.celery.one", 1.0),
     ("ahead of Celery (batched cloudjobs)", "cj.e2e.batch", "peer.celery.one", 1.0),
+    ("shared tasks, batched ≥ 1.0× pgqueuer batched", "cj.e2e.shared", "peer.pgqueuer.batch", 1.0),
+    ("shared tasks, batched ahead of Procrastinate batched", "cj.e2e.shared", "peer.procrastinate.batch", 1.0),
     ("gap to pgqueuer, one by one (reported)", "cj.e2e.one", "peer.pgqueuer.one", None),
     ("gap to pgqueuer, batched (reported)", "cj.e2e.batch", "peer.pgqueuer.batch", None),
 ]
@@ -749,14 +752,10 @@ class Bench:
         if mode == "one":
             reqs, concurrency, cycle = [_post("/v1/jobs", ECHO)], SUBMIT_CONCURRENCY, True
         else:
+            # "shared": the same batches on a queue that puts 50 jobs in a Cloud Task
+            job = {"type": "echo", "payload": {}, **({"queue": "shared"} if mode == "shared" else {})}
             sizes = [min(BATCH, n - i) for i in range(0, n, BATCH)]
-            reqs = [
-                _post(
-                    "/v1/jobs:batchCreate",
-                    json.dumps({"jobs": [{"type": "echo", "payload": {}}] * k}),
-                )
-                for k in sizes
-            ]
+            reqs = [_post("/v1/jobs:batchCreate", json.dumps({"jobs": [job] * k})) for k in sizes]
             concurrency, cycle = 1, False
         with self.sampler.watching(key, self.stack.gunicorn.pid, self.cj_db) as reading:
             tally = run_loader(
@@ -867,6 +866,7 @@ class Bench:
         self.guarded("ceiling", self.ceiling)
         self.guarded("cj.e2e.one", lambda: self.e2e("one"))
         self.guarded("cj.e2e.batch", lambda: self.e2e("batch"))
+        self.guarded("cj.e2e.shared", lambda: self.e2e("shared"))
         self.guarded("cj.e2e.workflow", self.workflow)
         for peer in peers:
             for mode in ("one", "batch"):
