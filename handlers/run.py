@@ -60,7 +60,8 @@ def run_jobs(state: AppState, ids: Sequence[uuid.UUID], delivery: store.Delivery
             settled = store.settle_cancelled(conn, unclaimed)
             if settled:
                 released = dependencies.release(conn, settled)
-        current = {i: store.get_job(conn, i) for i in unclaimed}
+        found = store.get_jobs(conn, unclaimed) if unclaimed else {}  # one statement for a shared task's
+        current = {i: found.get(i) for i in unclaimed}
         # Held by a process of this machine that is gone (a worker killed mid-attempt): take
         # the job over now rather than when its lease runs out.
         dead = {i: r.lease_holder for i, r in current.items()

@@ -697,6 +697,14 @@ def get_job(conn: Connection, job_id: uuid.UUID, *, owner: str | None = None) ->
     return conn.execute(_GET_OWNED_JOB, {"id": job_id, "owner": owner}).first()
 
 
+def get_jobs(conn: Connection, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Row[Any]]:
+    """Jobs by id, in one statement (the ones that exist)."""
+    if len(job_ids) == 1:
+        row = get_job(conn, job_ids[0])
+        return {} if row is None else {row.id: row}
+    return {r.id: r for r in conn.execute(sa.select(jobs).where(jobs.c.id.in_(list(job_ids))))}
+
+
 def job_ids_with_prefix(conn: Connection, prefix: str, *, owner: str | None, limit: int) -> list[uuid.UUID]:
     """The ids that start with `prefix` (hex digits, no dashes), by a range of the primary key."""
     low = uuid.UUID(prefix.ljust(32, "0"))
