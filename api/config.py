@@ -87,6 +87,9 @@ class Config:
     sweep_created_after_s: int = 60  # a CREATED job this old lost its enqueue
     sweep_queued_after_s: int = 60  # a QUEUED job this stale has its task checked
     sweep_batch: int = 500  # jobs per kind per sweep
+    # A single create on a queue with jobs_per_task > 1 waits this long for others of its
+    # process to share its Cloud Task (0: a task each). api/orchestration/coalesce.py
+    create_coalesce_ms: float = 2.0
 
     # GET /v1/jobs/{id}?wait=S
     wait_fallback_s: float = 5.0  # a waiter re-reads its job this often, in case a NOTIFY was lost
@@ -244,6 +247,7 @@ class Config:
             sweep_created_after_s=int(e.get("SWEEP_CREATED_AFTER_S", "60")),
             sweep_queued_after_s=int(e.get("SWEEP_QUEUED_AFTER_S", "60")),
             sweep_batch=int(e.get("SWEEP_BATCH", "500")),
+            create_coalesce_ms=float(e.get("CREATE_COALESCE_MS", "2")),
             wait_fallback_s=float(e.get("WAIT_FALLBACK_S", "5")),
             # A waiting request holds a thread under gthread, only a greenlet under gevent.
             wait_max_per_process=int(e.get(

@@ -12,6 +12,7 @@ from api.cloud.queues import Queues
 from api.cloud.schedules import SchedulerClient, Schedules
 from api.cloud.tasks import TasksClient
 from api.config import Config
+from api.orchestration.coalesce import Coalescer
 from api.store.engine import create_engine
 from api.web.auth import ApiAuthenticator
 
@@ -39,6 +40,8 @@ class AppState:
     # schedules.yaml: the schedules Cloud Scheduler fires and the Pub/Sub triggers (none without it)
     schedules: Schedules = field(default_factory=Schedules)
     scheduler: SchedulerClient | None = None  # Cloud Scheduler (or the emulator's), for :run/:pause/:resume
+    # Single creates of one process sharing Cloud Tasks (api/orchestration/coalesce.py)
+    coalescer: Coalescer | None = None
 
     @classmethod
     def build(
@@ -62,4 +65,5 @@ class AppState:
             run_slots=threading.BoundedSemaphore(config.run_concurrency),
             schedules=schedules or Schedules.load(config.schedules_file),
             scheduler=SchedulerClient(config),
+            coalescer=Coalescer(config.create_coalesce_ms / 1000) if config.create_coalesce_ms > 0 else None,
         )

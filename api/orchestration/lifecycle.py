@@ -183,6 +183,8 @@ def create_job(
     replay's original needs no transaction with it.
     """
     new = new_job(state, req, idempotency_key=idempotency_key, owner=owner)
+    if not new.depends_on and state.coalescer is not None and (limit := _share_limit(state, new)) > 1:
+        return _create_coalesced(state, new, limit, idempotency_key=idempotency_key, owner=owner)
     if new.depends_on:
         # The parents are locked and their states read in the insert's transaction.
         with state.engine.begin() as conn:
@@ -194,16 +196,59 @@ def create_job(
         with autocommit(state.engine) as conn:
             row = store.insert_job(conn, new)
     if row is None:
-        with autocommit(state.engine) as conn:
-            existing = store.job_by_idempotency_key(conn, idempotency_key or "", owner=owner)
-            if existing is None:  # deleted between the two statements; treat as a conflict
-                raise IdempotencyKeyReused("the Idempotency-Key is in use; try again")
-            if existing.request_hash != new.request_hash:
-                raise IdempotencyKeyReused(
-                    "this Idempotency-Key was used with a different request", job_id=str(existing.id)
-                )
-            return existing, False
+        return _replayed(state, new, idempotency_key, owner), False
     return enqueue_ready(state, [row])[0], True
+
+
+def _replayed(state: AppState, new: store.NewJob, idempotency_key: str | None, owner: str | None) -> Row[Any]:
+    """The job an idempotent replay names (the INSERT found its key taken)."""
+    with autocommit(state.engine) as conn:
+        existing = store.job_by_idempotency_key(conn, idempotency_key or "", owner=owner)
+    if existing is None:  # deleted between the two statements; treat as a conflict
+        raise IdempotencyKeyReused("the Idempotency-Key is in use; try again")
+    if existing.request_hash != new.request_hash:
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was used with a different request", job_id=str(existing.id)
+        )
+    return existing
+
+
+def _share_limit(state: AppState, new: store.NewJob) -> int:
+    """How many jobs may share this job's task: its queue's jobs_per_task, capped by its type's."""
+    spec = state.queues[new.queue]
+    jt = state.registry.types.get(new.type)
+    return min(spec.jobs_per_task, jt.jobs_per_task or spec.jobs_per_task) if jt else spec.jobs_per_task
+
+
+def _create_coalesced(state: AppState, new: store.NewJob, limit: int, *, idempotency_key: str | None,
+                      owner: str | None) -> tuple[Row[Any], bool]:
+    """A single create that shares a task with the creates of this process that arrive within
+    CREATE_COALESCE_MS (api/orchestration/coalesce.py)."""
+    coalescer = state.coalescer
+    assert coalescer is not None
+    spec = state.queues[new.queue]
+    key = (new.queue, new.scheduled_time)
+    group, leader = coalescer.join(
+        key, new.id, limit=limit, budget_s=min(spec.dispatch_deadline, 1800) - TASK_HEADROOM_S,
+        timeout_s=new.timeout_s, name_for=lambda first: task_path(state.config, new.queue, shared_task_id(first)))
+    new = replace(new, task_name=group.name)
+    row = None
+    try:
+        with autocommit(state.engine) as conn:
+            row = store.insert_job(conn, new)
+    finally:
+        coalescer.report(group, new.id, row)  # None: not in the task (a replay, or the INSERT failed)
+        if leader:
+            coalescer.lead(group, key, lambda rows: enqueue(state, rows))
+    if row is None:
+        return _replayed(state, new, idempotency_key, owner), False
+    after = coalescer.outcome(group, new.id)
+    if after is not None:
+        return after, True
+    # Committed too late for the group's task: a task of its own.
+    with state.engine.begin() as conn:
+        alone = store.unshare(conn, [row], state="QUEUED")
+    return (enqueue(state, alone)[0] if alone else row), True
 
 
 def with_dependencies(

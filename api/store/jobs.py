@@ -590,7 +590,7 @@ def retry_job(conn: Connection, job_id: uuid.UUID, *, owner: str | None = None) 
     return conn.execute(_RETRY, {"id": job_id, "owner": owner}).first()
 
 
-def unshare(conn: Connection, rows: Sequence[Row[Any]]) -> list[Row[Any]]:
+def unshare(conn: Connection, rows: Sequence[Row[Any]], *, state: str = "CREATED") -> list[Row[Any]]:
     """CREATED jobs of a shared task whose creation failed, each given its own task name
     (job-<id>-<run>) before the sweeper sends it: a shared task's other jobs may be missing
     from the rows at hand, and a task created for part of them under the shared name would
@@ -602,9 +602,9 @@ def unshare(conn: Connection, rows: Sequence[Row[Any]]) -> list[Row[Any]]:
         """
         UPDATE jobs SET task_name = regexp_replace(task_name, '/tasks/.*$',
                                                    '/tasks/job-' || replace(id::text, '-', '') || '-' || run)
-        WHERE id = ANY(CAST(:ids AS uuid[])) AND state = 'CREATED'
+        WHERE id = ANY(CAST(:ids AS uuid[])) AND state = :state
         RETURNING *
-        """), {"ids": [str(i) for i in shared]})}
+        """), {"ids": [str(i) for i in shared], "state": state})}
     return [moved.get(r.id, r) for r in rows if r.id not in shared or r.id in moved]
 
 

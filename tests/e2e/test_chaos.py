@@ -26,8 +26,9 @@ def test_a_short_chaos_run_ends_clean(server_url: str) -> None:
     fires = tally["schedule_fires"]
     assert sum(fires.values()) == 30 and fires["created"] >= 10  # chaos-tick (overlap allow) creates every time
     assert 60 <= tally["trigger_deliveries"] <= 180
-    # the batched half shares tasks of up to 10 (chaos.queues.yaml), through the same faults
-    assert tally["shared_tasks"] >= 5 and tally["jobs_in_shared_tasks"] >= 2 * tally["shared_tasks"]
+    # the batched half shares tasks of up to 10 (chaos.queues.yaml), and single creates arriving
+    # together share theirs (a create alone gets a shared task of one), through the same faults
+    assert tally["shared_tasks"] >= 5 and tally["jobs_in_shared_tasks"] > tally["shared_tasks"]
     # 150 jobs, the quick mode's 6 workflows (4 diamonds of 4 steps, 2 fan-ins of 40 + 1), a job
     # per created fire and one per message
     assert tally["jobs"] == 248 + fires["created"] + 30 and tally["workflows_submitted"] == 6

@@ -157,3 +157,55 @@ def test_the_sweeper_sends_jobs_of_a_shared_task_that_was_never_created_each_in_
     assert sorted(tasks.values()) == sorted([j["id"]] for j in jobs)
     assert all(f"/tasks/job-{i[0].replace('-', '')}-0" in name for name, i in tasks.items())
 
+
+
+def create(client: FlaskClient, body: dict[str, Any], **headers: str) -> dict[str, Any]:
+    resp = client.post("/v1/jobs", data=json.dumps(body), content_type="application/json", headers=headers)
+    assert resp.status_code in (200, 202), resp.get_json()
+    return dict(resp.get_json())
+
+
+def test_single_creates_arriving_together_share_a_task(make_app: Callable[..., Flask], tasks_client: Any,
+                                                       db: Engine) -> None:
+    import threading
+
+    app = make_app(handler_auth="none", create_coalesce_ms=50.0)  # a wide window: threads start unevenly
+    barrier, made = threading.Barrier(8), []
+
+    def one(i: int) -> None:
+        c = app.test_client()
+        barrier.wait()
+        made.append(create(c, {"type": "echo", "queue": "shared", "payload": {"i": i}}))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    client = app.test_client()
+    tasks = tasks_of(client, tasks_client)
+    ids = sorted(j["id"] for j in made)
+    assert sorted(i for v in tasks.values() for i in v) == ids  # each job in exactly one task
+    assert len(tasks) < 8 and {j["state"] for j in made} == {"QUEUED"}
+    names = task_names(db, ids)
+    assert all(names[i] == name for name, members in tasks.items() for i in members)
+    resp = deliver(client, max(tasks.values(), key=len))
+    assert resp.status_code == 200 and set(resp.get_json()["jobs"].values()) == {"COMPLETED"}
+
+
+def test_a_create_alone_still_gets_its_task_and_a_replay_no_second(make_app: Callable[..., Flask],
+                                                                   tasks_client: Any) -> None:
+    client = make_app(handler_auth="none").test_client()
+    job = create(client, {"type": "echo", "queue": "shared"}, **{"Idempotency-Key": "k1"})
+    again = create(client, {"type": "echo", "queue": "shared"}, **{"Idempotency-Key": "k1"})
+    assert again["id"] == job["id"]
+    assert list(tasks_of(client, tasks_client).values()) == [[job["id"]]]
+
+
+def test_coalescing_off_gives_each_create_its_own_task(make_app: Callable[..., Flask], tasks_client: Any,
+                                                       db: Engine) -> None:
+    client = make_app(handler_auth="none", create_coalesce_ms=0.0).test_client()
+    jobs = [create(client, {"type": "echo", "queue": "shared"}) for _ in range(3)]
+    names = task_names(db, [j["id"] for j in jobs])
+    assert all(f"/tasks/job-{i.replace('-', '')}-0" in n for i, n in names.items())
+    assert len(tasks_of(client, tasks_client)) == 3
