@@ -150,6 +150,8 @@ def figures() -> dict[str, Figure]:
         Figure("cj.batch", "cloudjobs POST /v1/jobs:batchCreate ×500", "jobs/s"),
         Figure("cj.e2e.one", "cloudjobs end to end, one by one", "jobs/s", "ceiling"),
         Figure("cj.e2e.batch", "cloudjobs end to end, batches of 500", "jobs/s", "ceiling"),
+        Figure("cj.e2e.one-shared", "cloudjobs end to end, one by one, creates sharing tasks", "jobs/s",
+               "cj.e2e.one"),
         Figure("cj.e2e.shared", "cloudjobs end to end, batches of 500, 100 jobs a task", "jobs/s", "cj.e2e.batch"),
         Figure("cj.e2e.workflow", "cloudjobs workflow: fan-out and its fan-in", "jobs/s", "cj.e2e.batch"),
         Figure("peer.procrastinate.one", "Procrastinate, one by one", "jobs/s", "cj.e2e.one"),
@@ -174,6 +176,8 @@ TARGETS: list[tuple[str, str, str | None, float | None]] = [
     ("ahead of Procrastinate, batched", "cj.e2e.batch", "peer.procrastinate.batch", 1.0),
     ("ahead of Celery", "cj.e2e.one", "peer.celery.one", 1.0),
     ("ahead of Celery (batched cloudjobs)", "cj.e2e.batch", "peer.celery.one", 1.0),
+    ("shared tasks, one by one ≥ 1.0× Procrastinate one by one", "cj.e2e.one-shared", "peer.procrastinate.one", 1.0),
+    ("shared tasks, one by one ≥ 1.0× Celery", "cj.e2e.one-shared", "peer.celery.one", 1.0),
     ("shared tasks, batched ≥ 1.0× pgqueuer batched", "cj.e2e.shared", "peer.pgqueuer.batch", 1.0),
     ("shared tasks, batched ahead of Procrastinate batched", "cj.e2e.shared", "peer.procrastinate.batch", 1.0),
     ("gap to pgqueuer, one by one (reported)", "cj.e2e.one", "peer.pgqueuer.one", None),
@@ -749,8 +753,12 @@ class Bench:
         key = key or f"cj.e2e.{mode}"
         t0 = self.clock()
         bound = max(60.0, n / 20)
-        if mode == "one":
-            reqs, concurrency, cycle = [_post("/v1/jobs", ECHO)], SUBMIT_CONCURRENCY, True
+        if mode in ("one", "one-shared"):
+            # "one-shared": the same creates on the shared queue, where those arriving together
+            # in a worker share a task (CREATE_COALESCE_MS)
+            body = json.dumps({"type": "echo", "payload": {}, "queue": "shared", "timeout_s": 5}) \
+                if mode == "one-shared" else ECHO
+            reqs, concurrency, cycle = [_post("/v1/jobs", body)], SUBMIT_CONCURRENCY, True
         else:
             # "shared": the same batches on a queue that puts up to 100 jobs in a Cloud Task; a
             # no-op's timeout of 5 s lets 100 of them, run one after another, fit its deadline
@@ -867,6 +875,7 @@ class Bench:
         self.guarded("ceiling", self.ceiling)
         self.guarded("cj.e2e.one", lambda: self.e2e("one"))
         self.guarded("cj.e2e.batch", lambda: self.e2e("batch"))
+        self.guarded("cj.e2e.one-shared", lambda: self.e2e("one-shared"))
         self.guarded("cj.e2e.shared", lambda: self.e2e("shared"))
         self.guarded("cj.e2e.workflow", self.workflow)
         for peer in peers:
