@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from google.api_core import exceptions as gexc
+from google.auth.exceptions import DefaultCredentialsError
 from pydantic import ValidationError
 from sqlalchemy.engine import Row
 
@@ -219,5 +220,5 @@ def scheduler_jobs(state: AppState) -> tuple[dict[str, Any], bool]:
         return {}, state.scheduler is not None
     try:
         return state.scheduler.jobs(), True
-    except gexc.GoogleAPIError:
+    except (gexc.GoogleAPIError, DefaultCredentialsError):  # down, or no credentials to ask it with
         return {}, False

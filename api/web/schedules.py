@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 from google.api_core import exceptions as gexc
+from google.auth.exceptions import DefaultCredentialsError
 
 from api.cloud.schedules import ScheduleSpec
 from api.errors import Forbidden, ScheduleNotFound, SchedulerUnavailable
@@ -71,7 +72,7 @@ def _act(name: str, action: str) -> Response:
     except gexc.NotFound:
         raise ScheduleNotFound(f"schedule {name!r} has no Cloud Scheduler job: run `cloudjobs schedules sync`",
                                schedule=name) from None
-    except gexc.GoogleAPIError as e:
+    except (gexc.GoogleAPIError, DefaultCredentialsError) as e:
         raise SchedulerUnavailable(f"Cloud Scheduler did not {action} {name!r}: {type(e).__name__}",
                                    headers={"Retry-After": "5"}) from None
     with autocommit(state.engine) as conn:

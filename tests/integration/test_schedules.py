@@ -251,3 +251,23 @@ def test_the_dashboard_lists_schedules_with_their_last_fire_and_filters_jobs_by_
     listed = ui.get("/ui/jobs?schedule=nightly").get_data(as_text=True)
     assert job["id"][:8] in listed
     assert job["id"][:8] not in ui.get("/ui/jobs?schedule=every-minute").get_data(as_text=True)
+
+
+def test_without_cloud_scheduler_reads_show_the_file_and_actions_are_503(
+        make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch) -> None:
+    # No emulator and no Google credentials: the client cannot even be made (outside the
+    # project: Google's metadata server), as on a laptop without `gcloud auth`.
+    import google.auth
+
+    from google.auth.exceptions import DefaultCredentialsError
+
+    def no_credentials(*args: Any, **kwargs: Any) -> Any:
+        raise DefaultCredentialsError("no credentials")
+
+    monkeypatch.setattr(google.auth, "default", no_credentials)
+    api = make_app(schedules_file=SCHEDULES, emulator_host=None).test_client()
+    listed = api.get("/v1/schedules").get_json()
+    assert {s["scheduler"]["state"] for s in listed["schedules"]} == {"UNKNOWN"}
+    refused = api.post("/v1/schedules/nightly:pause")
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+    assert api.get("/ui/schedules").status_code == 200
