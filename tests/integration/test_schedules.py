@@ -258,7 +258,6 @@ def test_without_cloud_scheduler_reads_show_the_file_and_actions_are_503(
     # No emulator and no Google credentials: the client cannot even be made (outside the
     # project: Google's metadata server), as on a laptop without `gcloud auth`.
     import google.auth
-
     from google.auth.exceptions import DefaultCredentialsError
 
     def no_credentials(*args: Any, **kwargs: Any) -> Any:
