@@ -24,7 +24,7 @@ from api.orchestration.lifecycle import continue_released
 from api.state import AppState
 from api.store import dependencies, steps
 from api.store import jobs as store
-from api.store.engine import OUTAGE_RETRY, autocommit
+from api.store.engine import CLAIM_RETRY, OUTAGE_RETRY, autocommit
 from handlers import holder
 from handlers.registry import JobContext, Parent, Permanent, Retry, UnknownJobType
 
@@ -50,28 +50,7 @@ def run_jobs(state: AppState, ids: Sequence[uuid.UUID], delivery: store.Delivery
     lease must be visible while the jobs run, and nothing else need commit with either.
     """
     outcome = RunOutcome()
-    me = holder.this_process()
-    with autocommit(state.engine) as conn:
-        claimed = store.claim_jobs(conn, ids, lease_margin_s=state.config.lease_margin_s, holder=me)
-        unclaimed = [i for i in ids if i not in {r.id for r in claimed}]
-        released = []
-        if unclaimed:
-            # Cancelled while queued, or while an attempt that has since died held it.
-            settled = store.settle_cancelled(conn, unclaimed)
-            if settled:
-                released = dependencies.release(conn, settled)
-        found = store.get_jobs(conn, unclaimed) if unclaimed else {}  # one statement for a shared task's
-        current = {i: found.get(i) for i in unclaimed}
-        # Held by a process of this machine that is gone (a worker killed mid-attempt): take
-        # the job over now rather than when its lease runs out.
-        dead = {i: r.lease_holder for i, r in current.items()
-                if r is not None and r.state == "RUNNING" and holder.is_dead(r.lease_holder)}
-        if dead:
-            taken = store.claim_jobs(conn, list(dead), lease_margin_s=state.config.lease_margin_s,
-                                     holder=me, dead=sorted({h for h in dead.values() if h}))
-            claimed += taken
-            for took in taken:
-                del current[took.id]
+    claimed, current, released = _claim(state, ids, holder.this_process())
     if released:
         continue_released(state, released)
     for job_id, row in current.items():
@@ -113,6 +92,40 @@ def run_jobs(state: AppState, ids: Sequence[uuid.UUID], delivery: store.Delivery
         if new_state == "QUEUED":
             outcome.retry.append(f.job_id)
     return outcome
+
+
+@CLAIM_RETRY
+def _claim(
+    state: AppState, ids: Sequence[uuid.UUID], me: str
+) -> tuple[list[Row[Any]], dict[uuid.UUID, Row[Any] | None], list[Any]]:
+    """Claim what can be claimed; the rows of the rest, and the dependents a settled cancel freed.
+
+    Retried through a database blip for up to 2 s (a delivery that waits a moment beats one
+    that spends an attempt of the queue's on a 503): a claim that matched nothing before
+    matches the same again, and one whose answer was lost leaves the job RUNNING under this
+    process, which a later delivery waits out as for any lost answer."""
+    with autocommit(state.engine) as conn:
+        claimed = store.claim_jobs(conn, ids, lease_margin_s=state.config.lease_margin_s, holder=me)
+        unclaimed = [i for i in ids if i not in {r.id for r in claimed}]
+        released = []
+        if unclaimed:
+            # Cancelled while queued, or while an attempt that has since died held it.
+            settled = store.settle_cancelled(conn, unclaimed)
+            if settled:
+                released = dependencies.release(conn, settled)
+        found = store.get_jobs(conn, unclaimed) if unclaimed else {}  # one statement for a shared task's
+        current = {i: found.get(i) for i in unclaimed}
+        # Held by a process of this machine that is gone (a worker killed mid-attempt): take
+        # the job over now rather than when its lease runs out.
+        dead = {i: r.lease_holder for i, r in current.items()
+                if r is not None and r.state == "RUNNING" and holder.is_dead(r.lease_holder)}
+        if dead:
+            taken = store.claim_jobs(conn, list(dead), lease_margin_s=state.config.lease_margin_s,
+                                     holder=me, dead=sorted({h for h in dead.values() if h}))
+            claimed += taken
+            for took in taken:
+                del current[took.id]
+    return claimed, current, released
 
 
 @OUTAGE_RETRY

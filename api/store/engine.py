@@ -129,6 +129,10 @@ def is_outage(e: BaseException) -> bool:
 # costs the attempt a moment, not its whole lease. A finish is safe to repeat — it moves a
 # job only while the attempt still holds its lease.
 OUTAGE_RETRY = Retry(predicate=is_outage, initial=0.1, maximum=2.0, multiplier=2.0, timeout=30.0)
+# A claim through a blip: tried again for up to 2 s, then a 503 for the queue to retry. Short,
+# so a database that is down answers Cloud Tasks quickly (its retry config owns longer waits);
+# long enough that connections terminated around it do not spend the queue's attempts.
+CLAIM_RETRY = Retry(predicate=is_outage, initial=0.05, maximum=0.5, multiplier=2.0, timeout=2.0)
 
 
 def _on_error(ctx: sa.engine.ExceptionContext) -> None:
