@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,6 +24,7 @@ from google.cloud import scheduler_v1
 from google.protobuf import field_mask_pb2
 
 from api.cloud.queues import QueuesInvalid, parse_duration
+from api.cloud.tasks import EMULATOR_CHANNEL_OPTIONS, PerProcessClient
 from api.config import Config
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -244,8 +244,6 @@ def make_scheduler_client(config: Config) -> scheduler_v1.CloudSchedulerClient:
         import grpc
         from google.cloud.scheduler_v1.services.cloud_scheduler.transports import CloudSchedulerGrpcTransport
 
-        from api.cloud.tasks import EMULATOR_CHANNEL_OPTIONS
-
         channel = grpc.insecure_channel(config.scheduler_emulator, options=EMULATOR_CHANNEL_OPTIONS)
         return scheduler_v1.CloudSchedulerClient(transport=CloudSchedulerGrpcTransport(channel=channel))
     return scheduler_v1.CloudSchedulerClient()
@@ -343,22 +341,11 @@ def sync_schedules(client: scheduler_v1.CloudSchedulerClient, config: Config, sc
     return lines
 
 
-class SchedulerClient:
-    """The process's CloudSchedulerClient, built on first use (after gunicorn forks)."""
+class SchedulerClient(PerProcessClient[scheduler_v1.CloudSchedulerClient]):
+    """The process's CloudSchedulerClient, and what the app asks Cloud Scheduler."""
 
     def __init__(self, config: Config, *, client: scheduler_v1.CloudSchedulerClient | None = None) -> None:
-        self._config = config
-        self._client = client
-        self._lock = threading.Lock()
-
-    @property
-    def client(self) -> scheduler_v1.CloudSchedulerClient:
-        """The underlying client, created once per process."""
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    self._client = make_scheduler_client(self._config)
-        return self._client
+        super().__init__(config, make_scheduler_client, client=client)
 
     def jobs(self, *, timeout: float = 10.0) -> dict[str, scheduler_v1.Job]:
         """The Cloud Scheduler jobs of the schedules, by schedule name."""

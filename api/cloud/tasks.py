@@ -8,7 +8,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry, if_exception_type
@@ -49,6 +49,17 @@ def task_path(config: Config, queue: str, task_id: str) -> str:
     return f"{queue_path(config, queue)}/tasks/{task_id}"
 
 
+# Cloud Tasks waits at most 30 minutes for an HTTP task; a task's deadline leaves this much
+# beyond its jobs' timeouts for the handler to record how they ended.
+MAX_DISPATCH_DEADLINE_S = 1800
+TASK_HEADROOM_S = 15
+
+
+def jobs_time_budget(spec: QueueSpec) -> float:
+    """The timeouts the jobs of one task of this queue may add up to (they run one after another)."""
+    return min(spec.dispatch_deadline, MAX_DISPATCH_DEADLINE_S) - TASK_HEADROOM_S
+
+
 def build_task(
     *,
     job_id: uuid.UUID | list[uuid.UUID],
@@ -83,7 +94,8 @@ def build_task(
         pb.http_request.oidc_token.audience = config.audience
     # The queue's deadline bounds a job's timeout; a little headroom lets the handler record
     # a timed-out attempt before Cloud Tasks gives up on the request.
-    pb.dispatch_deadline.FromTimedelta(timedelta(seconds=min(max(timeout_s + 15, 15), spec.dispatch_deadline, 1800)))
+    pb.dispatch_deadline.FromTimedelta(timedelta(seconds=min(timeout_s + TASK_HEADROOM_S, spec.dispatch_deadline,
+                                                             MAX_DISPATCH_DEADLINE_S)))
     if schedule_time is not None:
         pb.schedule_time.FromDatetime(schedule_time)
     return tasks_v2.Task.wrap(pb)
@@ -125,22 +137,34 @@ EMULATOR_CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.m
                             ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
-class TasksClient:
-    """The process's CloudTasksClient, built on first use (after gunicorn forks)."""
+C = TypeVar("C")
 
-    def __init__(self, config: Config) -> None:
+
+class PerProcessClient(Generic[C]):
+    """A Google client built on first use (after gunicorn forks: gRPC channels do not survive
+    a fork), once per process; `client=` gives one already made."""
+
+    def __init__(self, config: Config, make: Callable[[Config], C], *, client: C | None = None) -> None:
         self._config = config
-        self._client: tasks_v2.CloudTasksClient | None = None
+        self._make = make
+        self._client = client
         self._lock = threading.Lock()
 
     @property
-    def client(self) -> tasks_v2.CloudTasksClient:
+    def client(self) -> C:
         """The underlying client, created once per process."""
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = make_client(self._config)
+                    self._client = self._make(self._config)
         return self._client
+
+
+class TasksClient(PerProcessClient[tasks_v2.CloudTasksClient]):
+    """The process's CloudTasksClient."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config, make_client)
 
     def create_task(self, task: tasks_v2.Task, *, queue: str, timeout: float = 10.0) -> bool:
         """Create the task; False when a task of that name exists or existed recently."""

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError
 
 from api.cloud.queues import MAX_JOBS_PER_TASK
-from api.cloud.tasks import build_task, is_shared, shared_task_id, task_id_for, task_path
+from api.cloud.tasks import build_task, is_shared, jobs_time_budget, shared_task_id, task_id_for, task_path
 from api.errors import IdempotencyKeyReused, InvalidRequest, JobStateConflict, ValidationFailed
 from api.observability import traces as observability
 from api.orchestration.requests import CreateJob
@@ -229,7 +229,7 @@ def _create_coalesced(state: AppState, new: store.NewJob, limit: int, *, idempot
     spec = state.queues[new.queue]
     key = (new.queue, new.scheduled_time)
     group, leader = coalescer.join(
-        key, new.id, limit=limit, budget_s=min(spec.dispatch_deadline, 1800) - TASK_HEADROOM_S,
+        key, new.id, limit=limit, budget_s=jobs_time_budget(spec),
         timeout_s=new.timeout_s, name_for=lambda first: task_path(state.config, new.queue, shared_task_id(first)))
     new = replace(new, task_name=group.name)
     row = None
@@ -406,14 +406,20 @@ def cancel_job(state: AppState, job_id: uuid.UUID, *, scope: str | None) -> Row[
             return current  # already cancelled, or cancellation already requested
     if released:
         continue_released(state, released)
-    # A WAITING job had no task; a shared task carries other jobs, and finds this one CANCELLED.
-    if row.state == "CANCELLED" and row.waiting_on == 0 and not is_shared(row.task_name):
-        # Best effort: a task left behind finds the job CANCELLED and is acknowledged.
-        try:
-            state.tasks.delete_task(row.task_name)
-        except gexc.GoogleAPIError as e:
-            logger.warning("could not delete a cancelled job's task", extra={"job_id": str(job_id), "error": type(e).__name__})
+    delete_cancelled_task(state, row)
     return row
+
+
+def delete_cancelled_task(state: AppState, row: Row[Any]) -> None:
+    """Delete the task of a job cancelled before it ran, best effort: a task left behind finds
+    the job CANCELLED and is acknowledged. A WAITING job had no task, and a shared task carries
+    other jobs (it finds this one CANCELLED)."""
+    if row.state != "CANCELLED" or row.waiting_on != 0 or is_shared(row.task_name):
+        return
+    try:
+        state.tasks.delete_task(row.task_name)
+    except gexc.GoogleAPIError as e:
+        logger.warning("could not delete a cancelled job's task", extra={"job_id": str(row.id), "error": type(e).__name__})
 
 
 def retry_job(state: AppState, job_id: uuid.UUID, *, scope: str | None) -> Row[Any] | None:
@@ -565,12 +571,10 @@ def share_tasks(state: AppState, new: list[store.NewJob]) -> list[store.NewJob]:
     open_groups: dict[tuple[str, Any], _Group] = {}
     groups: list[_Group] = []
     for i, j in enumerate(new):
-        spec = state.queues[j.queue]
-        jt = state.registry.types.get(j.type)
-        limit = min(spec.jobs_per_task, jt.jobs_per_task or spec.jobs_per_task) if jt else spec.jobs_per_task
+        limit = _share_limit(state, j)
         if j.state is not None or limit <= 1:
             continue
-        deadline = min(spec.dispatch_deadline, 1800) - TASK_HEADROOM_S
+        deadline = jobs_time_budget(state.queues[j.queue])
         group = open_groups.get((j.queue, j.scheduled_time))
         if group is None or len(group.members) >= min(group.limit, limit) or group.seconds + j.timeout_s > deadline:
             group = open_groups[(j.queue, j.scheduled_time)] = _Group()
@@ -597,9 +601,6 @@ class _Group:
     limit: int = MAX_JOBS_PER_TASK
     seconds: int = 0  # their timeouts, summed
 
-
-# A task's deadline leaves this much beyond its jobs' timeouts for the handler to record them.
-TASK_HEADROOM_S = 15
 
 
 def continue_released(state: AppState, released: Sequence[Any]) -> None:

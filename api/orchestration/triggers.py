@@ -109,12 +109,7 @@ def fire_schedule(state: AppState, name: str, scheduled_for: datetime) -> Fire:
     if released:
         lifecycle.continue_released(state, released)
     for c in cancelled:
-        if c.waiting_on == 0:
-            try:  # best effort: a task left behind finds the job CANCELLED and is acknowledged
-                state.tasks.delete_task(c.task_name)
-            except gexc.GoogleAPIError as e:
-                logger.warning("could not delete a cancelled job's task",
-                               extra={"job_id": str(c.id), "error": type(e).__name__})
+        lifecycle.delete_cancelled_task(state, c)
     return Fire("created", False, scheduled_for, lifecycle.enqueue_ready(state, [row])[0], previous)
 
 

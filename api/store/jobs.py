@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine, Row
 
+from api.cloud.tasks import is_shared
 from api.store.dependencies import MOVED_COLUMNS, RELEASE_CTES
 from api.store.tables import TERMINAL, job_attempts, jobs
 
@@ -561,13 +562,20 @@ def settle_cancelled(conn: Connection, job_ids: Sequence[uuid.UUID]) -> set[uuid
     return {r.id for r in conn.execute(_SETTLE_CANCELLED, {"ids": [str(i) for i in job_ids]})}
 
 
+def own_task_name(run: str = "run + 1", table: str = "") -> str:
+    """SQL for a job's own task name of run `run` (`job-<id>-<run>`, as task_id_for makes it):
+    what a new run, and a job leaving a shared task, is sent under."""
+    return (f"regexp_replace({table}task_name, '/tasks/.*$', "
+            f"'/tasks/job-' || replace({table}id::text, '-', '') || '-' || ({run}))")
+
+
 _RETRY = sa.text(
-    """
+    f"""
     UPDATE jobs SET
         state = 'CREATED',
         run = run + 1,
         attempts_base = attempts,
-        task_name = regexp_replace(task_name, '/tasks/.*$', '/tasks/job-' || replace(id::text, '-', '') || '-' || (run + 1)),
+        task_name = {own_task_name()},
         result = NULL,
         error = NULL,
         done_time = NULL,
@@ -595,13 +603,12 @@ def unshare(conn: Connection, rows: Sequence[Row[Any]], *, state: str = "CREATED
     (job-<id>-<run>) before the sweeper sends it: a shared task's other jobs may be missing
     from the rows at hand, and a task created for part of them under the shared name would
     leave the rest to be taken for enqueued (ALREADY_EXISTS). The rows as they are now."""
-    shared = [r.id for r in rows if "/tasks/jobs-" in r.task_name]
+    shared = [r.id for r in rows if is_shared(r.task_name)]
     if not shared:
         return list(rows)
     moved = {r.id: r for r in conn.execute(sa.text(
-        """
-        UPDATE jobs SET task_name = regexp_replace(task_name, '/tasks/.*$',
-                                                   '/tasks/job-' || replace(id::text, '-', '') || '-' || run)
+        f"""
+        UPDATE jobs SET task_name = {own_task_name("run")}
         WHERE id = ANY(CAST(:ids AS uuid[])) AND state = :state
         RETURNING *
         """), {"ids": [str(i) for i in shared], "state": state})}
@@ -644,13 +651,13 @@ def stale_queued(conn: Connection, *, older_than_s: int, limit: int) -> list[Row
 
 
 _ABANDON = sa.text(
-    """
+    f"""
     WITH gone AS (
         UPDATE jobs SET
             state = CASE WHEN :requeue THEN 'CREATED' ELSE 'FAILED' END,
             run = CASE WHEN :requeue THEN run + 1 ELSE run END,
             task_name = CASE WHEN :requeue
-                             THEN regexp_replace(task_name, '/tasks/.*$', '/tasks/job-' || replace(id::text, '-', '') || '-' || (run + 1))
+                             THEN {own_task_name()}
                              ELSE task_name END,
             error = CAST(:error AS jsonb),
             done_time = CASE WHEN :requeue THEN NULL ELSE now() END,

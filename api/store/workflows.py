@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Row
 
-from api.store.jobs import JobFilter, keyset_page
+from api.store.jobs import JobFilter, keyset_page, own_task_name
 from api.store.tables import jobs, workflows
 
 _OWNER_KEY = sa.func.coalesce(workflows.c.owner, sa.literal_column("''"))
@@ -99,7 +99,7 @@ def cancel_steps(conn: Connection, workflow_id: uuid.UUID) -> list[Row[Any]]:
 # new run: their edges from steps that run again are undone, so each waits for them again;
 # the others (no step to wait for) are CREATED and enqueued by the caller.
 _RETRY = sa.text(
-    """
+    f"""
     WITH RECURSIVE redo AS (
         SELECT id FROM jobs WHERE workflow_id = :id AND state IN ('FAILED', 'CANCELLED')
         UNION
@@ -119,7 +119,7 @@ _RETRY = sa.text(
         waiting_on = coalesce(w.n, 0),
         run = j.run + 1,
         attempts_base = j.attempts,
-        task_name = regexp_replace(j.task_name, '/tasks/.*$', '/tasks/job-' || replace(j.id::text, '-', '') || '-' || (j.run + 1)),
+        task_name = {own_task_name('j.run + 1', 'j.')},
         result = NULL, error = NULL, done_time = NULL, progress = NULL,
         cancel_requested = false, lease_expires_time = NULL, next_attempt_time = NULL,
         started_time = NULL, scheduled_time = now(), updated_time = now()

@@ -365,7 +365,7 @@ def schedule_resource(state: AppState, spec: ScheduleSpec, job: scheduler_v1.Job
     return {
         "name": spec.name, "cron": spec.cron, "time_zone": spec.time_zone, "description": spec.description,
         "overlap": spec.overlap, "paused": paused,
-        "job": {k: v for k, v in spec.job.items() if k != "payload"} | {"payload": spec.job.get("payload", {})},
+        "job": {**spec.job, "payload": spec.job.get("payload", {})},
         "next_fire_times": [] if paused else [rfc3339(t) for t in spec.next_fire_times(datetime.now(UTC), NEXT_FIRES)],
         "last_fire": fire_resource(last),
         "scheduler": scheduler,
