@@ -436,8 +436,12 @@ def test_no_connection_slots_left_is_503_then_recovers(faults: FaultStack) -> No
                                                  unix_sock=url.query["unix_sock"]))
             except (pg8000.dbapi.DatabaseError, pg8000.dbapi.InterfaceError) as e:
                 # Refused with 53300; pg8000 may then meet the closed socket saying goodbye and
-                # raise "network error" with the refusal as its context.
-                refusal = f"{e} {e.__context__}"
+                # raise "network error", the refusal further down its chain of contexts.
+                chain, seen = [], e
+                while seen is not None and len(chain) < 5:
+                    chain.append(str(seen))
+                    seen = seen.__context__
+                refusal = " ".join(chain)
                 if not ("53300" in refusal or "too many" in refusal):
                     free()
                     raise
