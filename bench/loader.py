@@ -8,7 +8,9 @@ like with like. It runs in its own process (the benchmark process hosts the emul
 sharing its GIL would slow both). Each of `concurrency` workers keeps one keep-alive
 connection busy: send a request, read the whole answer, take the next. Requests are taken
 in order from the spec's list (cycled when `cycle` is set) until `max_requests` are sent or
-`duration_s` has passed. Loopback only: any other host is refused.
+`duration_s` has passed. With `rate` (requests per second) the load is paced instead: request
+i is sent at i / rate seconds from the start (by whichever worker is free), so a slow answer
+does not slow the arrivals (the low-load latency figures). Loopback only: any other host is refused.
 
 Prints one JSON object: completed, errors, statuses, elapsed_s, rate, p50_ms, p99_ms.
 """
@@ -44,6 +46,7 @@ class Spec:
     cycle: bool = False
     ok: tuple[int, ...] = (200, 201, 202)
     timeout_s: float = 30.0
+    rate: float = 0.0  # requests per second, paced; 0: as fast as the workers go
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Spec:
@@ -57,6 +60,7 @@ class Spec:
             cycle=bool(raw.get("cycle", False)),
             ok=tuple(raw.get("ok", (200, 201, 202))),
             timeout_s=float(raw.get("timeout_s", 30.0)),
+            rate=max(0.0, float(raw.get("rate", 0.0))),
         )
         host = urlsplit(spec.base_url).hostname or ""
         if host not in LOOPBACK:
@@ -116,6 +120,8 @@ async def run(spec: Spec) -> dict[str, Any]:
             while next_index < spec.max_requests and time.perf_counter() < stop_at:
                 i = next_index
                 next_index += 1
+                if spec.rate:
+                    await asyncio.sleep(max(0.0, started + i / spec.rate - time.perf_counter()))
                 method, url, headers, body = prepared[i % len(prepared)]
                 t0 = time.perf_counter()
                 try:

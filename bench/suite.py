@@ -75,6 +75,7 @@ LOAD_CONCURRENCY = 32
 SUBMIT_CONCURRENCY = 16
 BATCH = 500
 WORKERS = 2  # gunicorn workers, one per core, as gunicorn.conf.py would choose here
+PACED_RATE = 100.0  # jobs/s of the low-load latency figures
 ECHO = json.dumps({"type": "echo", "payload": {}})
 
 
@@ -91,6 +92,7 @@ class Sizes:
     warmup: int  # requests per figure before the first round
     workers: int = WORKERS  # gunicorn workers of each server
     fan_out: int = 0  # steps of the fan-out/fan-in workflow (0: as many as e2e_jobs)
+    paced_jobs: int = 1000  # jobs of each low-load latency run (at PACED_RATE a second)
 
 
 MODES = {
@@ -104,9 +106,11 @@ MODES = {
         rt_jobs=10,
         warmup=0,
         workers=1,
+        paced_jobs=50,
     ),
     "quick": Sizes(
-        runs=3, http_s=2.0, e2e_jobs=1500, batch_calls=6, peers=True, rt_jobs=50, warmup=200
+        runs=3, http_s=2.0, e2e_jobs=1500, batch_calls=6, peers=True, rt_jobs=50, warmup=200,
+        paced_jobs=500,
     ),
     "full": Sizes(
         runs=3, http_s=5.0, e2e_jobs=5000, batch_calls=20, peers=True, rt_jobs=200, warmup=500,
@@ -129,6 +133,9 @@ class Figure:
     statements: float | None = None  # statements doing work per request (or job)
     kinds: dict[str, float] = field(default_factory=dict)  # round trips per job, by kind
     cpu: list[tuple[float, float, float]] = field(default_factory=list)  # ms/job: app, PG, bench
+    latency: list[tuple[float, float]] = field(default_factory=list)  # ms from created to done: p50, p99
+    ops: list[float] = field(default_factory=list)  # Cloud Tasks operations per job
+    per_task: list[float] = field(default_factory=list)  # jobs per Cloud Task
     error: str | None = None
 
     @property
@@ -154,6 +161,9 @@ def figures() -> dict[str, Figure]:
                "cj.e2e.one"),
         Figure("cj.e2e.shared", "cloudjobs end to end, batches of 500, 100 jobs a task", "jobs/s", "cj.e2e.batch"),
         Figure("cj.e2e.workflow", "cloudjobs workflow: fan-out and its fan-in", "jobs/s", "cj.e2e.batch"),
+        Figure("cj.latency.one", f"cloudjobs one by one at {PACED_RATE:.0f} jobs/s (low load)", "jobs/s"),
+        Figure("cj.latency.one-shared", f"cloudjobs one by one at {PACED_RATE:.0f} jobs/s, creates sharing tasks",
+               "jobs/s"),
         Figure("peer.procrastinate.one", "Procrastinate, one by one", "jobs/s", "cj.e2e.one"),
         Figure("peer.procrastinate.batch", "Procrastinate, batched", "jobs/s", "cj.e2e.batch"),
         Figure("peer.pgqueuer.one", "pgqueuer, one by one", "jobs/s", "cj.e2e.one"),
@@ -184,6 +194,16 @@ TARGETS: list[tuple[str, str, str | None, float | None]] = [
     ("gap to pgqueuer, batched (reported)", "cj.e2e.batch", "peer.pgqueuer.batch", None),
 ]
 RSS_LIMIT_MB = 150.0
+OPS_LIMIT = 0.05
+# (what, figure, peer figure): CPU per job, app + PostgreSQL (the emulator left out: Cloud Tasks
+# runs elsewhere in production), at most the peer's (its processes + its database or broker).
+CPU_TARGETS: list[tuple[str, str, str]] = [
+    (f"CPU per job, shared batched ≤ {peer} batched", "cj.e2e.shared", f"peer.{key}.batch")
+    for peer, key in (("Procrastinate", "procrastinate"), ("pgqueuer", "pgqueuer"))
+] + [
+    (f"CPU per job, shared one by one ≤ {peer} one by one", "cj.e2e.one-shared", f"peer.{key}.one")
+    for peer, key in (("Procrastinate", "procrastinate"), ("pgqueuer", "pgqueuer"), ("Celery", "celery"))
+]
 
 
 # ----------------------------------------------------------------------------- plumbing
@@ -254,9 +274,11 @@ def run_loader(
     max_requests: int | None = None,
     cycle: bool = True,
     ok: tuple[int, ...] = (200, 201, 202),
+    rate: float = 0.0,
 ) -> dict[str, Any]:
     """Drive one load through the loader process; its tally."""
     spec = {
+        "rate": rate,
         "base_url": base_url,
         "requests": requests_,
         "concurrency": concurrency,
@@ -439,6 +461,8 @@ class PeerProcess:
             stderr=self._log,
             text=True,
         )
+        # its database's backends (Celery's: the Redis server), for the CPU it costs per job
+        self.db = bench_engine(database_url) if name != "celery" else None
         ready = self._read(90)
         if "error" in ready:
             self.error = ready["error"]
@@ -461,13 +485,35 @@ class PeerProcess:
         return answer
 
     def run(self, mode: str, n: int) -> dict[str, Any]:
-        """One run: submit n jobs (one by one or batched) and wait until all are done."""
+        """One run: submit n jobs (one by one or batched) and wait until all are done.
+
+        The answer's "cpu" is CPU ms per job: the peer's processes (its client, which does
+        what cloudjobs' API does, and its workers), and its database's backends or, for
+        Celery, the Redis server's."""
         if self.error:
             return {"error": self.error}
         assert self.proc.stdin is not None
+        before = self.cpu_times()
         self.proc.stdin.write(f"{mode} {n}\n")
         self.proc.stdin.flush()
-        return self._read(300)
+        answer = self._read(300)
+        after = self.cpu_times()
+        answer["cpu"] = [
+            1000 * sum(t - start.get(pid, 0.0) for pid, t in now.items()) / n
+            for start, now in zip(before, after, strict=True)
+        ]
+        return answer
+
+    def cpu_times(self) -> tuple[dict[int, float], dict[int, float]]:
+        """CPU seconds so far of the peer's processes, and of its database's backends (or Redis)."""
+        procs = [self.proc.pid]
+        with contextlib.suppress(psutil.Error):
+            procs += [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
+        if self.db is not None:
+            store = Meter._backends(self.db)
+        else:
+            store = [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "redis-server"]
+        return {p: process_cpu(p) for p in procs}, {p: process_cpu(p) for p in store}
 
     def close(self) -> None:
         if self.proc.poll() is None and self.proc.stdin is not None:
@@ -478,6 +524,8 @@ class PeerProcess:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        if self.db is not None:
+            self.db.dispose()
         self._log.close()
 
 
@@ -744,15 +792,18 @@ class Bench:
         with self.cj_db.connect() as conn:
             return conn.execute(sa.text("SELECT clock_timestamp()")).scalar_one()  # type: ignore[no-any-return]
 
-    def e2e(self, mode: str, n: int | None = None, key: str | None = None) -> float:
+    def e2e(self, mode: str, n: int | None = None, key: str | None = None, rate: float = 0.0) -> float:
         """n echo jobs submitted one by one or in batches of 500, run to COMPLETED via the emulator.
 
         From the first job's creation to the last one's completion, both by PostgreSQL's clock.
+        With `rate`, one-by-one creates arrive at that many a second (the low-load latency).
+        Also noted on the figure: each job's latency from its creation to its completion (p50,
+        p99), the emulator's billable operations per job and the jobs per Cloud Task.
         """
         n = n or self.sizes.e2e_jobs
         key = key or f"cj.e2e.{mode}"
         t0 = self.clock()
-        bound = max(60.0, n / 20)
+        bound = max(60.0, n / 20, 1.5 * n / rate if rate else 0.0)
         if mode in ("one", "one-shared"):
             # "one-shared": the same creates on the shared queue, where those arriving together
             # in a worker share a task (CREATE_COALESCE_MS)
@@ -766,6 +817,7 @@ class Bench:
             sizes = [min(BATCH, n - i) for i in range(0, n, BATCH)]
             reqs = [_post("/v1/jobs:batchCreate", json.dumps({"jobs": [job] * k})) for k in sizes]
             concurrency, cycle = 1, False
+        operations = self.operations()
         with self.sampler.watching(key, self.stack.gunicorn.pid, self.cj_db) as reading:
             tally = run_loader(
                 self.stack.url,
@@ -774,11 +826,23 @@ class Bench:
                 cycle=cycle,
                 max_requests=n if cycle else None,
                 duration_s=bound,
+                rate=rate,
             )
             _checked(tally, key)
             first, last = self.wait_done(t0, n, timeout=bound)
             reading.jobs = n
+        fig = self.figs.get(key)
+        if fig is not None:
+            fig.ops.append((self.operations() - operations) / n)
+            with self.cj_db.connect() as conn:
+                row = conn.execute(_LATENCY, {"t0": t0}).one()
+            fig.latency.append((row.p50, row.p99))
+            fig.per_task.append(row.jobs / row.tasks)
         return n / (last - first).total_seconds()
+
+    def operations(self) -> int:
+        """The emulator's billable operations so far: task RPCs and delivery attempts."""
+        return sum(self.stack.emulator.state.operation_counts.values())  # type: ignore[no-any-return]
 
     def workflow(self) -> float:
         """One workflow: a fan-out of no-op echo steps and a step that needs them all, from its
@@ -878,6 +942,9 @@ class Bench:
         self.guarded("cj.e2e.one-shared", lambda: self.e2e("one-shared"))
         self.guarded("cj.e2e.shared", lambda: self.e2e("shared"))
         self.guarded("cj.e2e.workflow", self.workflow)
+        self.guarded("cj.latency.one", lambda: self.e2e("one", self.sizes.paced_jobs, "cj.latency.one", PACED_RATE))
+        self.guarded("cj.latency.one-shared",
+                     lambda: self.e2e("one-shared", self.sizes.paced_jobs, "cj.latency.one-shared", PACED_RATE))
         for peer in peers:
             for mode in ("one", "batch"):
                 key = f"peer.{peer.name}.{mode}"
@@ -889,6 +956,16 @@ class Bench:
                     self.log(f"  {key:<26} FAILED: {result['error']}")
                 else:
                     self.record(key, float(result["rate"]))
+                    self.figs[key].cpu.append((*result["cpu"], 0.0))
+
+
+# Latency from a job's creation (its INSERT, just before the 202) to its completion, and its
+# jobs per distinct Cloud Task name.
+_LATENCY = sa.text(
+    "SELECT 1000 * percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM done_time - created_time)) AS p50, "
+    "1000 * percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM done_time - created_time)) AS p99, "
+    "count(*) AS jobs, count(DISTINCT task_name) AS tasks FROM jobs WHERE created_time >= :t0"
+)
 
 
 def _post(path: str, body: str) -> dict[str, Any]:
@@ -1040,9 +1117,30 @@ def cpu_cell(f: Figure) -> str:
     app = statistics.median(c[0] for c in f.cpu)
     pg = statistics.median(c[1] for c in f.cpu)
     cell = f"{app:.2f} + {pg:.2f}"
-    if f.key.startswith("cj.e2e"):
+    if f.key.startswith(("cj.e2e", "cj.latency")):
         cell += f" + {statistics.median(c[2] for c in f.cpu):.2f}"
     return cell
+
+
+def cpu_total(f: Figure) -> float | None:
+    """Median over rounds of CPU ms per job, app (or the peer's processes) + database (or broker)."""
+    return statistics.median(c[0] + c[1] for c in f.cpu) if f.cpu else None
+
+
+def latency_table(figs: dict[str, Figure]) -> list[str]:
+    """End-to-end latency, Cloud Tasks operations and jobs per task, medians over rounds."""
+    lines = [
+        "| figure | latency p50 | latency p99 | Cloud Tasks operations / job | jobs / task |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for f in figs.values():
+        if not f.latency:
+            continue
+        p50 = statistics.median(x[0] for x in f.latency)
+        p99 = statistics.median(x[1] for x in f.latency)
+        lines.append(f"| {f.label} | {p50:,.1f} ms | {p99:,.1f} ms | {statistics.median(f.ops):.3f} "
+                     f"| {statistics.median(f.per_task):.1f} |")
+    return lines
 
 
 def figures_table(figs: dict[str, Figure]) -> list[str]:
@@ -1120,6 +1218,19 @@ def targets_table(figs: dict[str, Figure], steady_rss: float | None) -> list[str
         else:
             met = "yes" if value >= goal else "**no**"
         lines.append(f"| {what} | {shown} | {rng_s} | {met} |")
+    for what, key, peer in CPU_TARGETS:
+        mine, theirs = cpu_total(figs[key]), cpu_total(figs[peer])
+        if mine is None or theirs is None:
+            lines.append(f"| {what} | — | | not measured |")
+            continue
+        met = "yes" if mine <= theirs else "**no**"
+        lines.append(f"| {what} | {mine:.2f} ms against {theirs:.2f} ms ({mine / theirs:.2f}×) | | {met} |")
+    ops = figs["cj.e2e.shared"].ops
+    if ops:
+        value = statistics.median(ops)
+        met = "yes" if value <= OPS_LIMIT else "**no**"
+        lines.append(f"| Cloud Tasks operations per job ≤ {OPS_LIMIT} with batching on | {value:.3f} "
+                     f"| {min(ops):.3f}–{max(ops):.3f} | {met} |")
     if steady_rss is not None:
         met = "yes" if steady_rss <= RSS_LIMIT_MB else "**no**"
         lines.append(
@@ -1213,6 +1324,16 @@ def report(
         *figures_table(figs),
         "",
         *targets_table(figs, cj_steady),
+        "",
+        "Latency of each job from its creation (the INSERT just before the 202) to its "
+        "COMPLETED, by PostgreSQL's clock; the emulator's billable operations (task RPCs and "
+        "delivery attempts) per job; jobs per distinct Cloud Task (medians over the rounds):",
+        "",
+        *latency_table(figs),
+        "",
+        "CPU of a peer (its row's CPU column): its processes (the client library, which does "
+        "what cloudjobs' API does, and its workers) + its database's backends (Celery: the Redis "
+        "server).",
         "",
         "Round trips to PostgreSQL per request (batchCreate and end to end: per job), "
         "by what they were for, "

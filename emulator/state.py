@@ -18,7 +18,7 @@ import random
 import re
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -339,6 +339,9 @@ class State:
         self.cmek: dict[str, str] = {}
         self._seq = itertools.count()
         self._random = random.Random()
+        # Billable operations so far (Cloud Tasks bills every API call and every delivery
+        # attempt as one operation): task RPCs by name, and "dispatch" for attempts.
+        self.operation_counts: Counter[str] = Counter()
 
     # ----------------------------------------------------------------- queues
 
@@ -561,6 +564,7 @@ class State:
         now = self.clock()
         prep = self._prepare(qn, task, view, now)
         with self.lock:
+            self.operation_counts["CreateTask"] += 1
             q = self._queue(qn.name)
             return self._render(self._insert(q, prep, now), view)
 
@@ -629,6 +633,7 @@ class State:
         tasks: list[Any] = []
         meta = BatchCreateTasksMetadataPb()
         with self.lock:
+            self.operation_counts["BatchCreateTasks"] += 1
             q = self._queue(qn.name)
             for i, prep in enumerate(prepared):
                 if isinstance(prep, ApiError):
@@ -832,6 +837,7 @@ class State:
             forced=forced,
         )
         rec.dispatch_count += 1
+        self.operation_counts["dispatch"] += 1
         if rec.first_dispatch_ts is None:
             rec.first_dispatch_ts = now
         rec.last_schedule_ts = rec.schedule_ts

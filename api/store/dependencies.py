@@ -63,7 +63,7 @@ RELEASE_CTES = """
                                   ELSE w.scheduled_time END,
             updated_time = now()
         FROM freed f
-        WHERE w.id = f.job_id AND w.state = 'WAITING'
+        WHERE w.id = f.job_id AND (w.state = 'WAITING') IS TRUE  -- a filter, never an index (api.store.jobs)
         RETURNING w.*
     )
 """

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 
 from api.cloud.tasks import is_shared
 from api.store.dependencies import MOVED_COLUMNS, RELEASE_CTES
+from api.store.pgfast import PLANNED_ONCE
 from api.store.tables import TERMINAL, job_attempts, jobs
 
 # A lease outlives the job's timeout by this much, so a slow finish is not taken over.
@@ -202,8 +203,13 @@ def mark_queued(conn: Connection, job_ids: Sequence[uuid.UUID]) -> list[Row[Any]
     return list(conn.execute(stmt))
 
 
+# The claim and the finish are planned once per connection (a generic plan: pgfast's
+# PLANNED_ONCE), so no condition on state may be one an index could serve: a plan made from
+# statistics that saw no RUNNING job would walk an index by state, through the entries of every
+# job that left RUNNING since the last vacuum, on every run. `(…) IS TRUE` keeps a condition a
+# filter on the rows found by primary key.
 _CLAIM = sa.text(
-    """
+    PLANNED_ONCE + """
     WITH named AS MATERIALIZED (
         -- By primary key alone: with a condition on state beside it, the planner may walk
         -- an index by state instead, through the entries of every job that left RUNNING
@@ -237,7 +243,7 @@ _CLAIM = sa.text(
           AND NOT cancel_requested
           AND (state IN ('CREATED', 'QUEUED')
                OR (state = 'RUNNING' AND (lease_expires_time < now()
-                                          OR lease_holder = ANY(CAST(:dead AS text[])))))
+                                          OR lease_holder = ANY(CAST(:dead AS text[]))))) IS TRUE
         RETURNING jobs.*
     ), lost AS (
         -- The attempt whose lease ran out, or whose process died, never finished: record it
@@ -285,7 +291,7 @@ def claim_jobs(
 
 
 _FINISH = sa.text(
-    f"""
+    PLANNED_ONCE + f"""
     WITH f AS (
         SELECT * FROM unnest(
             CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:states AS text[]),
@@ -315,7 +321,7 @@ _FINISH = sa.text(
                                      THEN now() + make_interval(secs => f.retry_in) END,
             updated_time = now()
         FROM f
-        WHERE j.id = f.id AND j.state = 'RUNNING' AND j.attempts = f.attempt
+        WHERE j.id = f.id AND (j.state = 'RUNNING') IS TRUE AND j.attempts = f.attempt
         RETURNING j.*, f.outcome AS f_outcome, f.task_name AS f_task_name,
                   f.retry_count AS f_retry_count, f.execution_count AS f_execution_count,
                   f.retry_reason AS f_retry_reason

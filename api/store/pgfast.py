@@ -39,7 +39,12 @@ PostgreSQL still plans each execution with its parameters: api/store/engine.py o
 `plan_cache_mode = force_custom_plan` (a generic plan, which `auto` may pick after five runs,
 chose an index by state from statistics that saw no RUNNING jobs and walked its dead entries:
 a run's database CPU tripled within minutes of load). So plans stay what they were; the
-parsing and rewriting go.
+parsing and rewriting go. Except for statements whose text starts with `PLANNED_ONCE`, written
+so that no plan can walk an index by state (the claim and the finish of a run): those are
+planned once per connection, a generic plan, which halves the database's CPU of a run
+(planning its CTEs was half its time). The session's plan_cache_mode is switched by a `SET`
+sent in the same write as the statement, only when the statement's mode differs from the
+session's (tracked per connection; unknown after an error or a rollback, which may undo a SET).
 
 Otherwise behaviour is unchanged: the same messages (minus two Syncs and the Flushes), the same
 parameter conversion, the same handling of the replies; an error in any step still skips
@@ -119,6 +124,8 @@ def _take_pending_begin(self: Any) -> bool:
 
 
 def _execute_simple(self: Any, statement: str) -> Any:
+    if statement[:8].lower() == "rollback":
+        _forget_plans(self)
     if statement == _BEGIN and not getattr(self, "_pgfast_begin", False):
         # Held back; the connection counts as in a transaction from now on, as it would.
         self._pgfast_begin = True
@@ -168,6 +175,7 @@ def _execute_unnamed(self: Any, statement: str, vals: Any = (), oids: Any = (), 
         _queue_begin(self)
     if cache is not None:
         cache.send_closes(self)  # after the BEGIN: its reply is read on its own first
+    _switch_plans(self, statement, cache, params)
     if prepared is not None:
         name, columns, input_funcs = prepared
         context = pg8000.core.Context(statement, columns=columns, input_funcs=input_funcs)
@@ -191,12 +199,48 @@ def _execute_unnamed(self: Any, statement: str, vals: Any = (), oids: Any = (), 
     try:
         self.handle_messages(context)
     except pg8000.exceptions.DatabaseError as e:
+        _forget_plans(self)
         if cache is not None:
             cache.failed(key, name, prepared is not None, e)
         raise
     if cache is not None and prepared is None and name:
         cache.add(key, name, context.columns, context.input_funcs)
     return context
+
+
+# A statement whose text starts with this is run with a generic plan when prepared (above).
+PLANNED_ONCE = "/* planned once */"
+_CUSTOM, _GENERIC = "force_custom_plan", "force_generic_plan"
+
+
+def _switch_plans(self: Any, statement: str, cache: _Statements | None, params: Any) -> None:
+    """Write (not flush) a SET of plan_cache_mode if this statement needs the other mode.
+
+    Only a statement with parameters is planned by the mode (COMMIT, ROLLBACK and the like
+    are not), and a rollback leaves the mode unknown."""
+    if statement[:8].lower() == "rollback":
+        _forget_plans(self)
+        return
+    if not params:
+        return
+    want = _GENERIC if cache is not None and statement.startswith(PLANNED_ONCE) else _CUSTOM
+    # A session that never switched has its startup setting: custom plans, or `auto` without
+    # prepared statements (never generic), which is left as it is.
+    if getattr(self, "_pgfast_plans", _CUSTOM) == want:
+        return
+    enc = self._client_encoding
+    text = f"SET plan_cache_mode = {want}".encode(enc)
+    self._send_message(pg8000.core.PARSE, pg8000.core.NULL_BYTE + text + pg8000.core.NULL_BYTE + pg8000.core.H_pack(0))
+    self._send_message(pg8000.core.BIND, _bind(b"", (), enc))
+    pg8000.core._write(self._sock, pg8000.core.EXECUTE_MSG)
+    self._pgfast_plans = want
+
+
+def _forget_plans(self: Any) -> None:
+    """After a rollback (to a savepoint too) or an error, a SET of this transaction may be undone:
+    the mode of a session that switched is unknown until the next SET."""
+    if hasattr(self, "_pgfast_plans"):
+        self._pgfast_plans = None
 
 
 def _bind(name: bytes, params: Any, enc: str) -> bytearray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -306,3 +307,79 @@ def test_prepared_statements_are_still_planned_for_their_values(one_connection: 
             assert conn.execute(sa.text("SHOW plan_cache_mode")).scalar_one() == "auto"
     finally:
         plain.dispose()
+
+
+def _mode(conn: sa.Connection, marked: bool, x: int = 1) -> str:
+    """The plan_cache_mode a statement with a parameter runs under (marked: PLANNED_ONCE)."""
+    text = "SELECT current_setting('plan_cache_mode') WHERE CAST(:x AS int) > 0"
+    return conn.execute(sa.text((pgfast.PLANNED_ONCE if marked else "") + text), {"x": x}).scalar_one()
+
+
+def test_statements_planned_once_run_with_a_generic_plan_and_the_rest_as_before(
+    one_connection: Engine, proxied: tuple[Engine, CountingProxy]
+) -> None:
+    with one_connection.connect() as conn:
+        # generic from the first run (unnamed, then prepared); the statements not marked are
+        # back to custom plans
+        assert [_mode(conn, True) for _ in range(3)] == ["force_generic_plan"] * 3
+        assert [_mode(conn, False) for _ in range(3)] == ["force_custom_plan"] * 3
+        assert _mode(conn, True) == "force_generic_plan"
+        with pgfast.planned_each_time(conn.connection.dbapi_connection):
+            assert _mode(conn, True) == "force_custom_plan"  # not prepared: planned each time
+        conn.commit()
+    engine, proxy = proxied
+    with engine.connect() as conn:
+        _mode(conn, True)
+        _mode(conn, True)
+        with counting(proxy) as c:
+            assert _mode(conn, False) == "force_custom_plan"
+            assert _mode(conn, True) == "force_generic_plan"
+    # the SET rides in the statement's own write: still one round trip each
+    assert c.round_trips == 2 and c.kinds == {"set": 2, "select": 2}, (c.round_trips, c.kinds)
+    assert c.trips == {"select": 2} and c.statements == 2
+
+
+def test_a_rollback_or_an_error_leaves_the_plan_mode_known_again(one_connection: Engine) -> None:
+    # A SET inside a transaction that rolls back is undone: the mode must be set again, or a
+    # statement would run under the other one.
+    with one_connection.connect() as conn:
+        assert _mode(conn, False) == "force_custom_plan"
+        conn.commit()
+        assert _mode(conn, True) == "force_generic_plan"
+        conn.rollback()  # the session is back to custom plans
+        assert _mode(conn, True) == "force_generic_plan"
+        conn.commit()  # now generic
+        with pytest.raises(sa.exc.DBAPIError, match="division by zero"):
+            conn.execute(sa.text("SELECT 1 / CAST(:x AS int)"), {"x": 0})  # SET custom, then failed
+        conn.rollback()  # generic again
+        assert conn.execute(sa.text("SHOW plan_cache_mode")).scalar_one() == "force_generic_plan"
+        assert _mode(conn, False) == "force_custom_plan"
+        with conn.begin_nested():
+            assert _mode(conn, True) == "force_generic_plan"
+            conn.rollback()  # to the savepoint: custom again
+        assert _mode(conn, True) == "force_generic_plan"
+
+
+def test_the_claim_and_the_finish_find_jobs_by_primary_key_in_their_generic_plans(db: Engine) -> None:
+    # Nothing in them may be served by an index by state, whatever the statistics say: here
+    # they saw thousands of finished jobs and none RUNNING, from which a generic plan walked
+    # jobs_active_idx for RUNNING rows before the conditions on state became filters.
+    from api.store import jobs as store
+
+    with db.connect() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO jobs (id, type, queue, state, payload, max_attempts, timeout_s, labels, task_name, scheduled_time) "
+            "SELECT gen_random_uuid(), 'echo', 'default', CASE WHEN g % 10 = 0 THEN 'QUEUED' ELSE 'COMPLETED' END, "
+            "'{}', 3, 60, '{}', 't' || g, now() FROM generate_series(1, 5000) g"))
+        conn.execute(sa.text("ANALYZE jobs"))
+        conn.execute(sa.text("SET LOCAL plan_cache_mode = force_generic_plan"))
+        for name, stmt in (("cj_test_claim", store._CLAIM), ("cj_test_finish", store._FINISH)):
+            parts = str(stmt.compile(dialect=db.dialect)).split("%s")
+            text = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+            conn.exec_driver_sql(f"PREPARE {name} AS {text}".replace("%%", "%"))
+            nulls = ", ".join("NULL" for _ in parts[1:])
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN EXECUTE {name}({nulls})"))
+            conn.exec_driver_sql(f"DEALLOCATE {name}")
+            indexes = set(re.findall(r"(?:using|Bitmap Index Scan on) (jobs_\w+)", plan))
+            assert indexes == {"jobs_pkey"} and "Seq Scan on jobs " not in plan, plan
+        conn.rollback()
