@@ -41,10 +41,11 @@ chose an index by state from statistics that saw no RUNNING jobs and walked its 
 a run's database CPU tripled within minutes of load). So plans stay what they were; the
 parsing and rewriting go. Except for statements whose text starts with `PLANNED_ONCE`, written
 so that no plan can walk an index by state (the claim and the finish of a run): those are
-planned once per connection, a generic plan, which halves the database's CPU of a run
-(planning its CTEs was half its time). The session's plan_cache_mode is switched by a `SET`
-sent in the same write as the statement, only when the statement's mode differs from the
-session's (tracked per connection; unknown after an error or a rollback, which may undo a SET).
+planned once per connection, a generic plan made without sequential scans, which halves the
+database's CPU of a run (planning its CTEs was half its time). The session's plan_cache_mode
+(and enable_seqscan) is switched by `SET`s sent in the same write as the statement, only when
+the statement's mode differs from the session's (tracked per connection; unknown after an
+error or a rollback, which may undo a SET).
 
 Otherwise behaviour is unchanged: the same messages (minus two Syncs and the Flushes), the same
 parameter conversion, the same handling of the replies; an error in any step still skips
@@ -211,6 +212,14 @@ def _execute_unnamed(self: Any, statement: str, vals: Any = (), oids: Any = (), 
 # A statement whose text starts with this is run with a generic plan when prepared (above).
 PLANNED_ONCE = "/* planned once */"
 _CUSTOM, _GENERIC = "force_custom_plan", "force_generic_plan"
+# A generic plan is made once and kept until the statistics of a table it reads change: one made
+# while a table was small (a new database, or a server without autovacuum, whose statistics
+# never change) would scan the whole table for good. Without sequential scans, the plan made
+# is the one by primary key, whatever the statistics said when it was made.
+_SETTINGS = {
+    _GENERIC: ("plan_cache_mode = force_generic_plan", "enable_seqscan = off"),
+    _CUSTOM: ("plan_cache_mode = force_custom_plan", "enable_seqscan = on"),
+}
 
 
 def _switch_plans(self: Any, statement: str, cache: _Statements | None, params: Any) -> None:
@@ -229,10 +238,11 @@ def _switch_plans(self: Any, statement: str, cache: _Statements | None, params: 
     if getattr(self, "_pgfast_plans", _CUSTOM) == want:
         return
     enc = self._client_encoding
-    text = f"SET plan_cache_mode = {want}".encode(enc)
-    self._send_message(pg8000.core.PARSE, pg8000.core.NULL_BYTE + text + pg8000.core.NULL_BYTE + pg8000.core.H_pack(0))
-    self._send_message(pg8000.core.BIND, _bind(b"", (), enc))
-    pg8000.core._write(self._sock, pg8000.core.EXECUTE_MSG)
+    for setting in _SETTINGS[want]:
+        text = f"SET {setting}".encode(enc)
+        self._send_message(pg8000.core.PARSE, pg8000.core.NULL_BYTE + text + pg8000.core.NULL_BYTE + pg8000.core.H_pack(0))
+        self._send_message(pg8000.core.BIND, _bind(b"", (), enc))
+        pg8000.core._write(self._sock, pg8000.core.EXECUTE_MSG)
     self._pgfast_plans = want
 
 
