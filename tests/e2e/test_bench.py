@@ -39,8 +39,10 @@ def test_the_smoke_run_prints_every_figure(server_url: str, tmp_path: Path) -> N
     )
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    table = {line.split(" | ")[0].lstrip("| "): line for line in proc.stdout.splitlines()
-             if line.startswith("| ")}
+    table: dict[str, str] = {}
+    for line in proc.stdout.splitlines():  # the first table's row of each label
+        if line.startswith("| "):
+            table.setdefault(line.split(" | ")[0].lstrip("| "), line)
     for key, label in ROWS.items():
         assert label in table, f"no row for {key}:\n{proc.stdout}"
         median = table[label].split(" | ")[2].replace(",", "")
@@ -49,6 +51,14 @@ def test_the_smoke_run_prints_every_figure(server_url: str, tmp_path: Path) -> N
     for key in ROWS:
         assert figures[key]["samples"] and figures[key]["error"] is None, figures[key]
     assert "| POST /v1/jobs ≥ 0.6× floor INSERT |" in proc.stdout  # the targets table
+    # latency from creation to COMPLETED, Cloud Tasks operations and jobs per task
+    for key in ("cj.e2e.one", "cj.e2e.shared", "cj.latency.one"):
+        f = figures[key]
+        assert f["latency"] and 0 < f["latency"][0][0] <= f["latency"][0][1], f
+        assert f["ops"] and f["per_task"], f
+    assert figures["cj.e2e.one"]["ops"][0] == 2.0  # a CreateTask and a delivery
+    assert figures["cj.e2e.shared"]["per_task"][0] > 1 and figures["cj.e2e.shared"]["ops"][0] < 0.5
+    assert figures["cj.latency.one"]["samples"][0] <= 100 * 1.1  # paced at 100 jobs/s
     assert not docs.exists()  # --smoke never writes the docs
     assert elapsed < 60, f"the smoke run took {elapsed:.0f}s"
 
