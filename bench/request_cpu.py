@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             "HANDLER_BASE_URL": "http://127.0.0.1:9",
             "HANDLER_AUTH": "oidc",
             "AUTH": "none",
+            "DEMO_JOB_TYPES": "true",  # echo, the no-op job of every figure
             "TASKS_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
             "OIDC_CERTS_URL": certs_url,
             "QUEUES_FILE": str(QUEUES_FILE),

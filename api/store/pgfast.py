@@ -408,8 +408,12 @@ _original_timestamptz_in = pg8000.converters.timestamptz_in
 _original_timestamp_in = pg8000.converters.timestamp_in
 
 
+@functools.lru_cache(maxsize=1024)
 def timestamptz_in(data: str) -> Any:
-    """timestamptz text as an aware datetime (pg8000's parser for what this cannot read)."""
+    """timestamptz text as an aware datetime (pg8000's parser for what this cannot read).
+
+    Kept for the next reading of the same text (datetimes are immutable): the rows of a batch,
+    or of one transaction, share their times, now() being the transaction's."""
     try:
         return datetime.fromisoformat(data)
     except ValueError:
