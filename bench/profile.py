@@ -1,6 +1,6 @@
 """Where a figure's CPU time goes: py-spy on the gunicorn workers while the loader runs.
 
-    python -m bench.profile create|get|run|batch|e2e|floor.insert|floor.update|ceiling
+    python -m bench.profile create|get|run|batch|e2e|e2e-batch|e2e-shared|floor.insert|floor.update|ceiling
                             [--seconds 10] [--top 25] [--emulator] [--raw DIR]
 
 Brings up the same stack as `python -m bench` (fresh database, emulator, gunicorn with
@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch",
             "e2e",
             "e2e-batch",
+            "e2e-shared",
             "floor.insert",
             "floor.select",
             "floor.update",
@@ -232,9 +233,10 @@ def main(argv: list[str] | None = None) -> int:
                 result = run_loader(
                     stack.url, b.run_requests(50_000), cycle=False, duration_s=seconds
                 )
-            elif args.figure in ("e2e", "e2e-batch"):
-                n = int(seconds * 150)
-                rate = b.e2e("one" if args.figure == "e2e" else "batch", n, key="profile")
+            elif args.figure in ("e2e", "e2e-batch", "e2e-shared"):
+                mode = {"e2e": "one", "e2e-batch": "batch", "e2e-shared": "shared"}[args.figure]
+                n = int(seconds * (2000 if mode == "shared" else 150))
+                rate = b.e2e(mode, n, key="profile")
                 result = {"rate": rate, "jobs": n}
             elif args.figure == "ceiling":
                 result = {"rate": b.ceiling(int(seconds * 200))}

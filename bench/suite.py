@@ -114,7 +114,7 @@ MODES = {
     ),
     "full": Sizes(
         runs=3, http_s=5.0, e2e_jobs=5000, batch_calls=20, peers=True, rt_jobs=200, warmup=500,
-        fan_out=10_000,
+        fan_out=9_999,  # and the join: MAX_STEPS (api/orchestration/workflows.py)
     ),
 }
 

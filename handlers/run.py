@@ -106,7 +106,8 @@ def _claim(
     process, which a later delivery waits out as for any lost answer."""
     with autocommit(state.engine) as conn:
         claimed = store.claim_jobs(conn, ids, lease_margin_s=state.config.lease_margin_s, holder=me)
-        unclaimed = [i for i in ids if i not in {r.id for r in claimed}]
+        got = {r.id for r in claimed}
+        unclaimed = [i for i in ids if i not in got]
         released = []
         if unclaimed:
             # Cancelled while queued, or while an attempt that has since died held it.
