@@ -446,17 +446,21 @@ TASK_BATCH = 100
 def enqueue(state: AppState, rows: list[Row[Any]]) -> list[Row[Any]]:
     """Create each job's task; returns the rows as they are now.
 
-    One CreateTask per job, or one BatchCreateTasks per 100 jobs of a queue. CREATED jobs
+    One CreateTask per task, or one BatchCreateTasks per 100 tasks of a queue (a shared task
+    counts once, whatever its jobs: 500 jobs in tasks of 100 are one call). CREATED jobs
     (the sweeper's, a retry's) are marked QUEUED once their task exists; QUEUED ones (new
     jobs, inserted QUEUED) go back to CREATED if their task could not be created.
     """
-    by_queue: dict[str, list[Row[Any]]] = {}
+    by_task: dict[tuple[str, str], list[Row[Any]]] = {}
     for row in rows:
-        by_queue.setdefault(row.queue, []).append(row)
+        by_task.setdefault((row.queue, row.task_name), []).append(row)
+    by_queue: dict[str, list[list[Row[Any]]]] = {}
+    for (queue, _), members in by_task.items():
+        by_queue.setdefault(queue, []).append(members)
     enqueued: list[uuid.UUID] = []
-    for queue, group in by_queue.items():
-        for i in range(0, len(group), TASK_BATCH):
-            enqueued += _create_tasks(state, queue, group[i : i + TASK_BATCH])
+    for queue, tasks in by_queue.items():
+        for i in range(0, len(tasks), TASK_BATCH):
+            enqueued += _create_tasks(state, queue, [r for members in tasks[i : i + TASK_BATCH] for r in members])
     done = set(enqueued)
     if len(done) < len(rows):
         state.enqueue_backlog.set()

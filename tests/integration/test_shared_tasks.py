@@ -51,6 +51,16 @@ def task_names(db: Engine, ids: list[str]) -> dict[str, str]:
         return dict(rows.all())
 
 
+def test_a_batch_creates_its_shared_tasks_in_one_call(client: FlaskClient, tasks_client: Any, emulator: Any) -> None:
+    # 250 jobs in tasks of 20 are 13 tasks: one BatchCreateTasks, not one call per 100 jobs
+    counts = emulator.state.operation_counts
+    before = dict(counts)
+    jobs = batch(client, [{"type": "echo", "queue": "shared", "payload": {"i": i}} for i in range(250)])
+    assert len(tasks_of(client, tasks_client)) == 13 and len(jobs) == 250
+    assert counts["BatchCreateTasks"] - before.get("BatchCreateTasks", 0) == 1
+    assert counts["CreateTask"] == before.get("CreateTask", 0)
+
+
 def test_a_batch_shares_tasks_of_up_to_jobs_per_task(client: FlaskClient, tasks_client: Any, db: Engine) -> None:
     jobs = batch(client, [{"type": "echo", "queue": "shared", "payload": {"i": i}} for i in range(45)])
     tasks = tasks_of(client, tasks_client)
