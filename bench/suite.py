@@ -909,7 +909,7 @@ class Bench:
         self.ceiling(min(w, 200))
         self.pause()
         run_loader(self.stack.url, [_post("/v1/jobs", ECHO)], max_requests=w, duration_s=10)
-        self.batch(1)
+        self.batch(self.sizes.batch_calls)  # as many calls as a round: the workers prepare its INSERT
         run_loader(
             self.stack.url,
             [{"path": f"/v1/jobs/{i}"} for i in self.cj_ids()],
