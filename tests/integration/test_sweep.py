@@ -116,6 +116,25 @@ def test_a_queued_job_whose_task_vanished_is_requeued(
     assert row(db, j["id"]).run == 1
 
 
+def test_a_job_whose_task_name_cloud_tasks_refuses_is_left_and_the_sweep_goes_on(
+    open_app: Flask, tasks_client: tasks_v2.CloudTasksClient, db: Engine
+) -> None:
+    # cloudjobs seed-history names its live-looking jobs' task 'seed': GetTask answers
+    # INVALID_ARGUMENT for it, which stopped the whole sweep (CI saw it once)
+    client = open_app.test_client()
+    seeded, lost = create(client, {"type": "echo"}), create(client, {"type": "echo"})
+    for j in (seeded, lost):
+        tasks_client.delete_task(name=row(db, j["id"]).task_name)
+        age(db, j["id"], updated_time="1 hour", scheduled_time="1 hour")
+    with db.begin() as conn:
+        conn.execute(sa.text("UPDATE jobs SET task_name = 'seed' WHERE id = :i"), {"i": seeded["id"]})
+    report = run_sweep(open_app)
+    assert report["requeued"] == 1 and report["still_owned"] == 1, report
+    assert row(db, lost["id"]).run == 1
+    left = row(db, seeded["id"])
+    assert (left.state, left.run, left.task_name) == ("QUEUED", 0, "seed")
+
+
 def test_a_queued_job_after_a_failed_last_attempt_is_failed(
     open_app: Flask, tasks_client: tasks_v2.CloudTasksClient, db: Engine
 ) -> None:
