@@ -56,7 +56,7 @@ def test_the_smoke_run_prints_every_figure(server_url: str, tmp_path: Path) -> N
         f = figures[key]
         assert f["latency"] and 0 < f["latency"][0][0] <= f["latency"][0][1], f
         assert f["ops"] and f["per_task"], f
-    assert figures["cj.e2e.one"]["ops"][0] == 2.0  # a CreateTask and a delivery
+    assert 2.0 <= figures["cj.e2e.one"]["ops"][0] < 2.2  # a CreateTask and a delivery (a rare retry adds one)
     assert figures["cj.e2e.shared"]["per_task"][0] > 1 and figures["cj.e2e.shared"]["ops"][0] < 0.5
     assert figures["cj.latency.one"]["samples"][0] <= 100 * 1.1  # paced at 100 jobs/s
     assert not docs.exists()  # --smoke never writes the docs
