@@ -24,22 +24,35 @@ MEMBERS_TIMEOUT_S = 5.0
 
 
 @dataclass
-class Group:
-    """Jobs of one process bound for one shared task."""
+class TaskFill:
+    """What one shared task holds so far: its jobs, the cap on their number, and their
+    timeouts, which run one after another and must fit the task's time budget."""
 
-    name: str  # the task's full name
     limit: int
     budget_s: float  # the timeouts they may add up to (the queue's deadline less headroom)
     seconds: int = 0
-    members: list[uuid.UUID] = field(default_factory=list)
+    members: list[Any] = field(default_factory=list)
+
+    def fits(self, limit: int, timeout_s: int) -> bool:
+        """Whether one more job, allowing `limit` jobs a task, fits."""
+        return len(self.members) < min(self.limit, limit) and self.seconds + timeout_s <= self.budget_s
+
+    def add(self, member: Any, limit: int, timeout_s: int) -> None:
+        self.members.append(member)
+        self.seconds += timeout_s
+        self.limit = min(self.limit, limit)
+
+
+@dataclass
+class Group(TaskFill):
+    """Jobs of one process bound for one shared task."""
+
+    name: str = ""  # the task's full name
     rows: dict[uuid.UUID, Any] = field(default_factory=dict)  # id -> the inserted row, or None
     closed: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     cond: threading.Condition = field(default_factory=threading.Condition)
     after: dict[uuid.UUID, Any] = field(default_factory=dict)  # the rows as the enqueue left them
-
-    def fits(self, limit: int, timeout_s: int) -> bool:
-        return len(self.members) < min(self.limit, limit) and self.seconds + timeout_s <= self.budget_s
 
 
 class Coalescer:
@@ -61,9 +74,7 @@ class Coalescer:
                     self._close(key, group)
                 group = self._open[key] = Group(name=name_for(job_id), limit=limit, budget_s=budget_s)
             assert group is not None
-            group.members.append(job_id)
-            group.seconds += timeout_s
-            group.limit = min(group.limit, limit)
+            group.add(job_id, limit, timeout_s)
             if len(group.members) >= group.limit:
                 self._close(key, group)
             return group, leader

@@ -8,7 +8,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +21,7 @@ from api.cloud.queues import MAX_JOBS_PER_TASK
 from api.cloud.tasks import build_task, is_shared, jobs_time_budget, shared_task_id, task_id_for, task_path
 from api.errors import IdempotencyKeyReused, InvalidRequest, JobStateConflict, ValidationFailed
 from api.observability import traces as observability
+from api.orchestration.coalesce import TaskFill
 from api.orchestration.requests import CreateJob
 from api.state import AppState
 from api.store import dependencies
@@ -460,7 +461,7 @@ def enqueue(state: AppState, rows: list[Row[Any]]) -> list[Row[Any]]:
     enqueued: list[uuid.UUID] = []
     for queue, tasks in by_queue.items():
         for i in range(0, len(tasks), TASK_BATCH):
-            enqueued += _create_tasks(state, queue, [r for members in tasks[i : i + TASK_BATCH] for r in members])
+            enqueued += _create_tasks(state, queue, tasks[i : i + TASK_BATCH])
     done = set(enqueued)
     if len(done) < len(rows):
         state.enqueue_backlog.set()
@@ -517,14 +518,10 @@ def _drain_backlog(state: AppState) -> None:
     threading.Thread(target=drain, name="cloudjobs-enqueue-backlog", daemon=True).start()
 
 
-def _create_tasks(state: AppState, queue: str, rows: list[Row[Any]]) -> list[uuid.UUID]:
-    """Create the tasks of these rows (one per task name: a shared task carries its jobs in
+def _create_tasks(state: AppState, queue: str, members: list[list[Row[Any]]]) -> list[uuid.UUID]:
+    """Create these tasks, each given as the rows of its jobs (a shared task carries them in
     one body); the ids of the jobs whose task now exists."""
     now = datetime.now(UTC)
-    by_name: dict[str, list[Row[Any]]] = {}
-    for row in rows:
-        by_name.setdefault(row.task_name, []).append(row)
-    members = list(by_name.values())
     headers = observability.trace_headers()  # the attempt logs under the creator's trace
     tasks = [
         build_task(
@@ -541,10 +538,10 @@ def _create_tasks(state: AppState, queue: str, rows: list[Row[Any]]) -> list[uui
     if len(tasks) > 1:
         try:
             state.tasks.batch_create_tasks(tasks, queue=queue)
-            return [r.id for r in rows]
+            return [r.id for group in members for r in group]
         except gexc.ServiceUnavailable:
             # Still unavailable after CREATE_RETRY: one by one would only wait as long per job.
-            logger.warning("enqueue failed, jobs stay CREATED for the sweeper", extra={"jobs": len(rows)})
+            logger.warning("enqueue failed, jobs stay CREATED for the sweeper", extra={"jobs": sum(len(g) for g in members)})
             return []
         except gexc.GoogleAPIError as e:
             # ALREADY_EXISTS for one task fails the batch. One by one tells the tasks apart,
@@ -572,39 +569,26 @@ def share_tasks(state: AppState, new: list[store.NewJob]) -> list[store.NewJob]:
     `jobs_per_task`, capped by each type's): jobs of one queue and one schedule time, as many
     as both limits allow and as long as their timeouts, run one after another, fit the queue's
     dispatch deadline. Jobs that wait for others keep a task of their own."""
-    open_groups: dict[tuple[str, Any], _Group] = {}
-    groups: list[_Group] = []
+    open_fills: dict[tuple[str, Any], TaskFill] = {}
+    fills: list[TaskFill] = []
     for i, j in enumerate(new):
         limit = _share_limit(state, j)
         if j.state is not None or limit <= 1:
             continue
-        deadline = jobs_time_budget(state.queues[j.queue])
-        group = open_groups.get((j.queue, j.scheduled_time))
-        if group is None or len(group.members) >= min(group.limit, limit) or group.seconds + j.timeout_s > deadline:
-            group = open_groups[(j.queue, j.scheduled_time)] = _Group()
-            groups.append(group)
-        group.members.append(i)
-        group.limit = min(group.limit, limit)
-        group.seconds += j.timeout_s
+        fill = open_fills.get((j.queue, j.scheduled_time))
+        if fill is None or not fill.fits(limit, j.timeout_s):
+            fill = open_fills[(j.queue, j.scheduled_time)] = TaskFill(MAX_JOBS_PER_TASK, jobs_time_budget(state.queues[j.queue]))
+            fills.append(fill)
+        fill.add(i, limit, j.timeout_s)
     out = list(new)
-    for group in groups:
-        if len(group.members) < 2:
+    for fill in fills:
+        if len(fill.members) < 2:
             continue
-        first = new[group.members[0]]
+        first = new[fill.members[0]]
         name = task_path(state.config, first.queue, shared_task_id(first.id))
-        for i in group.members:
+        for i in fill.members:
             out[i] = replace(out[i], task_name=name)
     return out
-
-
-@dataclass
-class _Group:
-    """Jobs of a batch bound for one shared task."""
-
-    members: list[int] = field(default_factory=list)
-    limit: int = MAX_JOBS_PER_TASK
-    seconds: int = 0  # their timeouts, summed
-
 
 
 def continue_released(state: AppState, released: Sequence[Any]) -> None:
