@@ -125,8 +125,7 @@ def _take_pending_begin(self: Any) -> bool:
 
 
 def _execute_simple(self: Any, statement: str) -> Any:
-    if statement[:8].lower() == "rollback":
-        _forget_plans(self)
+    _forget_plans_on_rollback(self, statement)
     if statement == _BEGIN and not getattr(self, "_pgfast_begin", False):
         # Held back; the connection counts as in a transaction from now on, as it would.
         self._pgfast_begin = True
@@ -227,10 +226,7 @@ def _switch_plans(self: Any, statement: str, cache: _Statements | None, params: 
 
     Only a statement with parameters is planned by the mode (COMMIT, ROLLBACK and the like
     are not), and a rollback leaves the mode unknown."""
-    if statement[:8].lower() == "rollback":
-        _forget_plans(self)
-        return
-    if not params:
+    if _forget_plans_on_rollback(self, statement) or not params:
         return
     want = _GENERIC if cache is not None and statement.startswith(PLANNED_ONCE) else _CUSTOM
     # A session that never switched has its startup setting: custom plans, or `auto` without
@@ -244,6 +240,14 @@ def _switch_plans(self: Any, statement: str, cache: _Statements | None, params: 
         self._send_message(pg8000.core.BIND, _bind(b"", (), enc))
         pg8000.core._write(self._sock, pg8000.core.EXECUTE_MSG)
     self._pgfast_plans = want
+
+
+def _forget_plans_on_rollback(self: Any, statement: str) -> bool:
+    """Whether the statement is a rollback (to a savepoint too), after which the mode is unknown."""
+    if statement[:8].lower() != "rollback":
+        return False
+    _forget_plans(self)
+    return True
 
 
 def _forget_plans(self: Any) -> None:
