@@ -45,11 +45,12 @@ import requests
 import sqlalchemy as sa
 from google.cloud import tasks_v2
 
-from api.cloud.tasks import make_client, queue_path
+from api.cloud.tasks import SHARED_PREFIX, make_client, queue_path
 from bench.stack import DEFAULT_SERVER, Stack, fresh_database, running_stack
 
 HERE = Path(__file__).resolve().parent
 CHAOS_SCHEDULES = ("chaos-tick", "chaos-skip", "chaos-cancel")
+SHARED_LIKE = f"%/tasks/{SHARED_PREFIX}%"  # the task names of shared tasks (api.cloud.tasks.is_shared)
 
 # Transitions are recorded by a trigger that exists only in the chaos database.
 AUDIT = """
@@ -209,7 +210,7 @@ class Chaos:
         bodies = [{"job_id": job_id} for job_id in self.rng.sample(ids, int(len(ids) * self.dup_fraction))]
         with engine.connect() as conn:
             shared = conn.execute(sa.text(
-                "SELECT array_agg(id::text) FROM jobs WHERE task_name LIKE '%/tasks/jobs-%' GROUP BY task_name")
+                "SELECT array_agg(id::text) FROM jobs WHERE task_name LIKE :shared GROUP BY task_name"), {"shared": SHARED_LIKE}
             ).scalars().all()
         bodies += [{"job_ids": group} for group in self.rng.sample(shared, int(len(shared) * self.dup_fraction * 3))]
         for body in bodies:
@@ -391,7 +392,7 @@ def check(engine: sa.Engine, ids: list[str], expected: dict[str, int] | None = N
         )
         attempts = conn.execute(sa.text("SELECT count(*) FROM job_attempts")).scalar_one()
         shared = conn.execute(sa.text(
-            "SELECT count(DISTINCT task_name), count(*) FROM jobs WHERE task_name LIKE '%/tasks/jobs-%'")).one()
+            "SELECT count(DISTINCT task_name), count(*) FROM jobs WHERE task_name LIKE :shared"), {"shared": SHARED_LIKE}).one()
         fire_outcomes: dict[str, int] = dict(
             conn.execute(sa.text("SELECT outcome, count(*) FROM schedule_fires GROUP BY outcome")).all())
     tally = {"schedule_fires": fire_outcomes, "shared_tasks": shared[0], "jobs_in_shared_tasks": shared[1], "jobs": total, "states": states, "attempt_rows": attempts, "attempt_outcomes": outcomes,
