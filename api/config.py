@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import ipaddress
 import logging
@@ -110,6 +112,14 @@ class Config:
     # deployment unless asked for (a one-hour `sleep` is a way to tie up a worker).
     demo_job_types: bool = False
 
+    # Completion webhooks (docs/webhooks.md): the secrets that sign them (whsec_…, the first
+    # signs, all sign during a rotation), a callback for every job, private addresses (dev).
+    webhook_secrets: tuple[str, ...] = field(default_factory=tuple, repr=False)
+    webhook_url: str | None = None
+    webhook_allow_private: bool = False
+    webhook_queue: str = "webhooks"
+    webhook_timeout_s: float = 10.0
+
     # Observability
     otel_enabled: bool = False  # OpenTelemetry traces to Cloud Trace (needs the otel extra)
 
@@ -177,6 +187,14 @@ class Config:
                 "HANDLER_AUTH=appengine trusts X-AppEngine-QueueName, which only App Engine "
                 "strips from outside requests; it is refused elsewhere"
             )
+        for secret in self.webhook_secrets:
+            if not _whsec(secret):
+                raise ConfigurationInvalid(
+                    "each WEBHOOK_SECRETS secret must be whsec_ and at least 24 bytes in base64 "
+                    "(python -c \"import os,base64;print('whsec_'+base64.b64encode(os.urandom(32)).decode())\")"
+                )
+        if self.webhook_url and not self.webhook_secrets:
+            raise ConfigurationInvalid("WEBHOOK_URL needs WEBHOOK_SECRETS to sign its webhooks")
         if self.page_token_key == DEFAULT_PAGE_TOKEN_KEY and not self.emulator_host and not is_local(
             self.handler_base_url
         ):
@@ -260,12 +278,27 @@ class Config:
             job_modules=tuple(m for m in e.get("JOB_MODULES", "").split(",") if m.strip()),
             demo_job_types=_flag(e.get("DEMO_JOB_TYPES")),
             otel_enabled=_flag(e.get("OTEL_ENABLED")),
+            webhook_secrets=_list(e.get("WEBHOOK_SECRETS")),
+            webhook_url=e.get("WEBHOOK_URL") or None,
+            webhook_allow_private=_flag(e.get("WEBHOOK_ALLOW_PRIVATE")),
+            webhook_queue=e.get("WEBHOOK_QUEUE") or "webhooks",
+            webhook_timeout_s=float(e.get("WEBHOOK_TIMEOUT_S", "10")),
             data_dir=Path(e.get("CLOUDJOBS_DATA_DIR") or ".cloudjobs"),
         )
 
 
 def _list(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+def _whsec(secret: str) -> bool:
+    """Whether a webhook secret is whsec_ and base64 of at least 24 bytes (Standard Webhooks)."""
+    if not secret.startswith("whsec_"):
+        return False
+    try:
+        return len(base64.b64decode(secret[6:], validate=True)) >= 24
+    except (binascii.Error, ValueError):
+        return False
 
 
 def _flag(value: str | None) -> bool:

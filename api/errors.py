@@ -88,6 +88,14 @@ class JobStateConflict(Problem):
     slug = "job-state-conflict"
 
 
+class UniqueKeyTaken(Problem):
+    """Another job holds the unique key this one needs (a retry of a job whose key was taken)."""
+
+    status = 409
+    title = "Unique key taken"
+    slug = "unique-key-taken"
+
+
 class Unauthenticated(Problem):
     """The caller did not prove who it is."""
 

@@ -20,8 +20,13 @@ every dependent left WAITING exactly once and never before its last dependency e
 WAITING once its dependencies are terminal, and each workflow's state and counters equal to
 its steps'. Schedule fires (overlap allow, skip and cancel_previous) and Pub/Sub pushes, each
 delivered one to three times, at once or later, add: one fire row per fire time, one job per
-created fire and none for a skipped one, one job per pushed message. Prints the tally; exits 1
-on any violation. Everything runs on loopback.
+created fire and none for a skipped one, one job per pushed message. Keyed jobs (a
+concurrency key with a limit of 2, priorities, some sharing a unique key) add: never more
+attempts of a key at once than its limit (from the attempt rows' times), one job per unique
+key, and nothing left WAITING with its key free. Jobs with a callback URL (a receiver that
+fails a fifth of its deliveries) add: exactly one webhook event per terminal transition,
+each delivered, with one webhook-id however often it was sent. Prints the tally; exits 1 on
+any violation. Everything runs on loopback.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import argparse
 import base64
 import concurrent.futures
 import json
+import os
 import random
 import signal
 import sys
@@ -37,6 +43,7 @@ import tempfile
 import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +51,7 @@ import psutil
 import requests
 import sqlalchemy as sa
 from google.cloud import tasks_v2
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from api.cloud.tasks import SHARED_PREFIX, make_client, queue_path
 from bench.stack import DEFAULT_SERVER, Stack, fresh_database, running_stack
@@ -70,7 +78,7 @@ CREATE TRIGGER chaos_audit AFTER INSERT OR UPDATE ON jobs FOR EACH ROW EXECUTE F
 """
 
 
-def job_mix(rng: random.Random, n: int) -> list[dict[str, Any]]:
+def job_mix(rng: random.Random, n: int, callback_url: str | None = None) -> list[dict[str, Any]]:
     """N job requests: echo, sleep, flaky that succeeds, flaky that runs out of attempts."""
     jobs = []
     for i in range(n):
@@ -85,6 +93,12 @@ def job_mix(rng: random.Random, n: int) -> list[dict[str, Any]]:
         else:
             body = {"type": "flaky", "payload": {"failures": 9}, "max_attempts": 3}
         body["timeout_s"] = 2  # a killed attempt's lease ends soon after
+        if rng.random() < 0.15:  # keyed: a few customers' keys, a limit of 2, priorities
+            body.update(queue="keyed", concurrency_key=f"customer-{rng.randint(0, 3)}", priority=rng.randint(-2, 2))
+            if i % 5 == 0:  # pairs of creates that mean the same work
+                body["unique_key"] = f"work-{i // 10}"
+        if callback_url is not None and rng.random() < 0.1:
+            body["callback_url"] = callback_url
         jobs.append(body)
     return jobs
 
@@ -324,6 +338,97 @@ def check_triggers(conn: sa.Connection, expected: dict[str, int]) -> list[str]:
     return violations
 
 
+def check_keys(conn: sa.Connection) -> list[str]:
+    """Keyed jobs: never more attempts of a key at once than its limit; one job per unique key."""
+    out = []
+    rows = conn.execute(sa.text("""
+        SELECT j.concurrency_key, j.concurrency_limit, a.started_time, a.finished_time
+        FROM job_attempts a JOIN jobs j ON j.id = a.job_id
+        WHERE j.concurrency_limit IS NOT NULL""")).all()
+    by_key: dict[str, list[tuple[Any, int]]] = {}
+    limits = {}
+    for key, limit, started, finished in rows:
+        by_key.setdefault(key, []).extend([(started, 1), (finished, -1)])
+        limits[key] = limit
+    for key, events in by_key.items():
+        now = peak = 0
+        for _, step in sorted(events, key=lambda e: (e[0], e[1])):
+            now += step
+            peak = max(peak, now)
+        if peak > limits[key]:
+            out.append(f"key {key}: {peak} attempts at once, over its limit of {limits[key]}")
+    twice = conn.execute(sa.text("""
+        SELECT count(*) FROM (SELECT unique_key FROM jobs WHERE unique_key IS NOT NULL
+                              GROUP BY owner, unique_key HAVING count(*) FILTER (WHERE state <> 'CANCELLED') > 1) x
+    """)).scalar_one()
+    if twice:
+        out.append(f"{twice} unique keys with more than one job")
+    return out
+
+
+def check_webhooks(conn: sa.Connection, received: dict[str, int]) -> tuple[dict[str, Any], list[str]]:
+    """One event per terminal transition of a job with a callback, each delivered, one id each."""
+    out = []
+    transitions = conn.execute(sa.text("""
+        SELECT count(*) FROM chaos_transitions t JOIN jobs j ON j.id = t.job_id
+        WHERE j.callback_url IS NOT NULL AND t.new_state IN ('COMPLETED','FAILED','CANCELLED')""")).scalar_one()
+    events: dict[str, int] = dict(conn.execute(sa.text(
+        "SELECT CASE WHEN delivered_time IS NOT NULL THEN 'delivered' WHEN failed_time IS NOT NULL THEN 'failed' "
+        "ELSE 'pending' END, count(*) FROM webhook_events GROUP BY 1")).all())
+    ids = {r[0] for r in conn.execute(sa.text("SELECT id FROM webhook_events"))}
+    if sum(events.values()) != transitions:
+        out.append(f"{transitions} terminal transitions of jobs with callbacks, {sum(events.values())} webhook events")
+    if events.get("delivered", 0) != sum(events.values()):
+        out.append(f"webhook events not delivered: {events}")
+    if unknown := set(received) - ids:
+        out.append(f"{len(unknown)} webhook-ids received that are no event's")
+    if missing := ids - set(received):
+        out.append(f"{len(missing)} webhook events never received")
+    tally = {"webhook_events": events, "webhook_deliveries_received": sum(received.values()),
+             "webhook_ids_received_more_than_once": sum(1 for n in received.values() if n > 1)}
+    return tally, out
+
+
+class Receiver:
+    """A webhook receiver on loopback that refuses a fifth of its deliveries (500), verifies
+    every signature with the standardwebhooks library, and counts deliveries by webhook-id."""
+
+    def __init__(self, secret: str, rng: random.Random) -> None:
+        self.received: dict[str, int] = {}
+        self.forged = 0
+        lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                try:
+                    Webhook(secret).verify(body, dict(self.headers))
+                except WebhookVerificationError:
+                    receiver.forged += 1
+                    self.send_response(400)
+                else:
+                    with lock:
+                        fail = rng.random() < 0.2
+                        if not fail:
+                            msg = self.headers["webhook-id"]
+                            receiver.received[msg] = receiver.received.get(msg, 0) + 1
+                    self.send_response(500 if fail else 204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def check(engine: sa.Engine, ids: list[str], expected: dict[str, int] | None = None) -> tuple[dict[str, Any], list[str]]:
     """The tally and the list of violated invariants."""
     violations: list[str] = []
@@ -332,8 +437,9 @@ def check(engine: sa.Engine, ids: list[str], expected: dict[str, int] | None = N
             violations += check_triggers(conn, expected)
         states: dict[str, int] = dict(conn.execute(sa.text("SELECT state, count(*) FROM jobs GROUP BY state")).all())
         total = sum(states.values())
-        if total != len(ids):
-            violations.append(f"{len(ids)} jobs submitted, {total} in the table")
+        if total != len(set(ids)):  # a create with a held unique key answers the job holding it
+            violations.append(f"{len(set(ids))} jobs submitted, {total} in the table")
+        violations += check_keys(conn)
         live = conn.execute(sa.text(
             "SELECT count(*) FROM jobs WHERE state IN ('WAITING','CREATED','QUEUED','RUNNING')")).scalar_one()
         if live:
@@ -446,8 +552,11 @@ def _run(args: argparse.Namespace, seed: int, server: Any) -> int:
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         with engine.begin() as conn:
             conn.exec_driver_sql(AUDIT)
+        secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+        receiver = Receiver(secret, random.Random(seed + 1))
         extra = {"LEASE_MARGIN_S": "1", "SWEEP_CREATED_AFTER_S": "2", "SWEEP_QUEUED_AFTER_S": "5",
-                 "SCHEDULES_FILE": str(HERE / "chaos.schedules.yaml")}
+                 "SCHEDULES_FILE": str(HERE / "chaos.schedules.yaml"),
+                 "WEBHOOK_SECRETS": secret, "WEBHOOK_ALLOW_PRIVATE": "true"}
         with running_stack(url, queues_file=HERE / "chaos.queues.yaml", extra_env=extra) as stack:
             chaos = Chaos(stack, rng=rng, kill_every_s=args.kill_every, dup_fraction=args.duplicates,
                           db_fault_every_s=args.db_fault_every, server=server)
@@ -457,7 +566,7 @@ def _run(args: argparse.Namespace, seed: int, server: Any) -> int:
                 threads.append(threading.Thread(target=chaos.database_faults, daemon=True))
             for t in threads:
                 t.start()
-            ids = chaos.submit(job_mix(rng, args.jobs))
+            ids = chaos.submit(job_mix(rng, args.jobs, receiver.url))
             workflow_ids, step_ids = chaos.submit_workflows(workflow_mix(rng, args.workflows, args.fan_in))
             ids += step_ids
             triggered, expected = chaos.fire_and_push(args.fires, args.messages)
@@ -480,6 +589,16 @@ def _run(args: argparse.Namespace, seed: int, server: Any) -> int:
                 t.join(timeout=30)
             time.sleep(1.0)  # let in-flight duplicate deliveries land before checking
             tally, violations = check(engine, ids, expected)
+            deadline = time.monotonic() + 60  # webhooks are delivered after their jobs ended
+            while True:
+                with engine.connect() as conn:
+                    hooks, hook_violations = check_webhooks(conn, receiver.received)
+                if not hook_violations or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            tally.update(hooks, webhook_signatures_refused=receiver.forged)
+            violations += hook_violations
+            receiver.close()
         engine.dispose()
     tally.update(seed=seed, workflows_submitted=len(workflow_ids), worker_kills=chaos.kills,
                  duplicate_deliveries=chaos.duplicates, shared_task_duplicates=chaos.shared_duplicates,

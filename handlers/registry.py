@@ -49,6 +49,11 @@ class JobType:
     # At most this many jobs of this type share one Cloud Task (the queue's jobs_per_task
     # caps it too); None: the queue decides. 1 for jobs that must have a task each.
     jobs_per_task: int | None = None
+    # At most this many jobs of this type per concurrency key run at once (over the queue's
+    # concurrency_per_key); None: the queue decides (docs/flow-control.md).
+    concurrency_per_key: int | None = None
+    # Where its jobs' terminal states are POSTed, unless a job names its own (docs/webhooks.md).
+    callback_url: str | None = None
 
     def parse(self, payload: dict[str, Any]) -> Any:
         """The payload as the function receives it: validated by its schema, if any."""
@@ -72,13 +77,18 @@ class Registry:
         max_attempts: int | None = None,
         queue: str | None = None,
         jobs_per_task: int | None = None,
+        concurrency_per_key: int | None = None,
+        callback_url: str | None = None,
     ) -> Callable[[JobFunction], JobFunction]:
         """Register the decorated function as the job type `name`."""
         if jobs_per_task is not None and jobs_per_task < 1:
             raise ValueError(f"job type {name!r}: jobs_per_task must be at least 1")
+        if concurrency_per_key is not None and not 1 <= concurrency_per_key <= 1000:
+            raise ValueError(f"job type {name!r}: concurrency_per_key must be 1 to 1000")
 
         def register(fn: JobFunction) -> JobFunction:
-            self.types[name] = JobType(name, fn, schema, timeout_s, max_attempts, queue, jobs_per_task)
+            self.types[name] = JobType(name, fn, schema, timeout_s, max_attempts, queue, jobs_per_task,
+                                       concurrency_per_key, callback_url)
             return fn
 
         return register

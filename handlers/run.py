@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -25,6 +26,7 @@ from api.state import AppState
 from api.store import dependencies, steps
 from api.store import jobs as store
 from api.store.engine import CLAIM_RETRY, OUTAGE_RETRY, autocommit
+from api.store.tables import TERMINAL
 from handlers import holder
 from handlers.registry import JobContext, Parent, Permanent, Retry, UnknownJobType
 
@@ -81,6 +83,13 @@ def run_jobs(state: AppState, ids: Sequence[uuid.UUID], delivery: store.Delivery
             released += freed
     if released:
         continue_released(state, released)
+    # Jobs that ended free their keys' slots and have their webhooks sent (after the commit).
+    ended = [SimpleNamespace(**{**ran._mapping, "state": moved[f.job_id]})
+             for f in finishes
+             if ((ran := timed[f.job_id][0]).concurrency_limit is not None or ran.callback_url is not None)
+             and moved.get(f.job_id) in TERMINAL]
+    if ended:
+        lifecycle.after_ended(state, ended)
     for f in finishes:
         # A finish that moved nothing lost its lease to a later attempt, which now owns it.
         new_state = moved.get(f.job_id, "SUPERSEDED")
@@ -285,6 +294,8 @@ def _child(
     options: dict[str, Any],
 ) -> str:
     """ctx.submit: a child validated as POST /v1/jobs would validate it, kept for the finish."""
+    if options.keys() & {"unique_key", "unique_for_s", "unique_mode"}:
+        raise ValueError(f"ctx.submit({type!r}): unique keys are for creates through the API, not for children")
     body = {"type": type, "payload": payload, **options}
     if "depends_on" in options:
         body["depends_on"] = [str(i) for i in options["depends_on"]]

@@ -97,3 +97,10 @@ def bad_step(payload: dict[str, Any], ctx: JobContext) -> Any:
 def alone(payload: dict[str, Any], ctx: JobContext) -> Any:
     """A type whose jobs must each have a task of their own, whatever the queue allows."""
     return payload
+
+
+@job("one_at_a_time", concurrency_per_key=1)
+def one_at_a_time(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """A type that allows one job per concurrency key at a time, over its queue's limit."""
+    time.sleep(float(payload.get("seconds", 0)))
+    return {"ok": True}

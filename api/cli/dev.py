@@ -10,6 +10,7 @@ summary, warnings and one line per request; everything else goes to the data fol
 from __future__ import annotations
 
 import argparse
+import base64
 import errno
 import faulthandler
 import os
@@ -156,7 +157,23 @@ def dev_settings(base: Config, *, database_url: str, emulator: Any, app_url: str
         "SCHEDULER_SERVICE_ACCOUNT": DEV_SERVICE_ACCOUNT,
         "PUBSUB_SERVICE_ACCOUNT": DEV_SERVICE_ACCOUNT,
         "SCHEDULES_FILE": str(base.schedules_file.resolve()) if base.schedules_file.exists() else str(base.schedules_file),
+        # Completion webhooks to receivers on this machine, signed with dev's own secret
+        # (docs/webhooks.md): kept in the data folder, the same from one start to the next.
+        "WEBHOOK_SECRETS": ",".join(base.webhook_secrets) or dev_webhook_secret(base.data_dir),
+        "WEBHOOK_ALLOW_PRIVATE": "true",
     }
+
+
+def dev_webhook_secret(data_dir: Path) -> str:
+    """Dev's webhook secret: made once (whsec_, 32 random bytes), kept in the data folder."""
+    path = data_dir / "webhook-secret"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    path.touch(mode=0o600)
+    path.write_text(secret + "\n")
+    return secret
 
 
 class _Parts:

@@ -13,6 +13,10 @@ import yaml
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 _QUEUE_ID = re.compile(r"^[A-Za-z0-9-]{1,100}$")
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h|d)\s*$")
+_RATE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# A key's concurrency limit: enough for any one customer of a queue that dispatches 1,000 at once.
+MAX_CONCURRENCY_PER_KEY = 1000
 # A task's body names its jobs: 500 ids are about 20 kB, far within a task's 1 MB.
 MAX_JOBS_PER_TASK = 500
 
@@ -29,6 +33,22 @@ def parse_duration(value: Any) -> float:
     if not m:
         raise QueuesInvalid(f"not a duration: {value!r} (use 30s, 5m, 1h, 7d, 2w)")
     return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_rate(value: Any) -> float:
+    """The interval, in seconds, between two dispatches of a rate like `10/m`, `5/s`, `100/h`."""
+    m = _RATE.match(str(value))
+    if not m or float(m.group(1)) <= 0:
+        raise QueuesInvalid(f"not a rate: {value!r} (use 10/s, 10/m, 100/h, 1000/d)")
+    return _RATE_UNITS[m.group(2)] / float(m.group(1))
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """A queue's flow control per key: how many of a key's jobs at once, and how often."""
+
+    concurrency: int | None = None  # at most this many CREATED, QUEUED or RUNNING at once; None: no limit
+    interval_s: float | None = None  # at least this long between two dispatches; None: no throttle
 
 
 @dataclass(frozen=True)
@@ -68,6 +88,20 @@ class QueueSpec:
     types: tuple[str, ...] = ()
     # Jobs one Cloud Task may carry (run one after another by one /handlers/run); 1: a task each.
     jobs_per_task: int = 1
+    # Flow control per concurrency key (or throttle key): the queue's defaults, and overrides
+    # for named keys (docs/flow-control.md).
+    per_key: KeyLimits = field(default_factory=KeyLimits)
+    key_overrides: dict[str, KeyLimits] = field(default_factory=dict)
+
+    def key_limits(self, key: str) -> KeyLimits:
+        """The limits of one key: its override where the queue names it, else the queue's."""
+        override = self.key_overrides.get(key)
+        if override is None:
+            return self.per_key
+        return KeyLimits(
+            override.concurrency if override.concurrency is not None else self.per_key.concurrency,
+            override.interval_s if override.interval_s is not None else self.per_key.interval_s,
+        )
 
     def attempts_exhausted(self, retry_count: int, first_attempt_age: float | None) -> bool:
         """Whether Cloud Tasks gives up after the attempt that has `retry_count` retries before it.
@@ -147,12 +181,43 @@ def _parse_queue(name: str, body: dict[str, Any], source: str) -> QueueSpec:
         dispatch_deadline=deadline,
         types=tuple(str(t) for t in body.get("types") or ()),
         jobs_per_task=int(body.get("jobs_per_task", 1)),
+        per_key=_key_limits(body, f"{name}", source),
+        key_overrides={
+            str(key): _key_limits(limits or {}, f"{name}.key_overrides.{key}", source)
+            for key, limits in _mapping(body.get("key_overrides"), f"{name}.key_overrides", source).items()
+        },
     )
     if not 1 <= spec.jobs_per_task <= MAX_JOBS_PER_TASK:
         raise QueuesInvalid(f"{source}: {name}.jobs_per_task must be 1 to {MAX_JOBS_PER_TASK}")
     if spec.retry.max_attempts == 0 or spec.retry.max_attempts < -1:
         raise QueuesInvalid(f"{source}: {name}.retry_config.max_attempts must be -1 or >= 1")
     return spec
+
+
+def _mapping(value: Any, where: str, source: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise QueuesInvalid(f"{source}: {where} must be a mapping of keys to limits")
+    return value
+
+
+def _key_limits(body: Any, where: str, source: str) -> KeyLimits:
+    """`concurrency_per_key` and `rate_per_key` of a queue, or of one key's override."""
+    if not isinstance(body, dict):
+        raise QueuesInvalid(f"{source}: {where} must be a mapping")
+    concurrency = body.get("concurrency_per_key")
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int)
+        or not 1 <= concurrency <= MAX_CONCURRENCY_PER_KEY
+    ):
+        raise QueuesInvalid(f"{source}: {where}.concurrency_per_key must be an integer from 1 to {MAX_CONCURRENCY_PER_KEY}")
+    rate = body.get("rate_per_key")
+    try:
+        interval = parse_rate(rate) if rate is not None else None
+    except QueuesInvalid as e:
+        raise QueuesInvalid(f"{source}: {where}.rate_per_key: {e}") from None
+    return KeyLimits(concurrency, interval)
 
 
 def duration_proto(seconds: float) -> timedelta:

@@ -15,16 +15,18 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from pydantic import ValidationError
 from sqlalchemy.engine import Connection, Row
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from api.cloud.queues import MAX_JOBS_PER_TASK
 from api.cloud.tasks import build_task, is_shared, jobs_time_budget, shared_task_id, task_id_for, task_path
-from api.errors import IdempotencyKeyReused, InvalidRequest, JobStateConflict, ValidationFailed
+from api.errors import IdempotencyKeyReused, InvalidRequest, JobStateConflict, UniqueKeyTaken, ValidationFailed
 from api.observability import traces as observability
+from api.orchestration import webhooks
 from api.orchestration.coalesce import TaskFill
+from api.orchestration.flow import check_flow, interval_of, key_settings
 from api.orchestration.requests import CreateJob
 from api.state import AppState
-from api.store import dependencies
+from api.store import dependencies, flow
 from api.store import jobs as store
 from api.store.engine import autocommit
 from api.store.tables import TERMINAL
@@ -34,6 +36,8 @@ logger = logging.getLogger(__name__)
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
 _compact_json = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per job
 MAX_IDEMPOTENCY_KEY = 255
+FLOW_FIELDS = ("unique_key", "unique_for_s", "unique_mode", "concurrency_key", "priority", "throttle_key",
+               "callback_url")
 
 
 def json_size(value: Any) -> int:
@@ -121,7 +125,29 @@ def check_job(state: AppState, req: CreateJob) -> list[dict[str, str]]:
         })
     if req.run_at and req.run_at - datetime.now(UTC) > MAX_SCHEDULE_AHEAD:
         errors.append({"field": "run_at", "message": "at most 30 days ahead"})
+    errors += check_flow(spec, jt, req)
+    if req.callback_url is not None:
+        errors += check_callback(state, req.callback_url)
     return errors
+
+
+def no_unique_key(req: CreateJob, where: str) -> list[dict[str, str]]:
+    """A unique key where no create answers with its holder (workflow steps, schedule and
+    trigger jobs, which have their own once-only rules), refused."""
+    if req.unique_key is None:
+        return []
+    return [{"field": "unique_key", "message": f"unique keys are for creates through the API, not for {where}"}]
+
+
+def check_callback(state: AppState, url: str, field: str = "callback_url") -> list[dict[str, str]]:
+    """A callback URL that cloudjobs can sign and will call (docs/webhooks.md), or its error."""
+    if why := webhooks.check_url(url, allow_private=state.config.webhook_allow_private):
+        return [{"field": field, "message": why}]
+    if not state.config.webhook_secrets:
+        return [{"field": field, "message": "this deployment has no WEBHOOK_SECRETS to sign webhooks with"}]
+    if state.config.webhook_queue not in state.queues:
+        return [{"field": field, "message": f"queues.yaml has no queue {state.config.webhook_queue!r} for webhooks"}]
+    return []
 
 
 def new_job(
@@ -151,13 +177,30 @@ def new_job(
         owner=owner,
         depends_on=tuple(req.depends_on),
         on_dependency_failure=req.on_dependency_failure if req.depends_on else None,
+        **_flow_values(state, req, spec),
     )
+
+
+def _flow_values(state: AppState, req: CreateJob, spec: Any) -> dict[str, Any]:
+    """A job's flow-control columns, its limits resolved (api/orchestration/flow.py), and its
+    callback: its own, its type's, or the deployment's."""
+    jt = state.registry.types.get(req.type)
+    callback = req.callback_url or (jt.callback_url if jt else None) or state.config.webhook_url
+    if req.unique_key is None and req.concurrency_key is None and req.throttle_key is None and callback is None \
+            and req.priority == 0:
+        return {}
+    limit, throttle = key_settings(spec, jt, req)
+    return {"unique_key": req.unique_key, "unique_for_s": req.unique_for_s, "unique_mode": req.unique_mode,
+            "concurrency_key": req.concurrency_key, "concurrency_limit": limit, "priority": req.priority,
+            "throttle_key": throttle, "callback_url": callback}
 
 
 def request_hash(req: CreateJob) -> str:
     """A digest of the request, to tell a replay from another request under the same key."""
-    # Without dependencies, the digest of a request is what it was before they existed.
-    plain = None if req.depends_on else {"depends_on", "on_dependency_failure"}
+    # A request's digest leaves out the options it does not use (dependencies, flow control),
+    # so that it is what it was before they existed.
+    plain = set() if req.depends_on else {"depends_on", "on_dependency_failure"}
+    plain |= {f for f in FLOW_FIELDS if getattr(req, f) == CreateJob.model_fields[f].default}
     canonical = json.dumps(req.model_dump(mode="json", exclude=plain), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -184,7 +227,9 @@ def create_job(
     replay's original needs no transaction with it.
     """
     new = new_job(state, req, idempotency_key=idempotency_key, owner=owner)
-    if not new.depends_on and state.coalescer is not None and (limit := _share_limit(state, new)) > 1:
+    if new.unique_key is not None:
+        return _create_unique(state, new, idempotency_key=idempotency_key, owner=owner)
+    if not new.depends_on and not new.keyed and state.coalescer is not None and (limit := _share_limit(state, new)) > 1:
         return _create_coalesced(state, new, limit, idempotency_key=idempotency_key, owner=owner)
     if new.depends_on:
         # The parents are locked and their states read in the insert's transaction.
@@ -199,6 +244,65 @@ def create_job(
     if row is None:
         return _replayed(state, new, idempotency_key, owner), False
     return enqueue_ready(state, [row])[0], True
+
+
+MAX_UNIQUE_TRIES = 5
+
+
+def _create_unique(state: AppState, new: store.NewJob, *, idempotency_key: str | None,
+                   owner: str | None) -> tuple[Row[Any], bool]:
+    """A create with a unique key: the job, or the one holding the key (api/store/flow.py).
+
+    In `replace` mode a holder that has not started is cancelled (REPLACED) in the insert's
+    transaction. A holder that let go of its key between the insert and the read, or a
+    concurrent replace, makes it try again (a few times: each try either inserts or finds a
+    holder that is there)."""
+    key = new.unique_key
+    assert key is not None
+    for _ in range(MAX_UNIQUE_TRIES):
+        replaced = None
+        with state.engine.begin() as conn:
+            parents: dict[uuid.UUID, str] = {}
+            if new.depends_on:
+                [new], parents = with_dependencies(conn, [new], owner=owner, field="depends_on")
+            flow.release_expired_keys(conn, [key], owner=owner)
+            if new.unique_mode == "replace":
+                holder = flow.key_holders(conn, [key], owner=owner, lock=True).get(key)
+                if holder is not None:
+                    replaced = flow.replace_holder(conn, holder, new.id)
+            row = store.insert_job(conn, new)
+            if row is None:
+                existing = _conflict(conn, new, idempotency_key, owner)
+                if existing is None:
+                    continue  # let go meanwhile: insert again
+                if new.unique_mode == "replace" and existing.unique_key == new.unique_key \
+                        and existing.started_time is None and existing.state in ("WAITING", "CREATED", "QUEUED") \
+                        and existing.idempotency_key != idempotency_key:
+                    continue  # a concurrent replace won this try: replace it in turn
+                return existing, False
+            if parents:
+                insert_edges(conn, [row], [new], parents)
+            released = dependencies.release(conn, [replaced.id]) if replaced is not None and replaced.has_dependents else []
+        if replaced is not None:
+            after_ended(state, [replaced, *released])
+            delete_cancelled_task(state, replaced)
+        return enqueue_ready(state, [row])[0], True
+    raise UniqueKeyTaken("the unique key changed hands too often; try again", unique_key=new.unique_key)
+
+
+def _conflict(conn: Connection, new: store.NewJob, idempotency_key: str | None, owner: str | None) -> Row[Any] | None:
+    """What a create that inserted nothing meets: the replay of its Idempotency-Key, or the
+    job holding its unique key; None if neither is there any more."""
+    if idempotency_key is not None:
+        existing = store.job_by_idempotency_key(conn, idempotency_key, owner=owner)
+        if existing is not None:
+            if existing.request_hash != new.request_hash:
+                raise IdempotencyKeyReused("this Idempotency-Key was used with a different request",
+                                           job_id=str(existing.id))
+            return existing
+    if new.unique_key is None:
+        return None
+    return flow.key_holders(conn, [new.unique_key], owner=owner).get(new.unique_key)
 
 
 def _replayed(state: AppState, new: store.NewJob, idempotency_key: str | None, owner: str | None) -> Row[Any]:
@@ -308,15 +412,56 @@ def insert_children(conn: Connection, children: list[store.NewJob], *, owner: st
 
 
 def enqueue_ready(state: AppState, rows: list[Any]) -> list[Any]:
-    """Enqueue the rows that are QUEUED; WAITING ones wait for their release, and ones that a
-    dependency's policy ended at creation are done."""
+    """Enqueue the rows that are QUEUED, and the keyed ones their keys admit; WAITING ones wait
+    for their release or their key, and ones that a dependency's policy ended at creation are
+    done (their webhooks sent)."""
     ready = [r for r in rows if r.state == "QUEUED"]
-    if not ready:
-        return rows
     if len(ready) == len(rows):
         return enqueue(state, rows)
-    after = {r.id: r for r in enqueue(state, ready)}
+    after: dict[uuid.UUID, Any] = {}
+    if ready:
+        after.update((r.id, r) for r in enqueue(state, ready))
+    waiting = [r for r in rows if r.state == "WAITING" and r.waiting_on == 0 and flow.is_keyed(r)]
+    if waiting:
+        after.update((r.id, r) for r in admit_and_enqueue(state, waiting))
+    if any(getattr(r, "callback_url", None) is not None and r.state in TERMINAL for r in rows):
+        send_webhooks(state, [r.id for r in rows if r.state in TERMINAL])
     return [after.get(r.id, r) for r in rows]
+
+
+def admit_and_enqueue(state: AppState, rows: Sequence[Any]) -> list[Any]:
+    """After a commit that put keyed jobs in their keys' lines or took them out of a slot: what
+    their keys have room for admitted (in a transaction of its own, the keys' locks first) and
+    enqueued; the admitted jobs as they are now. A failure here loses nothing: the sweeper's
+    `admit_missed` admits a job left waiting with its key free."""
+    keyed = [r for r in rows if flow.is_keyed(r)]
+    if not keyed:
+        return []
+    try:
+        with state.engine.begin() as conn:
+            admitted = flow.admit(conn, keyed, interval=interval_of(state))
+    except DBAPIError as e:
+        logger.warning("could not admit keyed jobs; the sweeper will", extra={"error": type(e).__name__})
+        return []
+    return enqueue(state, admitted) if admitted else []
+
+
+def send_webhooks(state: AppState, job_ids: Sequence[uuid.UUID]) -> None:
+    """After a commit that ended jobs with callbacks: their events' delivery tasks. A failure
+    loses nothing: the sweeper sends an event whose task was never created."""
+    try:
+        webhooks.send(state, list(job_ids))
+    except (DBAPIError, gexc.GoogleAPIError) as e:
+        logger.warning("could not send webhook events; the sweeper will", extra={"error": type(e).__name__})
+
+
+def after_ended(state: AppState, rows: Sequence[Any]) -> None:
+    """After a commit that ended jobs or moved them out of their keys' slots: the next jobs of
+    those keys admitted, and the completion webhooks of the ones that ended sent."""
+    admit_and_enqueue(state, [r for r in rows if getattr(r, "concurrency_limit", None) is not None])
+    ended = [r.id for r in rows if getattr(r, "callback_url", None) is not None and r.state in TERMINAL]
+    if ended:
+        send_webhooks(state, ended)
 
 
 MAX_BATCH = 500
@@ -369,23 +514,67 @@ def create_jobs(
         new_job(state, req, idempotency_key=f"{idempotency_key}:{i}" if idempotency_key else None, owner=owner)
         for i, req in enumerate(reqs)
     ]
+    replaced: list[Any] = []
     with state.engine.begin() as conn:
         parents: dict[uuid.UUID, str] = {}
         if any(j.depends_on for j in new):
             new, parents = with_dependencies(conn, new, owner=owner, field="jobs[{k}].depends_on")
+        unique = [j for j in new if j.unique_key is not None]
+        if unique:
+            replaced = _take_unique_keys(conn, unique, owner=owner)
         new = share_tasks(state, new)
         rows = store.insert_jobs(conn, new)
         if parents:
             insert_edges(conn, rows, new, parents)
         if len(rows) < len(new):
-            existing = store.jobs_by_idempotency_keys(conn, [j.idempotency_key or "" for j in new], owner=owner)
-            replay = not rows and len(existing) == len(new) and all(
-                e.request_hash == j.request_hash for e, j in zip(existing, new, strict=True)
-            )
-            if not replay:  # the transaction rolls back what this batch inserted
-                raise IdempotencyKeyReused("this Idempotency-Key was used with a different batch")
-            return existing, False
+            if idempotency_key is not None:
+                existing = store.jobs_by_idempotency_keys(conn, [j.idempotency_key or "" for j in new], owner=owner)
+                if existing:
+                    replay = not rows and len(existing) == len(new) and all(
+                        e.request_hash == j.request_hash for e, j in zip(existing, new, strict=True)
+                    )
+                    if not replay:  # the transaction rolls back what this batch inserted
+                        raise IdempotencyKeyReused("this Idempotency-Key was used with a different batch")
+                    return existing, False
+            rows = _with_holders(conn, new, rows, owner=owner)
+        if replaced:
+            replaced += dependencies.release(conn, [r.id for r in replaced if r.has_dependents])
+    if replaced:
+        after_ended(state, replaced)
+        for r in replaced:
+            delete_cancelled_task(state, r)
     return enqueue_ready(state, rows), True
+
+
+def _take_unique_keys(conn: Connection, unique: list[store.NewJob], *, owner: str | None) -> list[Any]:
+    """Before a batch's insert: expired keys let go, and the holders its `replace` items may
+    replace cancelled (REPLACED); the jobs it cancelled."""
+    flow.release_expired_keys(conn, [j.unique_key or "" for j in unique], owner=owner)
+    replacing = {j.unique_key or "": j for j in unique if j.unique_mode == "replace"}
+    if not replacing:
+        return []
+    replaced = []
+    holders = flow.key_holders(conn, list(replacing), owner=owner, lock=True)
+    for key, holder in holders.items():
+        if (done := flow.replace_holder(conn, holder, replacing[key].id)) is not None:
+            replaced.append(done)
+    return replaced
+
+
+def _with_holders(conn: Connection, new: list[store.NewJob], rows: list[Any], *, owner: str | None) -> list[Any]:
+    """A batch's answer when some jobs were not inserted: each of those answered by the job
+    holding its unique key (another batch item's, or an earlier job's)."""
+    inserted = {r.id: r for r in rows}
+    keys = [j.unique_key for j in new if j.id not in inserted and j.unique_key is not None]
+    holders = flow.key_holders(conn, keys, owner=owner) if keys else {}
+    out = []
+    for i, j in enumerate(new):
+        row = inserted.get(j.id) or (holders.get(j.unique_key) if j.unique_key is not None else None)
+        if row is None:  # its key was let go between the insert and this read
+            raise UniqueKeyTaken(f"jobs[{i}]: its unique key changed hands; send the batch again",
+                                 unique_key=j.unique_key)
+        out.append(row)
+    return out
 
 
 def cancel_job(state: AppState, job_id: uuid.UUID, *, scope: str | None) -> Row[Any] | None:
@@ -407,6 +596,8 @@ def cancel_job(state: AppState, job_id: uuid.UUID, *, scope: str | None) -> Row[
             return current  # already cancelled, or cancellation already requested
     if released:
         continue_released(state, released)
+    if row.state == "CANCELLED":
+        after_ended(state, [row])
     delete_cancelled_task(state, row)
     return row
 
@@ -426,17 +617,26 @@ def delete_cancelled_task(state: AppState, row: Row[Any]) -> None:
 def retry_job(state: AppState, job_id: uuid.UUID, *, scope: str | None) -> Row[Any] | None:
     """Run a FAILED or CANCELLED job again (same id, attempts go on). Idempotent.
 
-    Returns the job, or None if there is none; raises JobStateConflict for a COMPLETED job.
+    Returns the job, or None if there is none; raises JobStateConflict for a COMPLETED job,
+    and UniqueKeyTaken when another job took its unique key meanwhile.
     """
-    with state.engine.begin() as conn:
-        row = store.retry_job(conn, job_id, owner=scope)
-        if row is None:
-            current = store.get_job(conn, job_id, owner=scope)
-            if current is None:
-                return None
-            if current.state == "COMPLETED":
-                raise JobStateConflict("the job COMPLETED; there is nothing to retry", state=current.state)
-            return current  # already retried: it is on its way
+    try:
+        with state.engine.begin() as conn:
+            row = store.retry_job(conn, job_id, owner=scope)
+            if row is None:
+                current = store.get_job(conn, job_id, owner=scope)
+                if current is None:
+                    return None
+                if current.state == "COMPLETED":
+                    raise JobStateConflict("the job COMPLETED; there is nothing to retry", state=current.state)
+                return current  # already retried: it is on its way
+    except IntegrityError as e:
+        if "jobs_unique_key_idx" not in str(e.orig):
+            raise
+        raise UniqueKeyTaken("another job holds this job's unique key; it cannot run again while that one does",
+                             job_id=str(job_id)) from None
+    if row.state == "WAITING":  # keyed: in its key's line again
+        return enqueue_ready(state, [row])[0]
     return enqueue(state, [row])[0]
 
 
@@ -610,3 +810,8 @@ def continue_released(state: AppState, released: Sequence[Any]) -> None:
     queued = [r for r in moved if r.state == "QUEUED"]
     if queued:
         enqueue(state, queued)
+    # keyed dependents now wait for their keys; the ones a policy ended have their webhooks
+    admit_and_enqueue(state, [r for r in moved if r.state == "WAITING" and r.waiting_on == 0])
+    ended = [r.id for r in moved if r.callback_url is not None and r.state in TERMINAL]
+    if ended:
+        send_webhooks(state, ended)

@@ -19,6 +19,14 @@ RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 MAX_LABELS = 64
 MAX_LABEL_VALUE = 256
+MAX_KEY = 255  # unique, concurrency and throttle keys
+MAX_UNIQUE_FOR_S = 30 * 86400
+MAX_PRIORITY = 1000
+MAX_URL = 2048
+
+
+def _key(description: str) -> Any:
+    return Field(default=None, min_length=1, max_length=MAX_KEY, description=description)
 
 
 def check_labels(labels: dict[str, str]) -> dict[str, str]:
@@ -66,6 +74,35 @@ class CreateJob(BaseModel):
         description="When a dependency ends FAILED or CANCELLED: fail this job (DEPENDENCY_FAILED), "
                     "cancel it, or run it anyway.",
     )
+
+    unique_key: str | None = _key(
+        "While a job of yours with this key is not terminal (or, with unique_for_s, within that long "
+        "after it started), a create with the same key returns that job (200) instead of creating one.")
+    unique_for_s: int | None = Field(
+        default=None, ge=1, le=MAX_UNIQUE_FOR_S, strict=True,
+        description="With unique_key: hold the key this many seconds after the job started, even once it ended.")
+    unique_mode: Literal["return", "replace"] = Field(
+        default="return",
+        description="With unique_key: `return` the job holding the key, or `replace` it if it has not "
+                    "started (it ends CANCELLED, code REPLACED: the latest create wins).")
+    concurrency_key: str | None = _key(
+        "Jobs of one queue and key share the key's limits (queues.yaml concurrency_per_key, rate_per_key; "
+        "the type's concurrency_per_key).")
+    priority: int = Field(
+        default=0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, strict=True,
+        description="Among jobs waiting for their key's slot, higher first, then oldest first.")
+    throttle_key: str | None = _key(
+        "Pace the job by this key's rate (queues.yaml rate_per_key) instead of its concurrency key's.")
+    callback_url: str | None = Field(
+        default=None, min_length=1, max_length=MAX_URL,
+        description="POSTed the job, signed (Standard Webhooks), when it reaches a terminal state.")
+
+    @field_validator("unique_key", "concurrency_key", "throttle_key")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        if value is not None and not value.isprintable():
+            raise ValueError("a key must be printable characters")
+        return value
 
     @field_validator("depends_on")
     @classmethod

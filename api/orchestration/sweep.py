@@ -1,6 +1,7 @@
-"""The sweeper: enqueue jobs whose enqueue was lost, settle jobs whose task is gone,
-bring the reporting rollups up to date (api/rollups.py), and remove `?wait=` registrations
-left by processes that died (api/waiters.py).
+"""The sweeper: enqueue jobs whose enqueue was lost, settle jobs whose task is gone, admit
+keyed jobs left waiting with their key free, send webhook events whose task was never
+created, bring the reporting rollups up to date (api/rollups.py), and remove `?wait=`
+registrations left by processes that died (api/waiters.py).
 
 Cloud Scheduler calls POST /handlers/sweep (authenticated like /handlers/run) every minute or
 so; `cloudjobs sweep` does the same from a shell. Its cost follows the number of live jobs,
@@ -18,9 +19,10 @@ from google.api_core import exceptions as gexc
 from sqlalchemy.engine import Row
 
 from api.orchestration import lifecycle as jobs_service
+from api.orchestration import webhooks
 from api.reporting import rollups
 from api.state import AppState
-from api.store import dependencies
+from api.store import dependencies, flow
 from api.store import jobs as store
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,13 @@ class SweepReport:
     rollup_hours: int = 0  # hours of history rolled up (new or changed) for reports
     stale_waiters: int = 0  # ?wait= registrations left by processes that died while waiting
     released: int = 0  # dependents moved on by the sweep (parents it ended, or releases that were missed)
+    admitted: int = 0  # keyed jobs admitted that waited with their key free (an admission was missed)
+    webhooks_sent: int = 0  # webhook events whose delivery task was never created
+
+
+# A wake-up normally follows its commit within milliseconds: a keyed job or an event this old
+# was missed (its process died in between).
+MISSED_AFTER_S = 10
 
 
 def sweep(state: AppState) -> SweepReport:
@@ -60,6 +69,7 @@ def sweep(state: AppState) -> SweepReport:
         if settled:
             released += dependencies.release(conn, settled)
     requeue: list[Row[Any]] = []
+    ended: list[Row[Any]] = []
     for row in expired + queued:
         if row.cancel_requested or _task_exists(state, row.task_name):
             report.still_owned += 0 if row.cancel_requested else 1
@@ -88,7 +98,10 @@ def sweep(state: AppState) -> SweepReport:
             requeue.append(moved)
             report.requeued += 1
         else:
+            ended.append(moved)
             report.failed += 1
+    if ended:  # their keys' slots free, their webhooks go
+        jobs_service.after_ended(state, ended)
     if requeue:
         jobs_service.enqueue(state, requeue)
     # The net under every path to a terminal state: a dependent still WAITING for a parent
@@ -98,6 +111,13 @@ def sweep(state: AppState) -> SweepReport:
     report.released = len(released)
     if released:
         jobs_service.continue_released(state, released)
+    # The net under admissions: a keyed job WAITING while its key has room (a process died
+    # between freeing a slot and admitting the next job), and webhook events never sent.
+    with state.engine.connect() as conn:
+        waiting = flow.waiting_keys(conn, older_than_s=MISSED_AFTER_S, limit=cfg.sweep_batch)
+    if waiting:
+        report.admitted = len(jobs_service.admit_and_enqueue(state, waiting))
+    report.webhooks_sent = webhooks.send(state, older_than_s=MISSED_AFTER_S)
     report.rollup_hours = rollups.refresh(state.engine).hours
     report.stale_waiters = store.purge_stale_waiters(state.engine)
     if any(asdict(report).values()):

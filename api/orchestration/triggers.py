@@ -54,7 +54,8 @@ def check(state: AppState, schedules: Schedules | None = None) -> list[str]:
     entries += [(f"{n}.job", t.job, True) for n, t in schedules.triggers.items()]
     for where, job, by_message in entries:
         try:
-            errors = lifecycle.check_job(state, job_request(job))
+            req = job_request(job)
+            errors = lifecycle.check_job(state, req) + lifecycle.no_unique_key(req, "schedules and triggers")
         except ValidationError as e:
             errors = lifecycle.field_errors(e)
         if by_message:
@@ -183,7 +184,7 @@ def push_message(state: AppState, body: Any) -> Pushed:
         return _reject(state, subscription, message_id, trigger.name, payload)
     try:
         req = job_request(trigger.job, payload)
-        errors = lifecycle.check_job(state, req)
+        errors = lifecycle.check_job(state, req) + lifecycle.no_unique_key(req, "schedules and triggers")
     except ValidationError as e:
         errors = lifecycle.field_errors(e)
     if errors:

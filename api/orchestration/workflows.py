@@ -88,7 +88,8 @@ def parse(state: AppState, body: Any) -> tuple[CreateWorkflow, list[WorkflowStep
         except ValidationError as e:
             errors += lifecycle.field_errors(e, prefix)
             continue
-        errors += [{**err, "field": prefix + err["field"]} for err in lifecycle.check_job(state, step)]
+        errors += [{**err, "field": prefix + err["field"]}
+                   for err in lifecycle.check_job(state, step) + lifecycle.no_unique_key(step, "workflow steps")]
         steps.append(step)
     if errors:
         raise ValidationFailed(f"the workflow is refused: {errors[0]['field']} is not valid", errors=errors)

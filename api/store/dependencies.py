@@ -50,8 +50,11 @@ RELEASE_CTES = """
             waiting_on = w.waiting_on - f.n,
             state = CASE WHEN f.failed_dependency IS NOT NULL AND w.on_dependency_failure = 'fail' THEN 'FAILED'
                          WHEN f.failed_dependency IS NOT NULL AND w.on_dependency_failure = 'cancel' THEN 'CANCELLED'
-                         WHEN w.waiting_on - f.n <= 0 THEN 'QUEUED'
+                         -- a keyed job goes on waiting, for its key's admission (api/store/flow.py)
+                         WHEN w.waiting_on - f.n <= 0 AND w.concurrency_limit IS NULL AND w.throttle_key IS NULL
+                         THEN 'QUEUED'
                          ELSE 'WAITING' END,
+            ready_time = CASE WHEN w.waiting_on - f.n <= 0 THEN now() ELSE w.ready_time END,
             error = CASE WHEN f.failed_dependency IS NOT NULL AND w.on_dependency_failure <> 'run'
                          THEN jsonb_build_object('code', 'DEPENDENCY_FAILED',
                                                  'message', 'dependency ' || f.failed_dependency)
@@ -70,7 +73,8 @@ RELEASE_CTES = """
 
 # What a statement that releases answers of each job it moved (the finish answers its own
 # jobs the same way, with released = false), enough to enqueue the QUEUED ones.
-MOVED_COLUMNS = "id, state, has_dependents, queue, task_name, timeout_s, scheduled_time, workflow_id"
+MOVED_COLUMNS = ("id, state, has_dependents, queue, task_name, timeout_s, scheduled_time, workflow_id, "
+                 "waiting_on, concurrency_key, concurrency_limit, throttle_key, priority, created_time, callback_url")
 
 _RELEASE = sa.text(
     f"""

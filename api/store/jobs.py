@@ -59,6 +59,26 @@ class NewJob:
     scheduled_for: datetime | None = None
     trigger: str | None = None
     message_id: str | None = None
+    # Flow control (api/store/flow.py) and the completion webhook.
+    unique_key: str | None = None
+    unique_for_s: int | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None  # resolved from the type and the queue
+    priority: int = 0
+    throttle_key: str | None = None  # resolved: the job's, or its concurrency key on a throttled queue
+    callback_url: str | None = None
+    unique_mode: str = "return"  # the create's: return the holder, or replace it (not stored)
+
+    @property
+    def flow(self) -> bool:
+        """Whether any flow-control or webhook column is set (the plain insert has none)."""
+        return (self.unique_key is not None or self.concurrency_key is not None or self.throttle_key is not None
+                or self.callback_url is not None or self.priority != 0)
+
+    @property
+    def keyed(self) -> bool:
+        """Whether it waits for admission: a concurrency limit or a throttle."""
+        return self.concurrency_limit is not None or self.throttle_key is not None
 
 
 @dataclass(frozen=True)
@@ -114,6 +134,17 @@ def _row_values(job: NewJob, state: str) -> dict[str, Any]:
     if job.schedule is not None or job.trigger is not None:
         values.update(schedule=job.schedule, scheduled_for=job.scheduled_for, trigger=job.trigger,
                       message_id=job.message_id)
+    if job.flow:
+        values.update(
+            unique_key=job.unique_key, unique_for_s=job.unique_for_s,
+            unique_held=job.unique_key is not None and values["state"] not in TERMINAL,
+            concurrency_key=job.concurrency_key, concurrency_limit=job.concurrency_limit,
+            priority=job.priority, throttle_key=job.throttle_key, callback_url=job.callback_url,
+        )
+        if job.keyed and values["state"] == "QUEUED":
+            # Keyed: it waits for its key's admission (api/store/flow.py), which the insert's
+            # transaction runs next.
+            values.update(state="WAITING", ready_time=sa.func.now())
     return values
 
 
@@ -134,9 +165,16 @@ _INSERT_JOB = (
 )
 
 
+# A job with a unique key may conflict on either key: the caller reads which (flow.key_holders,
+# job_by_idempotency_key).
+_INSERT_ANY_CONFLICT = pg_insert(jobs).on_conflict_do_nothing().returning(*jobs.c)
+
+
 def insert_job(conn: Connection, job: NewJob, *, state: str = "QUEUED") -> Row[Any] | None:
-    """Insert a job (QUEUED: its task is created next); None when its idempotency key is taken."""
-    return conn.execute(_INSERT_JOB, _row_values(job, state)).first()
+    """Insert a job (QUEUED: its task is created next; WAITING if keyed); None when its
+    idempotency key (or its unique key) is taken."""
+    stmt = _INSERT_JOB if job.unique_key is None else _INSERT_ANY_CONFLICT
+    return conn.execute(stmt, _row_values(job, state)).first()
 
 
 _INSERT_MESSAGE_JOB = (
@@ -263,6 +301,7 @@ _CLAIM = sa.text(
     SELECT id, type, queue, state, payload, attempts, attempts_base, max_attempts, timeout_s,
            started_time, attempt_started_time, lease_expires_time,
            on_dependency_failure, workflow_id, step, owner,
+           concurrency_key, concurrency_limit, throttle_key, callback_url,
            -- how long ago the job first started, by the database's clock: the app's may differ
            extract(epoch FROM now() - started_time)::float8 AS started_age_s
     FROM claimed
@@ -271,7 +310,8 @@ _CLAIM = sa.text(
     jobs.c.id, jobs.c.type, jobs.c.queue, jobs.c.state, jobs.c.payload, jobs.c.attempts,
     jobs.c.attempts_base, jobs.c.max_attempts, jobs.c.timeout_s, jobs.c.started_time,
     jobs.c.attempt_started_time, jobs.c.lease_expires_time, jobs.c.on_dependency_failure,
-    jobs.c.workflow_id, jobs.c.step, jobs.c.owner, sa.column("started_age_s", sa.Float),
+    jobs.c.workflow_id, jobs.c.step, jobs.c.owner, jobs.c.concurrency_key, jobs.c.concurrency_limit,
+    jobs.c.throttle_key, jobs.c.callback_url, sa.column("started_age_s", sa.Float),
 )
 
 
@@ -436,26 +476,38 @@ _INSERT_ORCHESTRATED = sa.text(
     """
     INSERT INTO jobs (id, type, queue, state, payload, max_attempts, timeout_s, labels, task_name,
                       idempotency_key, request_hash, owner, scheduled_time, waiting_on,
-                      on_dependency_failure, workflow_id, step, error, done_time, has_dependents)
+                      on_dependency_failure, workflow_id, step, error, done_time, has_dependents,
+                      unique_key, unique_for_s, unique_held, concurrency_key, concurrency_limit, priority,
+                      throttle_key, callback_url, ready_time)
     SELECT n.id, n.type, n.queue, n.state, CAST(n.payload AS jsonb), n.max_attempts, n.timeout_s,
            CAST(n.labels AS jsonb), n.task_name, n.idempotency_key, n.request_hash, n.owner,
            coalesce(n.scheduled_time, now()), n.waiting_on, n.policy, n.workflow_id, n.step,
            CAST(n.error AS jsonb),
-           CASE WHEN n.state IN ('COMPLETED', 'FAILED', 'CANCELLED') THEN now() END, n.has_dependents
+           CASE WHEN n.state IN ('COMPLETED', 'FAILED', 'CANCELLED') THEN now() END, n.has_dependents,
+           n.unique_key, n.unique_for_s,
+           n.unique_key IS NOT NULL AND n.state NOT IN ('COMPLETED', 'FAILED', 'CANCELLED'),
+           n.concurrency_key, n.concurrency_limit, n.priority, n.throttle_key, n.callback_url,
+           -- clock_timestamp(): a batch's keyed jobs wait in its order (their created_time is one)
+           CASE WHEN n.concurrency_limit IS NOT NULL OR n.throttle_key IS NOT NULL THEN clock_timestamp() END
     FROM unnest(
         CAST(:ids AS uuid[]), CAST(:types AS text[]), CAST(:queues AS text[]), CAST(:payloads AS text[]),
         CAST(:max_attempts AS int[]), CAST(:timeouts AS int[]), CAST(:labels AS text[]),
         CAST(:task_names AS text[]), CAST(:keys AS text[]), CAST(:hashes AS text[]),
         CAST(:owners AS text[]), CAST(:scheduled AS timestamptz[]), CAST(:states AS text[]),
         CAST(:waitings AS int[]), CAST(:policies AS text[]), CAST(:workflow_ids AS uuid[]),
-        CAST(:steps AS text[]), CAST(:errors AS text[]), CAST(:has_dependents AS boolean[])
+        CAST(:steps AS text[]), CAST(:errors AS text[]), CAST(:has_dependents AS boolean[]),
+        CAST(:unique_keys AS text[]), CAST(:unique_fors AS int[]), CAST(:concurrency_keys AS text[]),
+        CAST(:concurrency_limits AS int[]), CAST(:priorities AS int[]), CAST(:throttle_keys AS text[]),
+        CAST(:callback_urls AS text[])
     ) AS n(id, type, queue, payload, max_attempts, timeout_s, labels, task_name, idempotency_key,
            request_hash, owner, scheduled_time, state, waiting_on, policy, workflow_id, step, error,
-           has_dependents)
-    ON CONFLICT (coalesce(owner, ''), idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id, created_time, scheduled_time, updated_time, done_time
+           has_dependents, unique_key, unique_for_s, concurrency_key, concurrency_limit, priority,
+           throttle_key, callback_url)
+    -- Any conflict: a taken idempotency key, or a unique key held (the caller reads which).
+    ON CONFLICT DO NOTHING
+    RETURNING *
     """
-).columns(jobs.c.id, jobs.c.created_time, jobs.c.scheduled_time, jobs.c.updated_time, jobs.c.done_time)
+).columns(*jobs.c)
 
 # A job row built from what was inserted, with the columns' defaults: reading back the whole
 # row of each job (JSONB parsed again, 26 columns) was a third of a batch's CPU. The batch's
@@ -468,14 +520,18 @@ _INSERTED_DEFAULTS = {
     "started_time": None, "done_time": None, "next_attempt_time": None,
     "waiting_on": 0, "on_dependency_failure": None, "has_dependents": False, "workflow_id": None, "step": None,
     "schedule": None, "scheduled_for": None, "trigger": None, "message_id": None,
+    "unique_key": None, "unique_for_s": None, "unique_held": False, "concurrency_key": None,
+    "concurrency_limit": None, "priority": 0, "throttle_key": None, "ready_time": None, "slot_wait_s": None,
+    "callback_url": None,
 }
 
 
 def insert_jobs(conn: Connection, new: Sequence[NewJob], *, state: str = "QUEUED") -> list[Any]:
     """Insert jobs in one statement, one array per column; their rows in the order given.
 
-    A job whose idempotency key is already taken is not inserted and not answered: fewer
-    rows than jobs means some keys were taken (see jobs_by_idempotency_keys)."""
+    A job whose idempotency key (or unique key) is already taken is not inserted and not
+    answered: fewer rows than jobs means some keys were taken (see jobs_by_idempotency_keys,
+    flow.key_holders)."""
     params = {
         "state": state,
         "ids": [str(j.id) for j in new],
@@ -491,10 +547,18 @@ def insert_jobs(conn: Connection, new: Sequence[NewJob], *, state: str = "QUEUED
         "owners": [j.owner for j in new],
         "scheduled": [j.scheduled_time for j in new],
     }
-    orchestrated = any(j.depends_on or j.workflow_id is not None or j.has_dependents for j in new)
+    orchestrated = any(j.depends_on or j.workflow_id is not None or j.has_dependents or j.flow for j in new)
     if orchestrated:
         params.update(
-            states=[j.state or state for j in new],
+            # a keyed job waits for its key's admission, which the caller runs next
+            states=[j.state or ("WAITING" if j.keyed else state) for j in new],
+            unique_keys=[j.unique_key for j in new],
+            unique_fors=[j.unique_for_s for j in new],
+            concurrency_keys=[j.concurrency_key for j in new],
+            concurrency_limits=[j.concurrency_limit for j in new],
+            priorities=[j.priority for j in new],
+            throttle_keys=[j.throttle_key for j in new],
+            callback_urls=[j.callback_url for j in new],
             waitings=[j.waiting_on for j in new],
             policies=[j.on_dependency_failure for j in new],
             workflow_ids=[None if j.workflow_id is None else str(j.workflow_id) for j in new],
@@ -502,9 +566,11 @@ def insert_jobs(conn: Connection, new: Sequence[NewJob], *, state: str = "QUEUED
             errors=[None if j.error is None else _json(j.error) for j in new],
             has_dependents=[j.has_dependents for j in new],
         )
-    if orchestrated:
         params.pop("state")
-    stored = {row.id: row for row in conn.execute(_INSERT_ORCHESTRATED if orchestrated else _INSERT_JOBS, params)}
+        # The whole row comes back: its state and columns are the statement's to decide.
+        stored_rows = {row.id: row for row in conn.execute(_INSERT_ORCHESTRATED, params)}
+        return [stored_rows[j.id] for j in new if j.id in stored_rows]
+    stored = {row.id: row for row in conn.execute(_INSERT_JOBS, params)}
     out = []
     for j in new:
         if j.id not in stored:
@@ -514,8 +580,6 @@ def insert_jobs(conn: Connection, new: Sequence[NewJob], *, state: str = "QUEUED
             **_INSERTED_DEFAULTS, **_row_values(j, state), "created_time": row.created_time,
             "scheduled_time": row.scheduled_time, "updated_time": row.updated_time,
         }
-        if orchestrated:
-            values["done_time"] = row.done_time
         out.append(JobRecord(**values))
     return out
 
@@ -578,7 +642,10 @@ def own_task_name(run: str = "run + 1", table: str = "") -> str:
 _RETRY = sa.text(
     f"""
     UPDATE jobs SET
-        state = 'CREATED',
+        -- a keyed job waits for its key's admission again (api/store/flow.py)
+        state = CASE WHEN concurrency_limit IS NOT NULL OR throttle_key IS NOT NULL THEN 'WAITING' ELSE 'CREATED' END,
+        ready_time = CASE WHEN concurrency_limit IS NOT NULL OR throttle_key IS NOT NULL THEN now() END,
+        slot_wait_s = NULL,
         run = run + 1,
         attempts_base = attempts,
         task_name = {own_task_name()},

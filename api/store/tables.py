@@ -18,6 +18,7 @@ from sqlalchemy import (
     SmallInteger,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
@@ -82,6 +83,24 @@ jobs = Table(
            comment="The schedule time of that fire (X-CloudScheduler-ScheduleTime)."),
     Column("trigger", Text, comment="The Pub/Sub trigger whose message created the job."),
     Column("message_id", Text, comment="The Pub/Sub messageId that created the job."),
+    # Flow control (docs/flow-control.md) and completion webhooks (docs/webhooks.md).
+    Column("unique_key", Text, comment="While the job holds it, a create with the same key (same owner) "
+                                       "returns this job instead of creating one."),
+    Column("unique_for_s", Integer, comment="Hold the unique key this long after the job started, "
+                                            "even once it ended; null: while it is not terminal."),
+    Column("unique_held", Boolean, nullable=False, server_default=text("false"),
+           comment="True while the job holds its unique key (the unique index covers these rows)."),
+    Column("concurrency_key", Text, comment="Jobs of one queue and key share the key's limit."),
+    Column("concurrency_limit", Integer,
+           comment="At most this many jobs of its (queue, concurrency_key) are handed to Cloud Tasks at once; "
+                   "null: no limit."),
+    Column("priority", Integer, nullable=False, server_default=text("0"),
+           comment="Among the jobs waiting for a key, higher first (then oldest first)."),
+    Column("throttle_key", Text, comment="The key whose rate (queues.yaml rate_per_key) paces the job."),
+    Column("ready_time", DateTime(timezone=True),
+           comment="When a keyed job began to wait for its key (created, or its dependencies done)."),
+    Column("slot_wait_s", Float(precision=53), comment="How long a keyed job waited for its slot or throttle, seconds."),
+    Column("callback_url", Text, comment="Where its terminal state is POSTed (a signed webhook)."),
     CheckConstraint(
         "state IN ('WAITING','CREATED','QUEUED','RUNNING','COMPLETED','FAILED','CANCELLED')",
         name="jobs_state_valid",
@@ -89,6 +108,7 @@ jobs = Table(
     CheckConstraint("on_dependency_failure IN ('fail','cancel','run')", name="jobs_on_dependency_failure_valid"),
     CheckConstraint("max_attempts >= 1", name="jobs_max_attempts_positive"),
     CheckConstraint("timeout_s >= 1", name="jobs_timeout_positive"),
+    CheckConstraint("concurrency_limit >= 1", name="jobs_concurrency_limit_positive"),
     # Listing: newest first, keyset on (created_time, id); unfiltered, jobs_report_idx below.
     Index("jobs_state_created_idx", "state", "created_time", "id"),
     Index("jobs_type_created_idx", "type", "created_time", "id"),
@@ -115,6 +135,15 @@ jobs = Table(
         postgresql_where=text("idempotency_key IS NOT NULL"),
     ),
     Index("jobs_owner_created_idx", "owner", "created_time", "id"),
+    # The constraint of unique keys: one holder per (owner, key).
+    Index("jobs_unique_key_idx", text("coalesce(owner, '')"), "unique_key", unique=True,
+          postgresql_where=text("unique_held")),
+    # Admission: the jobs that hold a key's slots, and the line of those waiting for one.
+    Index("jobs_key_admitted_idx", "queue", "concurrency_key",
+          postgresql_where=text("concurrency_limit IS NOT NULL AND state IN ('CREATED', 'QUEUED', 'RUNNING')")),
+    Index("jobs_key_waiting_idx", "queue", "concurrency_key", text("priority DESC"), "created_time", "ready_time", "id",
+          postgresql_where=text("state = 'WAITING' AND waiting_on = 0 "
+                                "AND (concurrency_limit IS NOT NULL OR throttle_key IS NOT NULL)")),
     Index(
         "jobs_report_idx",
         "created_time",
@@ -328,6 +357,49 @@ job_rollup_state = Table(
     Column("refreshed_time", DateTime(timezone=True), comment="When the last refresh finished."),
     CheckConstraint("id", name="job_rollup_state_one_row"),
     comment="One row: how far job_rollups reaches.",
+)
+
+key_throttles = Table(
+    "key_throttles",
+    metadata,
+    Column("queue", Text, nullable=False, comment="The queue."),
+    Column("key", Text, nullable=False, comment="The throttle key (or the concurrency key)."),
+    Column("next_time", DateTime(timezone=True), nullable=False, comment="The key's next free dispatch time."),
+    PrimaryKeyConstraint("queue", "key", name="key_throttles_pkey"),
+    comment="Each throttled key's next free dispatch time (rate_per_key in queues.yaml).",
+)
+
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("id", Text, primary_key=True, comment="The webhook-id (msg_…), the same on every delivery."),
+    Column("job_id", UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False,
+           comment="The job that ended."),
+    Column("run", Integer, nullable=False, comment="The job's run that ended (each :retry is a run)."),
+    Column("state", Text, nullable=False, comment="The terminal state it reached."),
+    Column("url", Text, nullable=False, comment="Where it is delivered."),
+    Column("job", JSONB, nullable=False, comment="The job's row as it was when it ended."),
+    Column("created_time", DateTime(timezone=True), nullable=False, server_default=_now, comment="When the job ended."),
+    Column("enqueued_time", DateTime(timezone=True), comment="When its delivery task was created."),
+    Column("delivered_time", DateTime(timezone=True), comment="When a delivery was answered 2xx."),
+    Column("failed_time", DateTime(timezone=True), comment="When delivery was given up."),
+    Column("attempts", Integer, nullable=False, server_default=text("0"), comment="Deliveries tried."),
+    UniqueConstraint("job_id", "run", name="webhook_events_job_run_key"),
+    Index("webhook_events_unsent_idx", "created_time", postgresql_where=text("enqueued_time IS NULL")),
+    comment="One completion event per terminal transition of a job with a callback URL.",
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("event_id", Text, ForeignKey("webhook_events.id", ondelete="CASCADE"), nullable=False, comment="The event."),
+    Column("number", Integer, nullable=False, comment="1 for the first delivery."),
+    Column("started_time", DateTime(timezone=True), nullable=False, comment="When the POST began."),
+    Column("duration_ms", Integer, nullable=False, comment="How long it took."),
+    Column("status_code", Integer, comment="The receiver's HTTP status (null: no answer)."),
+    Column("error", Text, comment="Why it failed, when it did."),
+    PrimaryKeyConstraint("event_id", "number", name="webhook_deliveries_pkey"),
+    comment="Each attempt to deliver a webhook event.",
 )
 
 job_waiters = Table(

@@ -28,13 +28,21 @@ from api.store import dependencies
 from api.store import jobs as store
 from api.store import steps as step_store
 from api.store import triggers as fire_store
+from api.store import webhooks as webhook_store
 from api.store import workflows as workflow_store
 from api.store.tables import STATES, TERMINAL, WORKFLOW_STATES
 from api.ui import charts, dag
 from api.web import paging
 from api.web.auth import Principal
 from api.web.http import check_params, current_state, filter_digest, parse_filter, parse_job_id, parse_workflow_id
-from api.web.resources import attempts_resource, job_resource, schedule_resource, steps_resource, workflow_resource
+from api.web.resources import (
+    attempts_resource,
+    callbacks_resource,
+    job_resource,
+    schedule_resource,
+    steps_resource,
+    workflow_resource,
+)
 
 bp = Blueprint(
     "ui",
@@ -220,6 +228,7 @@ def job(job_id: str) -> str:
         attempts = attempts_resource(row, store.list_attempts(conn, jid))
         durable = steps_resource(step_store.list_steps(conn, jid))
         parents = dependencies.parents(conn, jid) if row.on_dependency_failure is not None else []
+        callbacks = callbacks_resource(webhook_store.events_of_job(conn, jid)) if row.callback_url else []
     resource = job_resource(row)
     return render_template(
         "ui/job.html",
@@ -227,6 +236,7 @@ def job(job_id: str) -> str:
         attempts=attempts,
         steps=durable,
         parents=parents,
+        callbacks=callbacks,
         pretty=_pretty,
         refresh=row.state not in TERMINAL,
     )

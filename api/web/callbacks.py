@@ -17,14 +17,15 @@ from flask import Blueprint, Request, Response, request
 
 from api.cloud.schedules import schedule_from_job_name
 from api.errors import Busy, InvalidRequest, LeaseHeld, Problem, ScheduleNotFound
-from api.orchestration import triggers
+from api.orchestration import triggers, webhooks
 from api.orchestration.sweep import sweep
 from api.state import AppState
+from api.store import dependencies
 from api.store import jobs as store
 from api.times import rfc3339
 from api.web.callers import require_task_caller
 from api.web.http import current_state, json_body, json_response
-from api.web.resources import job_resource
+from api.web.resources import job_resource, snapshot_resource
 
 RunJobs = Callable[[AppState, Sequence[uuid.UUID], store.Delivery], Any]
 
@@ -35,6 +36,23 @@ class RetryRequested(Problem):
     status = 500
     title = "Attempt failed; retry requested"
     slug = "retry-requested"
+
+
+class WebhookRetry(Problem):
+    """A webhook delivery failed and may be tried again: the queue should deliver the task again."""
+
+    status = 500
+    title = "Webhook delivery failed; retry requested"
+    slug = "webhook-retry"
+
+
+def _event_job(state: AppState, event: Any) -> dict[str, Any]:
+    """The job resource a webhook event carries: the job as it was when it ended."""
+    depends_on = None
+    if event.job.get("on_dependency_failure") is not None:
+        with state.engine.connect() as conn:
+            depends_on = dependencies.parent_ids(conn, [event.job_id]).get(event.job_id)
+    return snapshot_resource(event.job, depends_on)
 
 
 def delivery_from(req: Request) -> store.Delivery:
@@ -129,6 +147,23 @@ def blueprint(*, run_jobs: RunJobs) -> Blueprint:
                 jobs=[str(i) for i in outcome.lease_held],
             )
         return json_response({"jobs": outcome.states})
+
+    @bp.post("/webhook")
+    def webhook() -> Response:
+        """Deliver a completion webhook event once (its task: api/orchestration/webhooks.py);
+        500 to have the webhooks queue deliver it again."""
+        state = current_state()
+        require_task_caller(request, state)
+        body = json_body(request)
+        event_id = body.get("event_id") if isinstance(body, dict) else None
+        if not isinstance(event_id, str) or not event_id:
+            raise InvalidRequest("the body must name event_id", errors=[{"field": "event_id", "message": "required"}])
+        done = webhooks.deliver(state, event_id, retry_count=delivery_from(request).retry_count,
+                                render=lambda event: _event_job(state, event))
+        if done.outcome == "retry":
+            raise WebhookRetry("the receiver did not take the webhook; deliver again", event_id=event_id,
+                               status_code=done.status, error=done.error)
+        return json_response({"event_id": event_id, "outcome": done.outcome, "status_code": done.status})
 
     @bp.post("/sweep")
     def sweep_endpoint() -> Response:

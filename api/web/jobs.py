@@ -7,13 +7,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from flask import Blueprint, Response, request
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Row
 
 from api.errors import JobNotFound
 from api.orchestration import lifecycle
 from api.state import AppState
 from api.store import dependencies, steps
 from api.store import jobs as store
+from api.store import webhooks as webhook_store
 from api.store.engine import autocommit
 from api.web import paging
 from api.web import waiting as waiters
@@ -29,7 +30,7 @@ from api.web.http import (
     parse_job_id,
     principal,
 )
-from api.web.resources import attempts_resource, job_resource, steps_resource
+from api.web.resources import attempts_resource, callbacks_resource, job_resource, steps_resource
 
 bp = Blueprint("jobs", __name__)
 bp.before_request(authenticate)
@@ -110,26 +111,33 @@ def get_job(job_id: str) -> Response:
 @bp.get("/v1/jobs/<job_id>/attempts")
 def list_attempts(job_id: str) -> Response:
     """A job's attempts, oldest first."""
-    state = current_state()
-    jid = parse_job_id(job_id)
-    with state.engine.connect() as conn:
-        job = store.get_job(conn, jid, owner=principal().scope)
-        if job is None:
-            raise JobNotFound(f"no job {job_id}")
-        rows = store.list_attempts(conn, jid)
+    job, rows = _of_job(job_id, store.list_attempts)
     return json_response({"attempts": attempts_resource(job, rows)})
+
+
+@bp.get("/v1/jobs/<job_id>/callbacks")
+def list_callbacks(job_id: str) -> Response:
+    """A job's completion webhooks: an event per terminal transition, each with its deliveries."""
+    _, events = _of_job(job_id, webhook_store.events_of_job)
+    return json_response({"callbacks": callbacks_resource(events)})
 
 
 @bp.get("/v1/jobs/<job_id>/steps")
 def list_steps(job_id: str) -> Response:
     """A job's durable steps (ctx.step), in the order they finished."""
-    state = current_state()
-    jid = parse_job_id(job_id)
-    with state.engine.connect() as conn:
-        if store.get_job(conn, jid, owner=principal().scope) is None:
-            raise JobNotFound(f"no job {job_id}")
-        rows = steps.list_steps(conn, jid)
+    _, rows = _of_job(job_id, steps.list_steps)
     return json_response({"steps": steps_resource(rows)})
+
+
+def _of_job(job_id: str, read: Callable[[Connection, uuid.UUID], Any]) -> tuple[Row[Any], Any]:
+    """A job and what `read` reads of it (its attempts, events, steps) in one connection; 404
+    unless the caller may see the job."""
+    jid = parse_job_id(job_id)
+    with current_state().engine.connect() as conn:
+        job = store.get_job(conn, jid, owner=principal().scope)
+        if job is None:
+            raise JobNotFound(f"no job {job_id}")
+        return job, read(conn, jid)
 
 
 @bp.get("/v1/jobs")

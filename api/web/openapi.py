@@ -9,7 +9,17 @@ from pydantic.json_schema import models_json_schema
 
 from api.orchestration.requests import CreateJob
 from api.orchestration.workflows import MAX_STEPS, CreateWorkflow, WorkflowStep
-from api.web.resources import AttemptList, DurableStepList, Job, JobList, Schedule, ScheduleList, Workflow, WorkflowList
+from api.web.resources import (
+    AttemptList,
+    CallbackList,
+    DurableStepList,
+    Job,
+    JobList,
+    Schedule,
+    ScheduleList,
+    Workflow,
+    WorkflowList,
+)
 
 REF = "#/components/schemas/{model}"
 
@@ -115,7 +125,7 @@ def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) 
     """The whole OpenAPI 3.1 document; `types` and `queues` make the job fields exact."""
     _, defs = models_json_schema(
         [(m, "validation" if m in (CreateJob, WorkflowStep, CreateWorkflow) else "serialization")
-         for m in (CreateJob, Job, JobList, AttemptList, DurableStepList, WorkflowStep, CreateWorkflow, Workflow,
+         for m in (CreateJob, Job, JobList, AttemptList, DurableStepList, CallbackList, WorkflowStep, CreateWorkflow, Workflow,
                    WorkflowList, Schedule, ScheduleList)],
         ref_template=REF,
     )
@@ -198,7 +208,8 @@ def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) 
                     "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("CreateJob")}}},
                     "responses": {
                         "202": {**_json(_ref("Job"), "Created"), "headers": {"Location": {"schema": {"type": "string"}}}},
-                        "200": _json(_ref("Job"), "An idempotent replay: the original job"),
+                        "200": _json(_ref("Job"), "An idempotent replay: the original job; or the job holding "
+                                                  "the request's unique_key"),
                         **_problems(400, 409, 413, 415, 422, 503),
                     },
                 },
@@ -265,6 +276,14 @@ def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) 
                     "summary": "A job's attempts, oldest first",
                     "parameters": [JOB_ID],
                     "responses": {"200": _json(_ref("AttemptList"), "The attempts"), **_problems(404, 503)},
+                }
+            },
+            "/v1/jobs/{job_id}/callbacks": {
+                "get": {
+                    "operationId": "listCallbacks",
+                    "summary": "A job's completion webhooks: an event per terminal transition, with its deliveries",
+                    "parameters": [JOB_ID],
+                    "responses": {"200": _json(_ref("CallbackList"), "The events"), **_problems(404, 503)},
                 }
             },
             "/v1/jobs/{job_id}/steps": {

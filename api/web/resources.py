@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
 from google.cloud import scheduler_v1
@@ -73,6 +74,50 @@ class Job(BaseModel):
                                            description="That fire's time (X-CloudScheduler-ScheduleTime).")
     trigger: str | None = Field(default=None, description="The Pub/Sub trigger whose message created it.")
     message_id: str | None = Field(default=None, description="That message's messageId.")
+    waiting_reason: Literal["dependencies", "concurrency", "throttle"] | None = Field(
+        default=None, description="While WAITING: for its dependencies, for a slot of its concurrency key, "
+                                  "or for its throttle's admission.")
+    unique_key: str | None = Field(default=None, description="Its unique key (docs/flow-control.md).")
+    unique_for_s: int | None = Field(default=None, description="How long after it started it holds the key.")
+    concurrency_key: str | None = Field(default=None, description="Its concurrency key.")
+    concurrency_limit: int | None = Field(default=None,
+                                          description="At most this many jobs of its queue and key at once.")
+    priority: int | None = Field(default=None, description="Its place among jobs waiting for its key (higher first).")
+    throttle_key: str | None = Field(default=None, description="The key whose rate paces it.")
+    slot_wait_s: float | None = Field(default=None,
+                                      description="How long it waited for its key's slot or throttle, seconds.")
+    callback_url: str | None = Field(default=None, description="Where its terminal state is POSTed (docs/webhooks.md).")
+
+
+class CallbackDelivery(BaseModel):
+    """One attempt to deliver a webhook event."""
+
+    number: int
+    started_time: datetime
+    duration_ms: int
+    status_code: int | None = Field(default=None, description="The receiver's HTTP status; null: no answer.")
+    error: str | None = None
+
+
+class Callback(BaseModel):
+    """A completion webhook event of a job: one per terminal transition, its deliveries."""
+
+    id: str = Field(description="The webhook-id header of every delivery (msg_…).")
+    run: int
+    type: Literal["job.completed", "job.failed", "job.cancelled"]
+    url: str
+    state: Literal["PENDING", "DELIVERED", "FAILED"]
+    created_time: datetime
+    enqueued_time: datetime | None = None
+    delivered_time: datetime | None = None
+    failed_time: datetime | None = None
+    deliveries: list[CallbackDelivery]
+
+
+class CallbackList(BaseModel):
+    """A job's webhook events, oldest first."""
+
+    callbacks: list[Callback]
 
 
 class JobList(BaseModel):
@@ -239,11 +284,27 @@ def job_resource(row: Row[Any], depends_on: list[uuid.UUID] | None = None) -> di
     if getattr(row, "trigger", None) is not None:
         out["trigger"] = row.trigger
         out["message_id"] = row.message_id
+    if row.state == "WAITING":
+        out["waiting_reason"] = waiting_reason(row)
+    for name in FLOW_FIELDS:
+        if (value := getattr(row, name, None)) is not None:
+            out[name] = value
     return out
 
 
+FLOW_FIELDS = ("unique_key", "unique_for_s", "concurrency_key", "concurrency_limit", "throttle_key", "slot_wait_s",
+               "callback_url")
+
+
+def waiting_reason(row: Any) -> str:
+    """Why a WAITING job waits: its dependencies, a slot of its concurrency key, or its throttle."""
+    if row.waiting_on > 0:
+        return "dependencies"
+    return "concurrency" if getattr(row, "concurrency_limit", None) is not None else "throttle"
+
+
 def _job_fields(row: Row[Any]) -> dict[str, Any]:
-    return {
+    out = {
         "id": str(row.id),
         "type": row.type,
         "queue": row.queue,
@@ -266,6 +327,34 @@ def _job_fields(row: Row[Any]) -> dict[str, Any]:
         "done_time": rfc3339(row.done_time),
         "updated_time": rfc3339(row.updated_time),
     }
+    if getattr(row, "priority", 0) or getattr(row, "concurrency_key", None) is not None:
+        out["priority"] = row.priority
+    return out
+
+
+_TIME_COLUMNS = ("created_time", "scheduled_time", "started_time", "done_time", "updated_time", "next_attempt_time",
+                 "scheduled_for", "lease_expires_time", "attempt_started_time", "ready_time")
+
+
+def snapshot_resource(job: dict[str, Any], depends_on: list[uuid.UUID] | None = None) -> dict[str, Any]:
+    """The job resource of a job row saved as JSON (to_jsonb: a webhook event's snapshot)."""
+    values = dict(job)
+    for name in _TIME_COLUMNS:
+        if isinstance(values.get(name), str):
+            values[name] = datetime.fromisoformat(values[name])
+    return job_resource(SimpleNamespace(**values), depends_on)  # type: ignore[arg-type]
+
+
+def callbacks_resource(events: list[tuple[Row[Any], list[Row[Any]]]]) -> list[dict[str, Any]]:
+    """A job's webhook events with their deliveries, as GET /v1/jobs/{id}/callbacks shows them."""
+    return [{
+        "id": e.id, "run": e.run, "type": f"job.{e.state.lower()}", "url": e.url,
+        "created_time": rfc3339(e.created_time), "enqueued_time": rfc3339(e.enqueued_time),
+        "delivered_time": rfc3339(e.delivered_time), "failed_time": rfc3339(e.failed_time),
+        "state": "DELIVERED" if e.delivered_time else "FAILED" if e.failed_time else "PENDING",
+        "deliveries": [{"number": d.number, "started_time": rfc3339(d.started_time), "duration_ms": d.duration_ms,
+                        "status_code": d.status_code, "error": d.error} for d in deliveries],
+    } for e, deliveries in events]
 
 
 def steps_resource(rows: list[Row[Any]]) -> list[dict[str, Any]]:

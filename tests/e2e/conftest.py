@@ -4,6 +4,7 @@ The stack is launched as the benchmark launches it (bench/stack.py), from one pl
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from emulator import Emulator
 from tests.conftest import ROOT
 
 TEST_QUEUES = ROOT / "tests" / "queues.yaml"
+# Completion webhooks to receivers on this machine, as in dev (docs/webhooks.md)
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"e2e-webhook-secret-32-bytes-long").decode()
 SERVICE_ACCOUNT = "tasks@e2e-project.iam.gserviceaccount.com"
 
 
@@ -61,7 +64,8 @@ def stack(migrated_url: str) -> Iterator[Stack]:
     with Emulator(host="127.0.0.1", port=0, http_port=0) as emu:
         env = stack_env(database_url=migrated_url, emulator=emu, url=url, queues_file=TEST_QUEUES,
                         project="e2e-project", service_account=SERVICE_ACCOUNT, log_level="WARNING",
-                        JOB_MODULES="tests.jobs")  # the test job types too (served from the checkout)
+                        JOB_MODULES="tests.jobs",  # the test job types too (served from the checkout)
+                        WEBHOOK_SECRETS=WEBHOOK_SECRET, WEBHOOK_ALLOW_PRIVATE="true")
         config = Config.from_env(env)
         client = make_client(config)
         sync_queues(client, config, list(Queues.load(TEST_QUEUES).specs.values()))
@@ -91,5 +95,5 @@ def second_server(stack: Stack, database_url: str, *, tasks_to_self: bool = True
         stop(proc)
 
 
-__all__ = ["SERVICE_ACCOUNT", "TEST_QUEUES", "Stack", "free_port", "second_server", "stack_env", "start_gunicorn",
+__all__ = ["SERVICE_ACCOUNT", "TEST_QUEUES", "WEBHOOK_SECRET", "Stack", "free_port", "second_server", "stack_env", "start_gunicorn",
            "stop", "wait_healthy"]

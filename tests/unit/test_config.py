@@ -73,3 +73,17 @@ def test_the_pool_has_a_connection_per_gunicorn_thread() -> None:
     assert Config.from_env(base).db_pool_size == 8
     assert Config.from_env({**base, "GUNICORN_THREADS": "16"}).db_pool_size == 16
     assert Config.from_env({**base, "GUNICORN_THREADS": "16", "DB_POOL_SIZE": "3"}).db_pool_size == 3
+
+
+def test_webhook_secrets_must_be_standard_webhooks_secrets_and_never_shown() -> None:
+    base = {"DATABASE_URL": "postgresql://u@h/db", "HANDLER_AUTH": "none", "CLOUD_TASKS_EMULATOR_HOST": "h:1"}
+    good = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # 24 bytes
+    c = Config.from_env({**base, "WEBHOOK_SECRETS": f"{good}, {good}", "WEBHOOK_ALLOW_PRIVATE": "yes"})
+    assert c.webhook_secrets == (good, good) and c.webhook_allow_private and c.webhook_queue == "webhooks"
+    c.validate()
+    assert good not in repr(c)
+    for bad in ("secret", "whsec_short", "whsec_not*base64!"):
+        with pytest.raises(ConfigurationInvalid, match="WEBHOOK_SECRETS"):
+            Config.from_env({**base, "WEBHOOK_SECRETS": bad}).validate()
+    with pytest.raises(ConfigurationInvalid, match="WEBHOOK_URL needs WEBHOOK_SECRETS"):
+        Config.from_env({**base, "WEBHOOK_URL": "https://example.com/h"}).validate()

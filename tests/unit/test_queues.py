@@ -94,3 +94,18 @@ def test_the_backoff_follows_googles_retry_config_rule() -> None:
     # Google's example: min 10s, max 300s, 3 doublings: 10, 20, 40, 80, 160, 240, 300, 300
     rc = RetryConfig(min_backoff=10, max_backoff=300, max_doublings=3)
     assert [rc.backoff_s(n) for n in range(1, 9)] == [10, 20, 40, 80, 160, 240, 300, 300]
+
+
+def test_flow_control_per_key_and_its_overrides() -> None:
+    from api.cloud.queues import KeyLimits, parse_rate
+
+    queues = Queues.parse({"queues": {"q": {
+        "concurrency_per_key": 2, "rate_per_key": "10/m",
+        "key_overrides": {"big": {"concurrency_per_key": 10}, "fast": {"rate_per_key": "5/s"}},
+    }}})
+    spec = queues["q"]
+    assert spec.key_limits("anyone") == KeyLimits(2, 6.0)
+    assert spec.key_limits("big") == KeyLimits(10, 6.0)
+    assert spec.key_limits("fast") == KeyLimits(2, 0.2)
+    assert parse_rate("100/h") == 36.0 and parse_rate(" 1.5 / s ") == 1 / 1.5
+    assert Queues.parse({"queues": {"q": {}}})["q"].key_limits("k") == KeyLimits(None, None)

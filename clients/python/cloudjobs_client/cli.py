@@ -1,4 +1,4 @@
-"""`cloudjobs submit | get | list | watch | attempts | cancel | retry | workflows | schedules`: the REST API
+"""`cloudjobs submit | get | list | watch | attempts | callbacks | cancel | retry | workflows | schedules`: the REST API
 for people.
 
 Each command talks to `--url` (else `CLOUDJOBS_URL`, else http://127.0.0.1:8080) with the key
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-COMMANDS = ("submit", "get", "list", "watch", "attempts", "cancel", "retry", "workflows", "schedules")
+COMMANDS = ("submit", "get", "list", "watch", "attempts", "callbacks", "cancel", "retry", "workflows", "schedules")
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
@@ -63,6 +63,15 @@ def register(subparsers: Any) -> dict[str, Any]:
     p.add_argument("--on-dependency-failure", choices=("fail", "cancel", "run"),
                    help="what a failed dependency does to this job (default: fail)")
     p.add_argument("--idempotency-key", help="default: a new one per command")
+    p.add_argument("--unique-key", help="return the job of yours holding this key instead of creating another")
+    p.add_argument("--unique-for", type=int, metavar="SECONDS",
+                   help="with --unique-key: hold the key this long after the job started")
+    p.add_argument("--replace", action="store_true",
+                   help="with --unique-key: replace a holder that has not started (the latest wins)")
+    p.add_argument("--concurrency-key", help="share this key's concurrency limit and rate (queues.yaml)")
+    p.add_argument("--priority", type=int, help="among jobs waiting for the key, higher first (default 0)")
+    p.add_argument("--throttle-key", help="pace the job by this key's rate_per_key")
+    p.add_argument("--callback-url", help="POST the job here, signed, when it ends")
     p.add_argument("--wait", action="store_true", help="show progress until the job is done")
     p.add_argument("--timeout", type=float, help="with --wait: stop waiting after S seconds")
 
@@ -82,6 +91,7 @@ def register(subparsers: Any) -> dict[str, Any]:
 
     for name, text in (
         ("attempts", "show a job's attempts"),
+        ("callbacks", "show a job's completion webhooks and their deliveries"),
         ("cancel", "cancel a job"),
         ("retry", "run a FAILED or CANCELLED job again"),
     ):
@@ -165,6 +175,13 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
         idempotency_key=args.idempotency_key,
         depends_on=_multi(args.depends_on) or None,
         on_dependency_failure=args.on_dependency_failure,
+        unique_key=args.unique_key,
+        unique_for_s=args.unique_for,
+        unique_mode="replace" if args.replace else None,
+        concurrency_key=args.concurrency_key,
+        priority=args.priority,
+        throttle_key=args.throttle_key,
+        callback_url=args.callback_url,
     )
     if args.wait:
         return _follow(client, job.id, args)
@@ -250,6 +267,21 @@ def _attempts(client: Client, args: argparse.Namespace) -> int:
         for a in attempts
     ]
     _table(["#", "OUTCOME", "STARTED", "DURATION", "RETRY COUNT", "ERROR"], rows)
+    return 0
+
+
+def _callbacks(client: Client, args: argparse.Namespace) -> int:
+    events = client.callbacks(args.job_id)
+    if args.output == "json":
+        _json(events)
+        return 0
+    rows = [
+        [e["id"], e["type"], e["state"], str(d["number"]), _when(_time(d["started_time"])),
+         "" if d["status_code"] is None else str(d["status_code"]), d["error"] or ""]
+        for e in events for d in (e["deliveries"] or [{"number": 0, "started_time": e["created_time"],
+                                                       "status_code": None, "error": "not delivered yet"}])
+    ]
+    _table(["EVENT", "TYPE", "STATE", "#", "SENT", "STATUS", "ERROR"], rows)
     return 0
 
 
@@ -378,6 +410,7 @@ _HANDLERS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "list": _list,
     "watch": _watch,
     "attempts": _attempts,
+    "callbacks": _callbacks,
     "cancel": _cancel,
     "retry": _retry,
 }
@@ -545,8 +578,12 @@ def _describe(job: Job) -> None:
         ("id", job.id),
         ("type", job.type),
         ("queue", job.queue),
-        ("state", job.state),
+        ("state", job.state + (f" (for its {job.waiting_reason})" if job.waiting_reason else "")),
         ("attempts", job.attempt_text),
+        ("unique key", job.raw.get("unique_key", "")),
+        ("concurrency", f"{job.raw['concurrency_key']} (at most {job.raw.get('concurrency_limit') or 'any'}, "
+                        f"priority {job.raw.get('priority', 0)})" if job.raw.get("concurrency_key") else ""),
+        ("callback", job.raw.get("callback_url", "")),
         ("last error" if not job.done else "", _error_text(job) if not job.done else ""),
         ("next attempt", _next_attempt(job)),
         ("progress", _progress_text(job)),

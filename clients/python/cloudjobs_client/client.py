@@ -117,6 +117,7 @@ class Job:
     run: int = 0
     run_attempts: int = 0
     next_attempt_time: datetime | None = None
+    waiting_reason: str | None = None  # while WAITING: dependencies, concurrency or throttle
 
     @property
     def attempt_text(self) -> str:
@@ -154,6 +155,7 @@ class Job:
             run=d.get("run", 0),
             run_attempts=d.get("run_attempts", d.get("attempts", 0)),
             next_attempt_time=_time(d.get("next_attempt_time")),
+            waiting_reason=d.get("waiting_reason"),
         )
 
     @property
@@ -338,11 +340,23 @@ class Client:
         idempotency_key: str | None = None,
         depends_on: Iterable[str] | None = None,
         on_dependency_failure: str | None = None,
+        unique_key: str | None = None,
+        unique_for_s: int | None = None,
+        unique_mode: str | None = None,
+        concurrency_key: str | None = None,
+        priority: int | None = None,
+        throttle_key: str | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Create a job. Safe to retry: the same key returns the same job, never a second.
 
         With `depends_on` (ids of your jobs) it waits, WAITING, until they have all ended;
-        `on_dependency_failure` says what a failed one does to it: fail, cancel or run."""
+        `on_dependency_failure` says what a failed one does to it: fail, cancel or run.
+        Flow control (the server's docs/flow-control.md): `unique_key` returns the job that
+        holds the key instead of creating another (`unique_mode="replace"` replaces one that
+        has not started); `concurrency_key` and `throttle_key` share their key's limits, and
+        `priority` orders the jobs waiting for one. `callback_url` is POSTed the job, signed,
+        when it ends (docs/webhooks.md)."""
         body = _job_body(
             {
                 "type": type,
@@ -354,6 +368,13 @@ class Client:
                 "labels": labels,
                 "depends_on": None if depends_on is None else [str(i) for i in depends_on],
                 "on_dependency_failure": on_dependency_failure,
+                "unique_key": unique_key,
+                "unique_for_s": unique_for_s,
+                "unique_mode": unique_mode,
+                "concurrency_key": concurrency_key,
+                "priority": priority,
+                "throttle_key": throttle_key,
+                "callback_url": callback_url,
             }
         )
         key = idempotency_key or str(uuid.uuid4())
@@ -441,6 +462,11 @@ class Client:
         """The job's attempts, oldest first."""
         answer = self._call("GET", _job_path(job_id) + "/attempts")
         return [Attempt.from_json(a) for a in answer["attempts"]]
+
+    def callbacks(self, job_id: str) -> builtins.list[dict[str, Any]]:
+        """The job's completion webhooks: each event (one per terminal transition) with its
+        deliveries, as the API gives them."""
+        return list(self._call("GET", _job_path(job_id) + "/callbacks")["callbacks"])
 
     def steps(self, job_id: str) -> builtins.list[dict[str, Any]]:
         """The job's durable steps (ctx.step): name, attempt, result and times, as the API gives them."""
