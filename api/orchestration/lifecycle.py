@@ -7,7 +7,7 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -515,20 +515,32 @@ def create_jobs(
         for i, req in enumerate(reqs)
     ]
     replaced: list[Any] = []
+    fresh: list[Any] = []
+    replay = False
     with state.engine.begin() as conn:
         parents: dict[uuid.UUID, str] = {}
         if any(j.depends_on for j in new):
             new, parents = with_dependencies(conn, new, owner=owner, field="jobs[{k}].depends_on")
         unique = [j for j in new if j.unique_key is not None]
-        if unique:
-            replaced = _take_unique_keys(conn, unique, owner=owner)
-        new = share_tasks(state, new)
-        rows = store.insert_jobs(conn, new)
-        if parents:
-            insert_edges(conn, rows, new, parents)
+        if unique and idempotency_key is not None:
+            # A replay of a batch some of whose items were answered by the holders of their
+            # keys: those items have no job of their own under the key (read before the insert).
+            existing = store.jobs_by_idempotency_keys(conn, [j.idempotency_key or "" for j in new], owner=owner)
+            if existing:
+                rows, fresh = _replay_unique_batch(conn, new, existing, owner=owner)
+                replay = True
+        if not replay:
+            if unique:
+                replaced = _take_unique_keys(conn, unique, owner=owner)
+            new = share_tasks(state, new)
+            rows = store.insert_jobs(conn, new)
+            if parents:
+                insert_edges(conn, rows, new, parents)
         if len(rows) < len(new):
             if idempotency_key is not None:
-                existing = store.jobs_by_idempotency_keys(conn, [j.idempotency_key or "" for j in new], owner=owner)
+                mine = {r.id for r in rows}  # this transaction's own rows are not another request's
+                existing = [e for e in store.jobs_by_idempotency_keys(conn, [j.idempotency_key or "" for j in new],
+                                                                      owner=owner) if e.id not in mine]
                 if existing:
                     replay = not rows and len(existing) == len(new) and all(
                         e.request_hash == j.request_hash for e, j in zip(existing, new, strict=True)
@@ -539,11 +551,36 @@ def create_jobs(
             rows = _with_holders(conn, new, rows, owner=owner)
         if replaced:
             replaced += dependencies.release(conn, [r.id for r in replaced if r.has_dependents])
+    if replay:
+        after = {r.id: r for r in enqueue_ready(state, fresh)} if fresh else {}
+        return [after.get(r.id, r) for r in rows], False
     if replaced:
         after_ended(state, replaced)
         for r in replaced:
             delete_cancelled_task(state, r)
     return enqueue_ready(state, rows), True
+
+
+def _replay_unique_batch(conn: Connection, new: list[store.NewJob], existing: list[Any], *,
+                         owner: str | None) -> tuple[list[Any], list[Any]]:
+    """The answer to a replayed batch with unique keys: each item's own job where the first
+    request stored one, else the job holding its key now — or, if none holds it any more, a
+    job created for it now (as the first request would have, had the key been free); and
+    the jobs created now."""
+    by_key = {e.idempotency_key: e for e in existing}
+    if any((e := by_key.get(j.idempotency_key)) is not None and e.request_hash != j.request_hash for j in new):
+        raise IdempotencyKeyReused("this Idempotency-Key was used with a different batch")
+    rest = [j for j in new if j.idempotency_key not in by_key]
+    if any(j.unique_key is None for j in rest):  # an item the first request would have stored
+        raise IdempotencyKeyReused("this Idempotency-Key was used with a different batch")
+    holders = flow.key_holders(conn, [j.unique_key or "" for j in rest], owner=owner) if rest else {}
+    free = [j for j in rest if j.unique_key not in holders]
+    inserted = {r.id: r for r in store.insert_jobs(conn, free)} if free else {}
+    if len(inserted) < len(free):  # taken meanwhile by a concurrent create: its job holds it
+        holders |= flow.key_holders(conn, [j.unique_key or "" for j in free if j.id not in inserted], owner=owner)
+    answer = _answers(new, lambda j: by_key.get(j.idempotency_key) or inserted.get(j.id)
+                      or holders.get(j.unique_key or ""))
+    return answer, list(inserted.values())
 
 
 def _take_unique_keys(conn: Connection, unique: list[store.NewJob], *, owner: str | None) -> list[Any]:
@@ -567,10 +604,16 @@ def _with_holders(conn: Connection, new: list[store.NewJob], rows: list[Any], *,
     inserted = {r.id: r for r in rows}
     keys = [j.unique_key for j in new if j.id not in inserted and j.unique_key is not None]
     holders = flow.key_holders(conn, keys, owner=owner) if keys else {}
+    return _answers(new, lambda j: inserted.get(j.id) or holders.get(j.unique_key or ""))
+
+
+def _answers(new: list[store.NewJob], pick: Callable[[store.NewJob], Any]) -> list[Any]:
+    """Each item's answer; an item with none lost its key's holder between the insert and the
+    read (it let the key go): 409, the batch is sent again."""
     out = []
     for i, j in enumerate(new):
-        row = inserted.get(j.id) or (holders.get(j.unique_key) if j.unique_key is not None else None)
-        if row is None:  # its key was let go between the insert and this read
+        row = pick(j)
+        if row is None:
             raise UniqueKeyTaken(f"jobs[{i}]: its unique key changed hands; send the batch again",
                                  unique_key=j.unique_key)
         out.append(row)

@@ -10,6 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from standardwebhooks.webhooks import Webhook
@@ -100,3 +101,22 @@ def test_a_receiver_failing_twice_gets_one_event_delivered_three_times_through_t
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.slow
+def test_a_throttle_of_10_a_minute_holds_over_a_real_minute(stack: Stack, db: Engine) -> None:
+    # 15 jobs at once on a key of the throttled queue (10/m): dispatched one every 6 s, so the
+    # rate over the minute is 10/m within 5%, and no two start closer than 5% under 6 s (a
+    # delivery's own latency, tens of milliseconds, is the only jitter). All complete.
+    jobs = batch(stack, [{"type": "echo", "queue": "throttled", "concurrency_key": "partner-api",
+                          "payload": {"i": i}} for i in range(15)])
+    ids = [j["id"] for j in jobs]
+    wait_all_done(db, ids[:11], timeout=100)
+    with db.connect() as conn:
+        starts = sorted(r[0] for r in conn.execute(sa.text(
+            "SELECT started_time FROM job_attempts WHERE job_id = ANY(CAST(:i AS uuid[]))"), {"i": ids}))
+    gaps = [(b - a).total_seconds() for a, b in zip(starts[:11], starts[1:11], strict=False)]
+    assert min(gaps) >= 6.0 * 0.95, gaps
+    per_minute = 10 / ((starts[10] - starts[0]).total_seconds() / 60)
+    assert per_minute == pytest.approx(10, rel=0.05), gaps
+    wait_all_done(db, ids, timeout=40)

@@ -225,6 +225,21 @@ def test_the_sweeper_admits_a_job_left_waiting_with_its_key_free(client: FlaskCl
     assert get(client, ids[2])["state"] == "QUEUED"
 
 
+def test_a_slot_held_by_a_dead_attempt_is_freed_when_its_lease_runs_out(client: FlaskClient, db: Engine,
+                                                                       tasks_client: Any) -> None:
+    ids = [create(client, {"type": "echo", "queue": "keyed", "concurrency_key": "dead", "max_attempts": 1})["id"]
+           for _ in range(3)]
+    # the first job's worker died mid-attempt: RUNNING, its lease out, its task given up on
+    with db.begin() as conn:
+        task = conn.execute(sa.text("UPDATE jobs SET state = 'RUNNING', attempts = 1, started_time = now(), "
+                                    "attempt_started_time = now(), lease_expires_time = now() - interval '1 second' "
+                                    "WHERE id = :i RETURNING task_name"), {"i": ids[0]}).scalar_one()
+    tasks_client.delete_task(name=task)
+    assert states(client, ids) == ["RUNNING", "QUEUED", "WAITING"]  # the dead attempt still holds its slot
+    sweep(client.application.extensions["cloudjobs"])
+    assert states(client, ids) == ["FAILED", "QUEUED", "QUEUED"]
+
+
 # --- throttles ---------------------------------------------------------------------------------
 
 def test_a_throttle_spaces_a_keys_jobs_at_its_rate(client: FlaskClient) -> None:
@@ -262,6 +277,7 @@ def test_a_batch_of_keyed_jobs_is_admitted_and_paced_in_order(client: FlaskClien
     ({"type": "echo", "concurrency_key": ""}, "concurrency_key"),
     ({"type": "echo", "concurrency_key": "a\nb"}, "concurrency_key"),
     ({"type": "echo", "unique_for_s": 60}, "unique_for_s"),
+    ({"type": "echo", "unique_key": "k", "unique_for_s": -5}, "unique_for_s"),
     ({"type": "echo", "unique_mode": "replace"}, "unique_mode"),
     ({"type": "echo", "unique_key": "k", "unique_mode": "merge"}, "unique_mode"),
     ({"type": "echo", "priority": 1001}, "priority"),
@@ -284,3 +300,29 @@ def test_a_negative_limit_in_queues_yaml_is_refused() -> None:
                 {"rate_per_key": "fast"}, {"key_overrides": {"a": {"concurrency_per_key": True}}}):
         with pytest.raises(QueuesInvalid, match="per_key"):
             Queues.parse({"queues": {"q": bad}})
+
+
+def test_a_replayed_batch_answers_as_the_first_did_even_for_items_its_holders_answered(client: FlaskClient,
+                                                                                      db: Engine) -> None:
+    holder = create(client, {"type": "echo", "unique_key": "held"})
+    body = json.dumps({"jobs": [{"type": "echo", "unique_key": "held"}, {"type": "echo", "payload": {"n": 1}},
+                                {"type": "echo", "unique_key": "mine"}]})
+
+    def send() -> Any:
+        return client.post("/v1/jobs:batchCreate", data=body, content_type="application/json",
+                           headers={"Idempotency-Key": "batch-1"})
+
+    first = send()
+    assert first.status_code == 202
+    again = send()
+    assert again.status_code == 200
+    assert [j["id"] for j in again.get_json()["jobs"]] == [j["id"] for j in first.get_json()["jobs"]]
+    assert first.get_json()["jobs"][0]["id"] == holder["id"]
+    # the holder ended: a replay still answers every item, the freed one with a job of its own now
+    deliver(client, holder["id"])
+    third = send().get_json()["jobs"]
+    assert third[1:] == again.get_json()["jobs"][1:] and third[0]["id"] != holder["id"]
+    assert count_jobs(db) == 4
+    other = client.post("/v1/jobs:batchCreate", content_type="application/json", headers={"Idempotency-Key": "batch-1"},
+                        data=json.dumps({"jobs": [{"type": "echo", "unique_key": "held"}, {"type": "echo"}]}))
+    assert other.status_code == 409 and count_jobs(db) == 4
