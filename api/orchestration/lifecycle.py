@@ -458,7 +458,16 @@ def send_webhooks(state: AppState, job_ids: Sequence[uuid.UUID]) -> None:
 def after_ended(state: AppState, rows: Sequence[Any]) -> None:
     """After a commit that ended jobs or moved them out of their keys' slots: the next jobs of
     those keys admitted, and the completion webhooks of the ones that ended sent."""
-    admit_and_enqueue(state, [r for r in rows if getattr(r, "concurrency_limit", None) is not None])
+    freed = [r for r in rows if getattr(r, "concurrency_limit", None) is not None]
+    if freed:
+        try:
+            with autocommit(state.engine) as conn:  # most keys have nobody waiting: one cheap read
+                freed = flow.waited_for(conn, freed)
+        except DBAPIError as e:
+            logger.warning("could not look for jobs waiting for freed slots; the sweeper will",
+                           extra={"error": type(e).__name__})
+            freed = []
+        admit_and_enqueue(state, freed)
     ended = [r.id for r in rows if getattr(r, "callback_url", None) is not None and r.state in TERMINAL]
     if ended:
         send_webhooks(state, ended)

@@ -171,6 +171,27 @@ def admit(conn: Connection, rows: Sequence[Any], *, interval: Callable[[str, str
     return pace(conn, admitted, interval=interval)
 
 
+_WAITED_FOR = sa.text(
+    """
+    SELECT DISTINCT k.q, k.k FROM unnest(CAST(:queues AS text[]), CAST(:keys AS text[])) AS k(q, k)
+    WHERE EXISTS (SELECT 1 FROM jobs w WHERE w.queue = k.q AND w.concurrency_key = k.k AND w.state = 'WAITING'
+                  AND w.waiting_on = 0 AND w.concurrency_limit IS NOT NULL)
+    """
+)
+
+
+def waited_for(conn: Connection, rows: Sequence[Any]) -> list[Any]:
+    """Of the rows that left a slot, those whose key has a job waiting: the only ones a freed
+    slot can admit for. Read without a lock, after the commit that freed the slots: a job that
+    began to wait before that commit is seen here, and one that began after it finds the slot
+    free in its own admission (the module's docstring)."""
+    keys = slot_keys(rows)
+    if not keys:
+        return []
+    found = {(r.q, r.k) for r in conn.execute(_WAITED_FOR, {"queues": [q for q, _ in keys], "keys": [k for _, k in keys]})}
+    return [r for r in rows if (r.queue, r.concurrency_key) in found]
+
+
 _ADVANCE = sa.text(
     """
     INSERT INTO key_throttles AS t (queue, key, next_time)
