@@ -1,6 +1,7 @@
 """gunicorn settings for Cloud Run and App Engine; each overridable from the environment."""
 
 import os
+import tempfile
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
 # Threads serve many concurrent Cloud Tasks callbacks and pollers per process; job
@@ -26,6 +27,19 @@ logconfig_dict = {
         "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
     },
 }
+
+
+# Prometheus metrics summed over the workers (api/observability/metrics.py): each worker
+# writes its counts to files here; set it to keep them somewhere else.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="cloudjobs-metrics-")
+
+
+def child_exit(server, worker):  # noqa: ANN001, ANN201 (gunicorn's hook signature)
+    """A worker's gauges leave with it; its counters stay counted."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def post_worker_init(worker):  # noqa: ANN001, ANN201 (gunicorn's hook signature)

@@ -119,6 +119,8 @@ class Config:
     webhook_allow_private: bool = False
     webhook_queue: str = "webhooks"
     webhook_timeout_s: float = 10.0
+    # Bulk operations hand their chunks on through this queue (docs/operations.md).
+    operations_queue: str = "default"
 
     # Observability
     otel_enabled: bool = False  # OpenTelemetry traces to Cloud Trace (needs the otel extra)
@@ -283,6 +285,7 @@ class Config:
             webhook_allow_private=_flag(e.get("WEBHOOK_ALLOW_PRIVATE")),
             webhook_queue=e.get("WEBHOOK_QUEUE") or "webhooks",
             webhook_timeout_s=float(e.get("WEBHOOK_TIMEOUT_S", "10")),
+            operations_queue=e.get("OPERATIONS_QUEUE") or "default",
             data_dir=Path(e.get("CLOUDJOBS_DATA_DIR") or ".cloudjobs"),
         )
 

@@ -88,6 +88,14 @@ class JobStateConflict(Problem):
     slug = "job-state-conflict"
 
 
+class OperationNotFound(Problem):
+    """No such operation (or not one the caller may see)."""
+
+    status = 404
+    title = "Operation not found"
+    slug = "operation-not-found"
+
+
 class UniqueKeyTaken(Problem):
     """Another job holds the unique key this one needs (a retry of a job whose key was taken)."""
 
@@ -150,3 +158,19 @@ class SchedulerUnavailable(Problem):
     status = 503
     title = "Cloud Scheduler unavailable"
     slug = "scheduler-unavailable"
+
+
+class QueueNotFound(Problem):
+    """No queue of that name in queues.yaml (or not yet in Cloud Tasks)."""
+
+    status = 404
+    title = "Queue not found"
+    slug = "queue-not-found"
+
+
+class TasksUnavailable(Problem):
+    """Cloud Tasks did not answer; nothing was changed and the request may be retried."""
+
+    status = 503
+    title = "Cloud Tasks unavailable"
+    slug = "tasks-unavailable"

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import Row
 
 from api.errors import Problem, ValidationFailed
+from api.observability import metrics
 from api.observability import traces as observability
 from api.orchestration import lifecycle
 from api.orchestration.lifecycle import continue_released
@@ -97,6 +98,7 @@ def run_jobs(state: AppState, ids: Sequence[uuid.UUID], delivery: store.Delivery
         observability.log_attempt(
             job_type=ran.type, queue=ran.queue, finish=f, state=new_state, seconds=clock.seconds
         )
+        metrics.finished(ran.queue, ran.type, new_state, f.outcome, clock.seconds)
         outcome.states[str(f.job_id)] = new_state
         if new_state == "QUEUED":
             outcome.retry.append(f.job_id)

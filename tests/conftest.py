@@ -90,7 +90,7 @@ def db(engine: Engine) -> Iterator[Engine]:
 
 # jobs first: a server still finishing a test's jobs (the e2e stacks) writes jobs, then
 # job_attempts, and taking the locks in the same order keeps the two from deadlocking.
-_TRUNCATE = sa.text("TRUNCATE jobs, job_attempts, job_steps, job_dependencies, webhook_deliveries, webhook_events, key_throttles, workflows, job_rollup_dirty, job_waiters, job_rollups, api_keys, "
+_TRUNCATE = sa.text("TRUNCATE jobs, job_attempts, job_steps, job_dependencies, webhook_deliveries, webhook_events, key_throttles, operations, audit_log, workflows, job_rollup_dirty, job_waiters, job_rollups, api_keys, "
                     "schedule_fires, trigger_rejections")
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from api.cloud.queues import MAX_JOBS_PER_TASK
 from api.cloud.tasks import build_task, is_shared, jobs_time_budget, shared_task_id, task_id_for, task_path
 from api.errors import IdempotencyKeyReused, InvalidRequest, JobStateConflict, UniqueKeyTaken, ValidationFailed
+from api.observability import metrics
 from api.observability import traces as observability
 from api.orchestration import webhooks
 from api.orchestration.coalesce import TaskFill
@@ -243,6 +244,7 @@ def create_job(
             row = store.insert_job(conn, new)
     if row is None:
         return _replayed(state, new, idempotency_key, owner), False
+    metrics.created([row])
     return enqueue_ready(state, [row])[0], True
 
 
@@ -286,6 +288,7 @@ def _create_unique(state: AppState, new: store.NewJob, *, idempotency_key: str |
         if replaced is not None:
             after_ended(state, [replaced, *released])
             delete_cancelled_task(state, replaced)
+        metrics.created([row])
         return enqueue_ready(state, [row])[0], True
     raise UniqueKeyTaken("the unique key changed hands too often; try again", unique_key=new.unique_key)
 
@@ -347,6 +350,7 @@ def _create_coalesced(state: AppState, new: store.NewJob, limit: int, *, idempot
             coalescer.lead(group, key, lambda rows: enqueue(state, rows))
     if row is None:
         return _replayed(state, new, idempotency_key, owner), False
+    metrics.created([row])
     after = coalescer.outcome(group, new.id)
     if after is not None:
         return after, True
@@ -405,6 +409,7 @@ def insert_children(conn: Connection, children: list[store.NewJob], *, owner: st
     dependencies on each other and on jobs that exist; their rows (QUEUED ones to enqueue)."""
     new, parents = with_dependencies(conn, children, owner=owner, field="ctx.submit[{k}].depends_on")
     rows = store.insert_jobs(conn, new)
+    metrics.created(rows)
     insert_edges(conn, rows, new, parents)
     # A child its policy ended at once (a dependency that had failed) releases its siblings.
     ended = [r.id for r in rows if r.has_dependents and r.state in TERMINAL]
@@ -563,6 +568,8 @@ def create_jobs(
     if replay:
         after = {r.id: r for r in enqueue_ready(state, fresh)} if fresh else {}
         return [after.get(r.id, r) for r in rows], False
+    mine = {j.id for j in new}
+    metrics.created(r for r in rows if r.id in mine)  # not the holders that answered some items
     if replaced:
         after_ended(state, replaced)
         for r in replaced:
@@ -585,6 +592,7 @@ def _replay_unique_batch(conn: Connection, new: list[store.NewJob], existing: li
     holders = flow.key_holders(conn, [j.unique_key or "" for j in rest], owner=owner) if rest else {}
     free = [j for j in rest if j.unique_key not in holders]
     inserted = {r.id: r for r in store.insert_jobs(conn, free)} if free else {}
+    metrics.created(inserted.values())
     if len(inserted) < len(free):  # taken meanwhile by a concurrent create: its job holds it
         holders |= flow.key_holders(conn, [j.unique_key or "" for j in free if j.id not in inserted], owner=owner)
     answer = _answers(new, lambda j: by_key.get(j.idempotency_key) or inserted.get(j.id)

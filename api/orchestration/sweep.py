@@ -18,8 +18,9 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from sqlalchemy.engine import Row
 
+from api.observability import metrics
 from api.orchestration import lifecycle as jobs_service
-from api.orchestration import webhooks
+from api.orchestration import operations, webhooks
 from api.reporting import rollups
 from api.state import AppState
 from api.store import dependencies, flow
@@ -41,11 +42,14 @@ class SweepReport:
     released: int = 0  # dependents moved on by the sweep (parents it ended, or releases that were missed)
     admitted: int = 0  # keyed jobs admitted that waited with their key free (an admission was missed)
     webhooks_sent: int = 0  # webhook events whose delivery task was never created
+    operations_resumed: int = 0  # bulk operations that had stopped advancing (their processor died)
 
 
 # A wake-up normally follows its commit within milliseconds: a keyed job or an event this old
 # was missed (its process died in between).
 MISSED_AFTER_S = 10
+# A bulk operation's delivery works 20 s at most: one this still is stalled.
+OPERATION_STALLED_S = 60
 
 
 def sweep(state: AppState) -> SweepReport:
@@ -118,8 +122,10 @@ def sweep(state: AppState) -> SweepReport:
     if waiting:
         report.admitted = len(jobs_service.admit_and_enqueue(state, waiting))
     report.webhooks_sent = webhooks.send(state, older_than_s=MISSED_AFTER_S)
+    report.operations_resumed = operations.resume_stalled(state, older_than_s=OPERATION_STALLED_S)
     report.rollup_hours = rollups.refresh(state.engine).hours
     report.stale_waiters = store.purge_stale_waiters(state.engine)
+    metrics.swept(asdict(report))
     if any(asdict(report).values()):
         logger.info("sweep", extra=asdict(report))
     return report

@@ -38,6 +38,7 @@ from sqlalchemy.engine import Row
 from standardwebhooks.webhooks import Webhook
 
 from api.cloud.tasks import build_task, task_path
+from api.observability import metrics
 from api.state import AppState
 from api.store import webhooks as store
 from api.store.engine import autocommit
@@ -248,6 +249,8 @@ def deliver(state: AppState, event_id: str, *, retry_count: int | None,
     with autocommit(state.engine) as conn:
         store.record_delivery(conn, event.id, started=now, duration_ms=duration_ms, status=answer.status,
                               error=answer.error, ok=answer.ok, final=final)
+    metrics.WEBHOOK_DELIVERIES.labels("delivered" if answer.ok else "refused" if answer.refused
+                                      else "failed" if final else "retry").inc()
     if answer.ok:
         return Delivered(event.id, "delivered", answer.status)
     logger.info("webhook delivery failed", extra={"event_id": event.id, "status": answer.status,

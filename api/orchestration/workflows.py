@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy.engine import Row
 
 from api.errors import IdempotencyKeyReused, InvalidRequest, JobStateConflict, ValidationFailed
+from api.observability import metrics
 from api.orchestration import lifecycle
 from api.orchestration.requests import CreateJob, check_labels
 from api.state import AppState
@@ -151,6 +152,7 @@ def create(
             return existing, False
         rows = store.insert_jobs(conn, new)
         dependencies.insert_edges(conn, [(ids[s.name], ids[n], False) for s in steps for n in s.needs])
+    metrics.created(rows)
     lifecycle.enqueue_ready(state, rows)
     return row, True
 

@@ -6,6 +6,7 @@ A transition that matches no row is a duplicate or a race, and callers treat it 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections import namedtuple
@@ -584,23 +585,34 @@ def insert_jobs(conn: Connection, new: Sequence[NewJob], *, state: str = "QUEUED
     return out
 
 
+# A cancel's SET: at once unless it runs, then cooperatively (its attempt ends CANCELLED).
+CANCEL_SET = """
+        state = CASE WHEN state = 'RUNNING' THEN state ELSE 'CANCELLED' END,
+        cancel_requested = true,
+        done_time = CASE WHEN state = 'RUNNING' THEN NULL ELSE now() END,
+        updated_time = now()
+"""
+
+_CANCEL = sa.text(
+    f"""
+    UPDATE jobs SET {CANCEL_SET}
+    WHERE id = ANY(CAST(:ids AS uuid[])) AND state IN ('WAITING', 'CREATED', 'QUEUED', 'RUNNING') AND NOT cancel_requested
+      AND (CAST(:owner AS text) IS NULL OR owner = :owner)
+    RETURNING *
+    """
+)
+
+
 def request_cancel(conn: Connection, job_id: uuid.UUID, *, owner: str | None = None) -> Row[Any] | None:
     """WAITING/CREATED/QUEUED → CANCELLED; RUNNING → flagged, so the attempt ends CANCELLED.
 
     None when the job is not in one of those states (or already flagged)."""
-    stmt = sa.text(
-        """
-        UPDATE jobs SET
-            state = CASE WHEN state = 'RUNNING' THEN state ELSE 'CANCELLED' END,
-            cancel_requested = true,
-            done_time = CASE WHEN state = 'RUNNING' THEN NULL ELSE now() END,
-            updated_time = now()
-        WHERE id = :id AND state IN ('WAITING', 'CREATED', 'QUEUED', 'RUNNING') AND NOT cancel_requested
-          AND (CAST(:owner AS text) IS NULL OR owner = :owner)
-        RETURNING *
-        """
-    )
-    return conn.execute(stmt, {"id": job_id, "owner": owner}).first()
+    return conn.execute(_CANCEL, {"ids": [str(job_id)], "owner": owner}).first()
+
+
+def request_cancels(conn: Connection, job_ids: Sequence[uuid.UUID], *, owner: str | None = None) -> list[Row[Any]]:
+    """request_cancel of many jobs in one statement; the rows it moved or flagged."""
+    return list(conn.execute(_CANCEL, {"ids": [str(i) for i in job_ids], "owner": owner}))
 
 
 _SETTLE_CANCELLED = sa.text(
@@ -659,7 +671,7 @@ _RETRY = sa.text(
         started_time = NULL,
         scheduled_time = now(),
         updated_time = now()
-    WHERE id = :id AND state IN ('FAILED', 'CANCELLED')
+    WHERE id = ANY(CAST(:ids AS uuid[])) AND state IN ('FAILED', 'CANCELLED')
       AND (CAST(:owner AS text) IS NULL OR owner = :owner)
     RETURNING *
     """
@@ -668,7 +680,13 @@ _RETRY = sa.text(
 
 def retry_job(conn: Connection, job_id: uuid.UUID, *, owner: str | None = None) -> Row[Any] | None:
     """FAILED/CANCELLED → CREATED as a new run: a new task name, a fresh attempt budget."""
-    return conn.execute(_RETRY, {"id": job_id, "owner": owner}).first()
+    return conn.execute(_RETRY, {"ids": [str(job_id)], "owner": owner}).first()
+
+
+def retry_jobs(conn: Connection, job_ids: Sequence[uuid.UUID], *, owner: str | None = None) -> list[Row[Any]]:
+    """retry_job of many jobs in one statement; the rows it moved. A unique key another job
+    holds raises IntegrityError (jobs_unique_key_idx) for the whole statement."""
+    return list(conn.execute(_RETRY, {"ids": [str(i) for i in job_ids], "owner": owner}))
 
 
 def unshare(conn: Connection, rows: Sequence[Row[Any]], *, state: str = "CREATED") -> list[Row[Any]]:
@@ -818,6 +836,65 @@ class JobFilter:
     owner: str | None = None  # None: every owner (admins, AUTH=none)
     schedules: tuple[str, ...] = ()
     triggers: tuple[str, ...] = ()
+    error_codes: tuple[str, ...] = ()
+    workflows: tuple[uuid.UUID, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The filter as JSON (an operation keeps it), without its owner."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "owner" or value in ((), None):
+                continue
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif f.name == "labels":
+                value = [list(pair) for pair in value]
+            elif f.name == "workflows":
+                value = [str(v) for v in value]
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, owner: str | None) -> JobFilter:
+        """A filter kept by to_json, scoped to `owner`."""
+        values: dict[str, Any] = {"owner": owner}
+        for name, value in data.items():
+            if name in ("created_after", "created_before"):
+                values[name] = datetime.fromisoformat(value)
+            elif name == "labels":
+                values[name] = tuple(tuple(pair) for pair in value)
+            elif name == "workflows":
+                values[name] = tuple(uuid.UUID(v) for v in value)
+            else:
+                values[name] = tuple(value)
+        return cls(**values)
+
+
+def job_conditions(flt: JobFilter, table: sa.Table = jobs) -> list[Any]:
+    """The WHERE conditions of a filter (GET /v1/jobs, bulk operations; owner, state, labels
+    and times of workflows too)."""
+    c = table.c
+    out: list[Any] = []
+    if flt.owner is not None:
+        out.append(c.owner == flt.owner)
+    if flt.states:
+        out.append(c.state.in_(flt.states))
+    if flt.labels:
+        out.append(c.labels.contains(dict(flt.labels)))
+    if flt.created_after is not None:
+        out.append(c.created_time > flt.created_after)
+    if flt.created_before is not None:
+        out.append(c.created_time < flt.created_before)
+    if table is not jobs:
+        return out
+    for column, values in ((c.type, flt.types), (c.queue, flt.queues), (c.schedule, flt.schedules),
+                           (c.trigger, flt.triggers), (c.workflow_id, flt.workflows)):
+        if values:
+            out.append(column.in_(values))
+    if flt.error_codes:
+        out.append(c.error["code"].astext.in_(flt.error_codes))
+    return out
 
 
 def list_jobs(
@@ -828,16 +905,7 @@ def list_jobs(
     after: tuple[datetime, uuid.UUID] | None = None,
 ) -> list[Row[Any]]:
     """Jobs newest first, `limit` of them after the keyset position `after`."""
-    stmt = keyset_page(jobs, flt, limit=limit, after=after)
-    if flt.types:
-        stmt = stmt.where(jobs.c.type.in_(flt.types))
-    if flt.queues:
-        stmt = stmt.where(jobs.c.queue.in_(flt.queues))
-    if flt.schedules:
-        stmt = stmt.where(jobs.c.schedule.in_(flt.schedules))
-    if flt.triggers:
-        stmt = stmt.where(jobs.c.trigger.in_(flt.triggers))
-    return list(conn.execute(stmt))
+    return list(conn.execute(keyset_page(jobs, flt, limit=limit, after=after)))
 
 
 def keyset_page(
@@ -846,17 +914,7 @@ def keyset_page(
     """Rows of a table with owner, state, labels and created_time (jobs, workflows), newest
     first, filtered, `limit` of them after the keyset position `after`."""
     c = table.c
-    stmt = sa.select(table)
-    if flt.owner is not None:
-        stmt = stmt.where(c.owner == flt.owner)
-    if flt.states:
-        stmt = stmt.where(c.state.in_(flt.states))
-    if flt.labels:
-        stmt = stmt.where(c.labels.contains(dict(flt.labels)))
-    if flt.created_after is not None:
-        stmt = stmt.where(c.created_time > flt.created_after)
-    if flt.created_before is not None:
-        stmt = stmt.where(c.created_time < flt.created_before)
+    stmt = sa.select(table).where(*job_conditions(flt, table))
     if after is not None:
         stmt = stmt.where(sa.tuple_(c.created_time, c.id) < sa.tuple_(*after))
     return stmt.order_by(c.created_time.desc(), c.id.desc()).limit(limit)

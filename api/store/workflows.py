@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Row
 
-from api.store.jobs import JobFilter, keyset_page, own_task_name
+from api.store.jobs import CANCEL_SET, JobFilter, keyset_page, own_task_name
 from api.store.tables import jobs, workflows
 
 _OWNER_KEY = sa.func.coalesce(workflows.c.owner, sa.literal_column("''"))
@@ -78,12 +78,8 @@ def list_workflows(
 
 
 _CANCEL = sa.text(
-    """
-    UPDATE jobs SET
-        state = CASE WHEN state = 'RUNNING' THEN state ELSE 'CANCELLED' END,
-        cancel_requested = true,
-        done_time = CASE WHEN state = 'RUNNING' THEN NULL ELSE now() END,
-        updated_time = now()
+    f"""
+    UPDATE jobs SET {CANCEL_SET}
     WHERE workflow_id = :id AND state IN ('WAITING', 'CREATED', 'QUEUED', 'RUNNING') AND NOT cancel_requested
     RETURNING id, state, task_name, waiting_on, has_dependents
     """

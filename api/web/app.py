@@ -31,7 +31,8 @@ def create_app(
     import handlers.run
     from api.orchestration import triggers
     from api.ui.views import bp as ui_bp
-    from api.web import callbacks, jobs, problems, reports, service, telemetry, types, workflows
+    from api.web import callbacks, jobs, operations, problems, reports, service, telemetry, types, workflows
+    from api.web import queues as queue_views
     from api.web import schedules as schedule_views
     from handlers.builtin import demo
 
@@ -55,6 +56,8 @@ def create_app(
     problems.register(app)
     app.register_blueprint(service.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(operations.bp)
+    app.register_blueprint(queue_views.bp)
     app.register_blueprint(workflows.bp)
     app.register_blueprint(reports.bp)
     app.register_blueprint(types.bp)

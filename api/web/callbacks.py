@@ -17,11 +17,12 @@ from flask import Blueprint, Request, Response, request
 
 from api.cloud.schedules import schedule_from_job_name
 from api.errors import Busy, InvalidRequest, LeaseHeld, Problem, ScheduleNotFound
-from api.orchestration import triggers, webhooks
+from api.orchestration import operations, triggers, webhooks
 from api.orchestration.sweep import sweep
 from api.state import AppState
 from api.store import dependencies
 from api.store import jobs as store
+from api.store import operations as op_store
 from api.times import rfc3339
 from api.web.callers import require_task_caller
 from api.web.http import current_state, json_body, json_response
@@ -53,6 +54,11 @@ def _event_job(state: AppState, event: Any) -> dict[str, Any]:
         with state.engine.connect() as conn:
             depends_on = dependencies.parent_ids(conn, [event.job_id]).get(event.job_id)
     return snapshot_resource(event.job, depends_on)
+
+
+def _exists(state: AppState, op_id: uuid.UUID) -> bool:
+    with state.engine.connect() as conn:
+        return op_store.get_operation(conn, op_id, scope=None) is not None
 
 
 def delivery_from(req: Request) -> store.Delivery:
@@ -164,6 +170,22 @@ def blueprint(*, run_jobs: RunJobs) -> Blueprint:
             raise WebhookRetry("the receiver did not take the webhook; deliver again", event_id=event_id,
                                status_code=done.status, error=done.error)
         return json_response({"event_id": event_id, "outcome": done.outcome, "status_code": done.status})
+
+    @bp.post("/operation")
+    def operation() -> Response:
+        """Work on a bulk operation for a while (its task: api/orchestration/operations.py);
+        the next task carries on."""
+        state = current_state()
+        require_task_caller(request, state)
+        body = json_body(request)
+        try:
+            op_id = uuid.UUID(str(body.get("operation_id"))) if isinstance(body, dict) else None
+        except ValueError:
+            op_id = None
+        if op_id is None:
+            raise InvalidRequest("the body must name operation_id", errors=[{"field": "operation_id", "message": "a UUID"}])
+        op = operations.process(state, op_id, budget_s=operations.TASK_BUDGET_S) if _exists(state, op_id) else None
+        return json_response({"operation": str(op_id), "done": op.done if op else None, "matched": op.matched if op else 0})
 
     @bp.post("/sweep")
     def sweep_endpoint() -> Response:

@@ -200,8 +200,9 @@ def parse_job_id(raw: str) -> uuid.UUID:
     return matches[0]
 
 
-LIST_PARAMS = frozenset({"state", "type", "queue", "label", "created_after", "created_before", "schedule", "trigger",
-                         "page_size", "page_token"})
+FILTER_PARAMS = frozenset({"state", "type", "queue", "label", "created_after", "created_before", "schedule", "trigger",
+                           "error_code", "workflow"})
+LIST_PARAMS = FILTER_PARAMS | {"page_size", "page_token"}
 REPORT_PARAMS = frozenset({"from", "to", "type", "queue", "group_by", "bucket", "limit"})
 
 
@@ -249,7 +250,16 @@ def parse_filter(args: Any, *, owner: str | None = None) -> store.JobFilter:
         owner=owner,
         schedules=tuple(_multi(args, "schedule")),
         triggers=tuple(_multi(args, "trigger")),
+        error_codes=tuple(_multi(args, "error_code")),
+        workflows=tuple(_uuid(v, "workflow") for v in _multi(args, "workflow")),
     )
+
+
+def _uuid(raw: str, name: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a workflow id (a UUID), not {raw[:40]!r}") from None
 
 
 def _multi(args: Any, name: str) -> list[str]:

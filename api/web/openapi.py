@@ -120,6 +120,59 @@ def _query(name: str, description: str, schema: dict[str, Any] | None = None, **
     return {"name": name, "in": "query", "description": description, "schema": schema or {"type": "string"}, **kw}
 
 
+COUNTS = {"matched": {"type": "integer"}, "succeeded": {"type": "integer"}, "skipped": {"type": "integer"},
+          "failed": {"type": "integer"}}
+OPERATION: dict[str, Any] = {
+    "type": "object", "required": ["name", "done", "metadata"],
+    "properties": {
+        "name": {"type": "string", "description": "operations/<id>"},
+        "done": {"type": "boolean"},
+        "metadata": {"type": "object", "properties": {"kind": {"type": "string", "enum": ["batchCancel", "batchRetry"]},
+                                                      **COUNTS}},
+        "response": {"type": "object", "properties": COUNTS, "description": "The counts, once done."},
+    },
+}
+BULK_REQUEST: dict[str, Any] = {
+    "type": "object", "additionalProperties": False,
+    "properties": {
+        "filter": {"type": "object", "description": "GET /v1/jobs' filters: a string or a list of strings each",
+                   "additionalProperties": False,
+                   "properties": {name: {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+                                  for name in ("state", "type", "queue", "label", "created_after", "created_before",
+                                               "error_code", "schedule", "trigger", "workflow")}},
+        "ids": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"type": "string", "format": "uuid"}},
+        "validate_only": {"type": "boolean", "description": "Answer {matched} and change nothing."},
+    },
+}
+QUEUE: dict[str, Any] = {
+    "type": "object", "required": ["name", "cloud_tasks", "jobs"],
+    "properties": {"name": {"type": "string"}, "cloud_tasks": {"type": "string"}, "jobs": {"type": "object"},
+                   "oldest_waiting_s": {"type": ["number", "null"]}, "last_5m": {"type": "object"},
+                   "last_1h": {"type": "object"}},
+}
+
+
+def _bulk_op(operation_id: str, summary: str) -> dict[str, Any]:
+    return {"post": {
+        "operationId": operation_id, "summary": summary, "parameters": [IDEMPOTENCY_KEY],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": BULK_REQUEST}}},
+        "responses": {"200": _json({"anyOf": [OPERATION, {"type": "object", "properties": {
+            "validate_only": {"type": "boolean"}, "matched": {"type": "integer"}}}]},
+            "The operation (done, or carried on by Cloud Tasks); with validate_only, the count"),
+            **_problems(400, 409, 415, 422, 503)},
+    }}
+
+
+def _queue_control(operation_id: str, summary: str) -> dict[str, Any]:
+    return {"post": {
+        "operationId": operation_id, "summary": summary,
+        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"200": _json({"type": "object", "properties": {"name": {"type": "string"},
+                                                                     "cloud_tasks": {"type": "string"}}},
+                                   "The queue's state in Cloud Tasks now"), **_problems(403, 404, 503)},
+    }}
+
+
 @cache
 def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) -> dict[str, Any]:
     """The whole OpenAPI 3.1 document; `types` and `queues` make the job fields exact."""
@@ -397,6 +450,39 @@ def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) 
                     "operationId": "listTypes",
                     "summary": "The registered job types: schema, queue, timeout and limits",
                     "responses": {"200": _json(_ref("TypeList"), "The types, by name"), **_problems(503)},
+                }
+            },
+            "/v1/jobs:batchCancel": _bulk_op("batchCancelJobs", "Cancel the jobs of a filter or a list of ids: a "
+                                             "long-running operation, processed in chunks"),
+            "/v1/jobs:batchRetry": _bulk_op("batchRetryJobs", "Run the FAILED and CANCELLED jobs of a filter or a "
+                                            "list of ids again (redrive): a long-running operation"),
+            "/v1/operations/{op_id}": {
+                "get": {
+                    "operationId": "getOperation",
+                    "summary": "A bulk operation: its counts, and done once every chunk is processed",
+                    "parameters": [{"name": "op_id", "in": "path", "required": True,
+                                    "schema": {"type": "string", "format": "uuid"}}],
+                    "responses": {"200": _json(OPERATION, "The operation"), **_problems(404, 503)},
+                }
+            },
+            "/v1/queues": {
+                "get": {
+                    "operationId": "listQueues",
+                    "summary": "Each queue: its settings, Cloud Tasks' state, its live jobs, the oldest one's "
+                               "age, recent completions and failures",
+                    "responses": {"200": _json({"type": "object", "required": ["queues"], "properties": {
+                        "queues": {"type": "array", "items": QUEUE}}}, "The queues"), **_problems(503)},
+                }
+            },
+            "/v1/queues/{name}:pause": _queue_control("pauseQueue", "Hold the queue's dispatches (admins)"),
+            "/v1/queues/{name}:resume": _queue_control("resumeQueue", "Dispatch again (admins)"),
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics (admins)",
+                    "responses": {"200": {"description": "The Prometheus text format",
+                                          "content": {"text/plain": {"schema": {"type": "string"}}}},
+                                  **_problems(401, 403, 503)},
                 }
             },
             "/openapi.json": {

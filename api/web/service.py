@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 
-from api.errors import DatabaseUnavailable
+from api.errors import DatabaseUnavailable, Forbidden
+from api.observability import metrics
 from api.web.http import current_state, json_response
 from api.web.openapi import openapi_document
 
@@ -46,6 +47,16 @@ def openapi() -> Response:
 def healthz() -> Response:
     """Liveness: the process answers."""
     return json_response({"status": "ok"})
+
+
+@bp.get("/metrics")
+def metrics_page() -> Response:
+    """Prometheus metrics (docs/operations.md): admins only, like every operator's view."""
+    state = current_state()
+    caller = state.authenticator.principal(request)
+    if not caller.admin:
+        raise Forbidden("metrics are for admins: scrape with an admin key")
+    return Response(metrics.render(state.engine, list(state.queues.specs)), mimetype=metrics.CONTENT_TYPE)
 
 
 @bp.get("/readyz")

@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from api.observability import logs, traces
+from api.observability import logs, metrics, traces
 from api.state import AppState
 
 logger = logging.getLogger("api.observability.traces")  # one logger for requests and attempts
@@ -41,6 +41,8 @@ def install(app: Flask, state: AppState) -> None:
         started = g.get("cloudjobs_started")
         latency = time.perf_counter() - started if started is not None else 0.0
         log_request(response, latency)
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.REQUEST_SECONDS.labels(route, request.method, str(response.status_code)).observe(latency)
         return response
 
     @app.teardown_request

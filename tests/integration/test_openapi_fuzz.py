@@ -80,7 +80,7 @@ def test_stateful_sequences_conform(api_schema: schemathesis.BaseSchema, api_key
         def setup(self) -> None:
             # Each sequence starts from no jobs, so the same choices see the same responses.
             with db.begin() as conn:
-                conn.exec_driver_sql("TRUNCATE job_attempts, job_steps, job_dependencies, webhook_deliveries, webhook_events, key_throttles, workflows, schedule_fires, trigger_rejections, jobs")
+                conn.exec_driver_sql("TRUNCATE job_attempts, job_steps, job_dependencies, webhook_deliveries, webhook_events, key_throttles, operations, audit_log, workflows, schedule_fires, trigger_rejections, jobs")
 
     machine = Workflow
     # Generation only: the API keeps state between examples, so a replay (for shrinking)
