@@ -167,11 +167,13 @@ def execute(state: AppState, row: Row[Any], delivery: store.Delivery) -> store.F
     def finish(job_state: str, outcome: str, **kw: Any) -> store.Finish:
         return store.Finish(row.id, attempt, job_state, outcome, delivery=delivery, **kw)
 
-    def failed(code: str, message: str, *, retryable: bool, outcome: str | None = None) -> store.Finish:
+    def failed(code: str, message: str, *, retryable: bool, outcome: str | None = None,
+               trace: str | None = None) -> store.Finish:
         error = {"code": code, "message": message[:2000]}
         if retryable and not is_last_attempt(row, spec, delivery, ran_s=time.monotonic() - began):
-            return finish("QUEUED", outcome or "RETRY", error=error, retry_in_s=_backoff(row, spec, delivery))
-        return finish("FAILED", outcome or "FAILED", error=error)
+            return finish("QUEUED", outcome or "RETRY", error=error, retry_in_s=_backoff(row, spec, delivery),
+                          traceback=trace)
+        return finish("FAILED", outcome or "FAILED", error=error, traceback=trace)
 
     try:
         jt = state.registry[row.type]
@@ -217,7 +219,7 @@ def execute(state: AppState, row: Row[Any], delivery: store.Delivery) -> store.F
                 **log, "exception": type(e).__name__, "error_message": redacted(str(e), row.payload),
                 "stack_trace": f"Traceback (most recent call last):\n{frames}{type(e).__name__}",
             })
-        return failed("EXCEPTION", f"{type(e).__name__}: {e}", retryable=True)
+        return failed("EXCEPTION", f"{type(e).__name__}: {e}", retryable=True, trace=kept_traceback(e))
     try:
         json.dumps(result)
     except (TypeError, ValueError) as e:
@@ -232,6 +234,13 @@ def execute(state: AppState, row: Row[Any], delivery: store.Delivery) -> store.F
 
 
 LOGGED_MESSAGE_CHARS = 200
+MAX_TRACEBACK_CHARS = 8000
+
+
+def kept_traceback(e: BaseException) -> str:
+    """The traceback an attempt keeps: Python's, its last MAX_TRACEBACK_CHARS (where it raised)."""
+    text = "".join(traceback.format_exception(e))
+    return text if len(text) <= MAX_TRACEBACK_CHARS else "…" + text[-MAX_TRACEBACK_CHARS:]
 
 
 def redacted(message: str, payload: Any) -> str:

@@ -16,11 +16,12 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-import sqlalchemy as sa
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
+
+from api.store import operations as op_store
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -58,17 +59,6 @@ def swept(report: dict[str, int]) -> None:
             SWEEPER_ACTIONS.labels(action).inc(n)
 
 
-_LIVE = sa.text(
-    """
-    SELECT queue, state, count(*) AS n,
-           extract(epoch FROM now() - min(scheduled_time) FILTER (
-               WHERE state IN ('CREATED', 'QUEUED') AND scheduled_time <= now()))::float8 AS oldest_s
-    FROM jobs WHERE state IN ('WAITING', 'CREATED', 'QUEUED', 'RUNNING')
-    GROUP BY queue, state
-    """
-)
-
-
 class DatabaseCollector(Collector):
     """Live jobs by queue and state, and each queue's oldest job due, read at scrape time."""
 
@@ -83,7 +73,7 @@ class DatabaseCollector(Collector):
                                    "Age of each queue's oldest job that is due and not yet running (0: none).",
                                    labels=["queue"])
         with self.engine.connect() as conn:
-            rows = list(conn.execute(_LIVE))
+            rows = op_store.live_jobs(conn, scope=None)
         counts = {(q, s): 0 for q in self.queues for s in ("WAITING", "CREATED", "QUEUED", "RUNNING")}
         ages = dict.fromkeys(self.queues, 0.0)
         for r in rows:

@@ -105,6 +105,7 @@ class Finish:
     delivery: Delivery = Delivery()
     retry_in_s: float | None = None  # QUEUED: when the next attempt should come, from now
     children: tuple[NewJob, ...] = ()  # COMPLETED: jobs it submitted, created with its finish
+    traceback: str | None = None  # where the job function raised (an unexpected exception)
 
 
 def _row_values(job: NewJob, state: str) -> dict[str, Any]:
@@ -339,9 +340,9 @@ _FINISH = sa.text(
             CAST(:outcomes AS text[]), CAST(:results AS text[]), CAST(:errors AS text[]),
             CAST(:task_names AS text[]), CAST(:retry_counts AS int[]),
             CAST(:execution_counts AS int[]), CAST(:retry_reasons AS text[]),
-            CAST(:retry_ins AS float8[])
+            CAST(:retry_ins AS float8[]), CAST(:tracebacks AS text[])
         ) AS f(id, attempt, state, outcome, result, error, task_name, retry_count,
-               execution_count, retry_reason, retry_in)
+               execution_count, retry_reason, retry_in, traceback)
     ), done AS (
         -- A cancel requested while the attempt ran turns anything but success into
         -- CANCELLED; the SET reads the row as it is when locked, so no request is missed.
@@ -365,16 +366,16 @@ _FINISH = sa.text(
         WHERE j.id = f.id AND (j.state = 'RUNNING') IS TRUE AND j.attempts = f.attempt
         RETURNING j.*, f.outcome AS f_outcome, f.task_name AS f_task_name,
                   f.retry_count AS f_retry_count, f.execution_count AS f_execution_count,
-                  f.retry_reason AS f_retry_reason
+                  f.retry_reason AS f_retry_reason, f.traceback AS f_traceback
     ), history AS (
         INSERT INTO job_attempts (job_id, number, outcome, error, started_time, finished_time,
                                   task_name, retry_count, execution_count, retry_reason,
-                                  type, queue, owner)
+                                  type, queue, owner, traceback)
         SELECT d.id, d.attempts,
                CASE WHEN d.state = 'CANCELLED' THEN 'CANCELLED' ELSE d.f_outcome END,
                d.error, d.attempt_started_time, now(),
                d.f_task_name, d.f_retry_count, d.f_execution_count, d.f_retry_reason,
-               d.type, d.queue, d.owner
+               d.type, d.queue, d.owner, d.f_traceback
         FROM done d
         ON CONFLICT DO NOTHING
     ), {RELEASE_CTES.format(src="done")}
@@ -415,6 +416,7 @@ def finish_jobs(conn: Connection, finishes: Iterable[Finish]) -> Finished:
         "execution_counts": [f.delivery.execution_count for f in fs],
         "retry_reasons": [f.delivery.retry_reason for f in fs],
         "retry_ins": [f.retry_in_s for f in fs],
+        "tracebacks": [f.traceback for f in fs],
     }
     done = Finished({}, [])
     for row in conn.execute(_FINISH, params):

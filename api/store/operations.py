@@ -1,4 +1,4 @@
-"""Bulk operations and the audit log in PostgreSQL (migration 0017).
+"""Bulk operations, the audit log, and the queues' live figures in PostgreSQL (migration 0017).
 
 An operation reads its jobs in chunks by a keyset over (created_time, id), oldest first, up to
 the time it was started (`cutoff`): jobs created after it are not its business, so it ends.
@@ -122,6 +122,47 @@ def unfinished(conn: Connection, *, older_than_s: float, limit: int) -> list[uui
         operations.c.updated_time < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than_s),
     ).order_by(operations.c.updated_time).limit(limit)
     return list(conn.execute(stmt).scalars())
+
+
+# Live jobs by queue and state (the partial index over active jobs), and the oldest job due
+# and not yet running.
+_LIVE = sa.text(
+    """
+    SELECT queue, state, count(*) AS n,
+           extract(epoch FROM now() - min(scheduled_time) FILTER (
+               WHERE state IN ('CREATED', 'QUEUED') AND scheduled_time <= now()))::float8 AS oldest_s
+    FROM jobs
+    WHERE state IN ('WAITING', 'CREATED', 'QUEUED', 'RUNNING') AND (CAST(:scope AS text) IS NULL OR owner = :scope)
+    GROUP BY queue, state
+    """
+)
+
+# Finished attempts of the last hour by queue (the attempts' covering index, by finish time).
+_RECENT = sa.text(
+    """
+    SELECT queue,
+           count(*) FILTER (WHERE outcome = 'COMPLETED' AND finished_time > now() - interval '5 minutes') AS ok_5m,
+           count(*) FILTER (WHERE outcome <> 'COMPLETED' AND finished_time > now() - interval '5 minutes') AS bad_5m,
+           count(*) FILTER (WHERE outcome = 'COMPLETED') AS ok_1h,
+           count(*) FILTER (WHERE outcome <> 'COMPLETED') AS bad_1h
+    FROM job_attempts
+    WHERE finished_time > now() - interval '1 hour' AND (CAST(:scope AS text) IS NULL OR owner = :scope)
+    GROUP BY queue
+    """
+)
+
+
+
+
+def live_jobs(conn: Connection, *, scope: str | None) -> list[Row[Any]]:
+    """Jobs not yet terminal by queue and state (queue, state, n, oldest_s: the oldest due and
+    not running); with `scope`, that principal's only (the queues page, the metrics)."""
+    return list(conn.execute(_LIVE, {"scope": scope}))
+
+
+def recent_attempts(conn: Connection, *, scope: str | None) -> dict[str, Row[Any]]:
+    """Attempts finished in the last 5 minutes and hour by queue: ok_5m, bad_5m, ok_1h, bad_1h."""
+    return {r.queue: r for r in conn.execute(_RECENT, {"scope": scope})}
 
 
 def audit(conn: Connection, *, principal: str | None, action: str, target: str, jobs_touched: int | None,

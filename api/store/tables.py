@@ -168,6 +168,7 @@ job_attempts = Table(
     Column("retry_count", Integer, comment="X-CloudTasks-TaskRetryCount of the delivery."),
     Column("execution_count", Integer, comment="X-CloudTasks-TaskExecutionCount of the delivery."),
     Column("retry_reason", Text, comment="X-CloudTasks-TaskRetryReason of the delivery."),
+    Column("traceback", Text, comment="Where the job function raised (Python's traceback, its last 8 kB); null otherwise."),
     # Copied from the job so reports need no join.
     Column("type", Text, comment="The job's type (copied from jobs, so reports need no join)."),
     Column("queue", Text, comment="The job's queue (copied from jobs)."),

@@ -1,6 +1,9 @@
-"""The dashboard (/ui): jobs, a job and its attempts, and report charts, rendered on the server.
+"""The dashboard (/ui): jobs, a job and its attempts, and report charts, rendered on the server;
+and operators' actions: cancel and retry a job, cancel or retry every job a filter matches
+(with a confirmation showing the count), pause and resume queues, the audit log.
 
-Read-only: it changes no job, so the only state-changing requests are login and logout.
+Every state-changing POST is CSRF-protected (Origin, and a token tied to an HttpOnly cookie),
+scoped as the API is, and audited.
 Authentication is the API's (the same authenticator, the same owner scoping); with AUTH=keys
 a browser may also present its key in the `cloudjobs_key` cookie set by /ui/login. See
 docs/dashboard.md for the CSP and CSRF decisions.
@@ -8,7 +11,10 @@ docs/dashboard.md for the CSP and CSRF decisions.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,18 +27,28 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from api.errors import JobNotFound, Problem, Unauthenticated, WorkflowNotFound
-from api.orchestration import triggers
+from api.errors import (
+    Forbidden,
+    InvalidRequest,
+    JobNotFound,
+    Problem,
+    Unauthenticated,
+    WorkflowNotFound,
+)
+from api.orchestration import lifecycle, operations, triggers
 from api.reporting.reports import BUCKETS, ReportQuery, run_report
 from api.store import dependencies
 from api.store import jobs as store
+from api.store import operations as op_store
 from api.store import steps as step_store
 from api.store import triggers as fire_store
 from api.store import webhooks as webhook_store
 from api.store import workflows as workflow_store
 from api.store.tables import STATES, TERMINAL, WORKFLOW_STATES
 from api.ui import charts, dag
+from api.web import operations as operation_views
 from api.web import paging
+from api.web import queues as queue_views
 from api.web.auth import Principal
 from api.web.http import check_params, current_state, filter_digest, parse_filter, parse_job_id, parse_workflow_id
 from api.web.resources import (
@@ -68,7 +84,7 @@ WINDOWS = {  # the reports page's windows and the bucket each is charted by
     "7d": (timedelta(days=7), "day"),
     "30d": (timedelta(days=30), "day"),
 }
-FILTERS = ("state", "type", "queue", "label", "schedule", "trigger")
+FILTERS = ("state", "type", "queue", "label", "schedule", "trigger", "error_code")
 COMPLETED, FAILED, OTHER = "#16a34a", "#dc2626", "#9ca3af"
 P50, P95 = "#2563eb", "#f59e0b"
 
@@ -237,6 +253,9 @@ def job(job_id: str) -> str:
         steps=durable,
         parents=parents,
         callbacks=callbacks,
+        notice=request.args.get("notice"),
+        logs_url="https://console.cloud.google.com/logs/query;" + urlencode(
+            {"query": f'jsonPayload.job_id="{row.id}"'}) + "?" + urlencode({"project": state.config.project}),
         pretty=_pretty,
         refresh=row.state not in TERMINAL,
     )
@@ -464,3 +483,149 @@ def _state_stroke(state: str) -> str:
 @bp.app_template_global("job_url")
 def _job_url(job_id: str | uuid.UUID) -> str:
     return url_for("ui.job", job_id=str(job_id))
+
+
+# ---- actions (docs/dashboard.md: CSRF) ------------------------------------------------------
+
+CSRF_COOKIE = "cloudjobs_csrf"
+
+
+def _csrf_secret() -> str:
+    """This browser's CSRF secret: its cookie's, or a new one set with the response."""
+    secret = request.cookies.get(CSRF_COOKIE) or g.get("csrf_new")
+    if not secret:
+        secret = g.csrf_new = secrets.token_urlsafe(32)
+    return str(secret)
+
+
+@bp.app_template_global("csrf_token")
+def csrf_token() -> str:
+    """The token a form of this page carries: an HMAC of the browser's CSRF cookie."""
+    key = current_state().config.page_token_key.encode()
+    return hmac.new(key, b"csrf:" + _csrf_secret().encode(), hashlib.sha256).hexdigest()
+
+
+@bp.after_request
+def _set_csrf_cookie(resp: Response) -> Response:
+    if secret := g.get("csrf_new"):
+        resp.set_cookie(CSRF_COOKIE, secret, httponly=True, samesite="Strict", secure=_https(), path=_cookie_path())
+    return resp
+
+
+def _check_csrf() -> None:
+    """A state-changing POST must come from a page of this app (Origin) and carry the token of
+    the browser's CSRF cookie: 403 otherwise, before anything changes."""
+    sent = request.form.get("csrf_token", "")
+    if not _same_origin() or not request.cookies.get(CSRF_COOKIE) or not hmac.compare_digest(sent, csrf_token()):
+        raise Forbidden("refused: the form did not come from this dashboard (CSRF); reload the page and try again")
+
+
+def _audit(action: str, target: str, jobs_touched: int | None, details: dict[str, Any] | None = None) -> None:
+    with current_state().engine.begin() as conn:
+        op_store.audit(conn, principal=principal().owner, action=action, target=target, jobs_touched=jobs_touched,
+                       via="dashboard", details=details)
+
+
+@bp.post("/jobs/<job_id>/<any(cancel, retry):action>")
+def job_action(job_id: str, action: str) -> Response:
+    """Cancel or retry one job from its page (scoped as the API is), audited; back to the page."""
+    _check_csrf()
+    state = current_state()
+    jid = parse_job_id(job_id)
+    act = lifecycle.cancel_job if action == "cancel" else lifecycle.retry_job
+    try:
+        row = act(state, jid, scope=principal().scope)
+    except Problem as e:
+        return redirect(url_for("ui.job", job_id=job_id, notice=e.detail), code=303)  # type: ignore[return-value]
+    if row is None:
+        raise JobNotFound(f"no job {job_id}")
+    _audit(f"job.{action}", f"jobs/{jid}", 1)
+    notice = "Cancelled." if action == "cancel" else "Sent to run again."
+    return redirect(url_for("ui.job", job_id=job_id, notice=notice), code=303)  # type: ignore[return-value]
+
+
+BULK_KINDS = {"cancel": "batchCancel", "retry": "batchRetry"}
+
+
+@bp.post("/jobs/bulk")
+def bulk() -> Response | str:
+    """Cancel or retry every job the list's filters match: first a confirmation with the count
+    (a dry run), then, confirmed, an operation (its page follows it)."""
+    _check_csrf()
+    state = current_state()
+    action = request.form.get("action", "")
+    if action not in BULK_KINDS:
+        raise InvalidRequest("action must be cancel or retry")
+    args = MultiDict([(k, v.strip()) for k, v in request.form.items(multi=True) if k in FILTERS and v.strip()])
+    flt = parse_filter(args, owner=principal().scope)
+    kind = BULK_KINDS[action]
+    if request.form.get("confirm") != "yes":
+        with state.engine.connect() as conn:
+            count = op_store.count_matching(conn, kind, flt, None, principal().scope)
+        return render_template("ui/confirm.html", action=action, count=count, chosen=dict(args.items()),
+                               back=url_for("ui.jobs") + "?" + urlencode(list(args.items(multi=True))))
+    op = operations.start(state, kind, flt=flt, ids=None, principal=principal().owner, scope=principal().scope,
+                          idempotency_key=None, body_hash="", via="dashboard")
+    return redirect(url_for("ui.operation", op_id=str(op.id)), code=303)  # type: ignore[return-value]
+
+
+@bp.get("/operations/<op_id>")
+def operation(op_id: str) -> str:
+    """A bulk operation's counts; refreshes until it is done."""
+    op = operation_views.find_operation(op_id, scope=principal().scope)
+    return render_template("ui/operation.html", op=op, refresh=not op.done)
+
+
+@bp.get("/queues")
+def queues() -> str:
+    """The queues: Cloud Tasks' state, live jobs, oldest, recent failures; pause and resume."""
+    state = current_state()
+    scope = principal().scope
+    with state.engine.connect() as conn:
+        live = op_store.live_jobs(conn, scope=scope)
+        recent = op_store.recent_attempts(conn, scope=scope)
+    rows = [queue_views.queue_resource(state, spec, [r for r in live if r.queue == name], recent.get(name))
+            for name, spec in state.queues.specs.items()]
+    return render_template("ui/queues.html", queues=rows, admin=principal().admin,
+                           notice=request.args.get("notice"))
+
+
+@bp.post("/queues/<name>/<any(pause, resume):action>")
+def queue_action(name: str, action: str) -> Response:
+    """Pause or resume a queue (admins), audited; back to the queues page."""
+    _check_csrf()
+    queue_views.set_queue_paused(current_state(), name, pause=action == "pause", via="dashboard")
+    notice = f"{name} {'paused' if action == 'pause' else 'resumed'}."
+    return redirect(url_for("ui.queues", notice=notice), code=303)  # type: ignore[return-value]
+
+
+AUDIT_PAGE = 100
+
+
+@bp.get("/audit")
+def audit() -> str:
+    """Who did what, when, to how many jobs (admins)."""
+    if not principal().admin:
+        raise Forbidden("the audit log is for admins")
+    before = request.args.get("before")
+    with current_state().engine.connect() as conn:
+        rows = op_store.audit_entries(conn, limit=AUDIT_PAGE + 1, before=int(before) if before and before.isdigit() else None)
+    more = len(rows) > AUDIT_PAGE
+    rows = rows[:AUDIT_PAGE]
+    return render_template("ui/audit.html", entries=rows,
+                           next_url=url_for("ui.audit", before=rows[-1].id) if more else None)
+
+
+@bp.get("/find")
+def find_job() -> Response:
+    """Search by id: a whole id, or its first characters (hex, dashes optional)."""
+    raw = request.args.get("id", "").strip().lower().replace("-", "")
+    if len(raw) == 32:
+        return redirect(url_for("ui.job", job_id=str(uuid.UUID(raw))), code=303)  # type: ignore[return-value]
+    if not 4 <= len(raw) <= 32 or any(c not in "0123456789abcdef" for c in raw):
+        raise InvalidRequest("give a job id, or at least its first 4 characters (hex)")
+    with current_state().engine.connect() as conn:
+        found = store.job_ids_with_prefix(conn, raw, owner=principal().scope, limit=2)
+    if len(found) != 1:
+        raise JobNotFound(f"{'no job' if not found else 'more than one job'} starts with {raw}")
+    return redirect(url_for("ui.job", job_id=str(found[0])), code=303)  # type: ignore[return-value]

@@ -92,16 +92,20 @@ def parse_bulk(body: Any, *, scope: str | None) -> tuple[JobFilter | None, list[
 @bp.get("/v1/operations/<op_id>")
 def get_operation(op_id: str) -> Response:
     """An operation: its counts, and done once every chunk is processed."""
-    state = current_state()
+    return json_response(operation_resource(find_operation(op_id, scope=principal().scope)))
+
+
+def find_operation(op_id: str, *, scope: str | None) -> Any:
+    """An operation of the caller's by its id; 404 for any other (or not an id)."""
     try:
         oid = uuid.UUID(op_id)
     except ValueError:
         raise OperationNotFound(f"no operation {op_id}") from None
-    with autocommit(state.engine) as conn:
-        op = op_store.get_operation(conn, oid, scope=principal().scope)
+    with autocommit(current_state().engine) as conn:
+        op = op_store.get_operation(conn, oid, scope=scope)
     if op is None:
         raise OperationNotFound(f"no operation {op_id}")
-    return json_response(operation_resource(op))
+    return op
 
 
 def operation_resource(op: Any) -> dict[str, Any]:

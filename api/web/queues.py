@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlalchemy as sa
 from flask import Blueprint, Response
 from google.api_core import exceptions as gexc
 from google.cloud import tasks_v2
@@ -17,7 +16,6 @@ from api.cloud.tasks import queue_path
 from api.errors import Forbidden, QueueNotFound, TasksUnavailable
 from api.state import AppState
 from api.store import operations as op_store
-from api.store.engine import autocommit
 from api.web.http import authenticate, current_state, json_response, principal
 
 bp = Blueprint("queues", __name__)
@@ -25,43 +23,14 @@ bp.before_request(authenticate)
 
 ACTIVE = ("WAITING", "CREATED", "QUEUED", "RUNNING")
 
-# Live jobs by queue and state (the partial index over active jobs), and the oldest job due
-# and not yet running.
-_LIVE = sa.text(
-    """
-    SELECT queue, state, count(*) AS n,
-           extract(epoch FROM now() - min(scheduled_time) FILTER (
-               WHERE state IN ('CREATED', 'QUEUED') AND scheduled_time <= now()))::float8 AS oldest_s
-    FROM jobs
-    WHERE state IN ('WAITING', 'CREATED', 'QUEUED', 'RUNNING') AND (CAST(:scope AS text) IS NULL OR owner = :scope)
-    GROUP BY queue, state
-    """
-)
-
-# Finished attempts of the last hour by queue (the attempts' covering index, by finish time).
-_RECENT = sa.text(
-    """
-    SELECT queue,
-           count(*) FILTER (WHERE outcome = 'COMPLETED' AND finished_time > now() - interval '5 minutes') AS ok_5m,
-           count(*) FILTER (WHERE outcome <> 'COMPLETED' AND finished_time > now() - interval '5 minutes') AS bad_5m,
-           count(*) FILTER (WHERE outcome = 'COMPLETED') AS ok_1h,
-           count(*) FILTER (WHERE outcome <> 'COMPLETED') AS bad_1h
-    FROM job_attempts
-    WHERE finished_time > now() - interval '1 hour' AND (CAST(:scope AS text) IS NULL OR owner = :scope)
-    GROUP BY queue
-    """
-)
-
-
 @bp.get("/v1/queues")
 def list_queues() -> Response:
     """Every queue of queues.yaml: its settings, Cloud Tasks' state, and its jobs."""
     state = current_state()
     scope = principal().scope
-    with autocommit(state.engine) as conn:
-        live = list(conn.execute(_LIVE, {"scope": scope}))
-    with autocommit(state.engine) as conn:
-        recent = {r.queue: r for r in conn.execute(_RECENT, {"scope": scope})}
+    with state.engine.connect() as conn:
+        live = op_store.live_jobs(conn, scope=scope)
+        recent = op_store.recent_attempts(conn, scope=scope)
     out = []
     for name, spec in state.queues.specs.items():
         out.append(queue_resource(state, spec, [r for r in live if r.queue == name], recent.get(name)))

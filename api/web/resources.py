@@ -140,6 +140,8 @@ class Attempt(BaseModel):
     retry_count: int | None = None
     execution_count: int | None = None
     retry_reason: str | None = None
+    traceback: str | None = Field(default=None, description="Where the job function raised (its last 8 kB), "
+                                                            "for an unexpected exception.")
 
 
 class AttemptList(BaseModel):
@@ -390,6 +392,7 @@ def attempt_resource(row: Row[Any]) -> dict[str, Any]:
         "retry_count": row.retry_count,
         "execution_count": row.execution_count,
         "retry_reason": row.retry_reason,
+        **({"traceback": row.traceback} if getattr(row, "traceback", None) else {}),
     }
 
 

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -175,20 +176,47 @@ def test_log_in_with_a_key_see_only_its_jobs_and_log_out(
         page.wait_for_url("**/ui/jobs")
         assert page.locator(f'a[href="/ui/jobs/{my_job}"]').count() == 1
         assert page.locator(f'a[href="/ui/jobs/{their_job}"]').count() == 0
-        [cookie] = context.cookies()
-        assert (
-            cookie["name"] == "cloudjobs_key"
-            and cookie["httpOnly"]
-            and cookie["sameSite"] == "Strict"
-        )
+        cookies = {c["name"]: c for c in context.cookies()}
+        assert set(cookies) == {"cloudjobs_key", "cloudjobs_csrf"}  # the key, and the forms' CSRF secret
+        assert all(c["httpOnly"] and c["sameSite"] == "Strict" for c in cookies.values())
         assert page.evaluate("document.cookie") == ""  # HttpOnly: no script can read it
         page.goto(f"{keys_stack}/ui/jobs/{their_job}")
         assert "404" in page.title()
         page.goto(f"{keys_stack}/ui")
         page.click("header >> text=Log out")
         page.wait_for_url("**/ui/login")
-        assert context.cookies() == []
+        assert [c["name"] for c in context.cookies()] == ["cloudjobs_csrf"]  # the key is gone
         page.goto(f"{keys_stack}/ui/reports")
         page.wait_for_url("**/ui/login")
     finally:
         context.close()
+
+
+@pytest.mark.timeout(900)
+def test_click_retry_and_see_the_job_run_again(page: Page, stack: Stack, db: Engine) -> None:
+    # a job that fails its first run (one attempt allowed) and succeeds on the next attempt
+    job = create(stack.url, {"type": "flaky", "queue": "unlimited", "payload": {"failures": 1}, "max_attempts": 1})
+    stack.wait_for(job, lambda j: j["done"])
+    page.goto(f"{stack.url}/ui/jobs/{job}")
+    assert page.locator("#job-state").inner_text() == "FAILED"
+    page.click("#retry-job")
+    page.wait_for_url(f"**/ui/jobs/{job}?notice=*")
+    assert page.locator("#notice").inner_text() == "Sent to run again."
+    stack.wait_for(job, lambda j: j["done"])
+    page.reload()
+    assert page.locator("#job-state").inner_text() == "COMPLETED"
+    assert page.locator("table.attempts tbody tr").count() == 2
+    # the bulk form: cancel what the filter matches, after a confirmation showing the count
+    for _ in range(2):  # due in an hour: still QUEUED when cancelled
+        create(stack.url, {"type": "echo", "queue": "slow", "run_at": _later(), "labels": {"browser": "bulk"}})
+    page.goto(f"{stack.url}/ui/jobs?label=browser:bulk")
+    page.click("#bulk-cancel")
+    assert "Cancel 2 jobs" in page.locator("#confirm-bulk").inner_text()
+    page.click("#confirm-bulk")
+    page.wait_for_url("**/ui/operations/*")
+    assert page.locator("#operation-succeeded").inner_text() == "2"
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
+def _later() -> str:
+    return (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
