@@ -13,6 +13,7 @@ job due and not yet running — true whichever process did the work.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -20,7 +21,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
+from api.observability.traces import otel_missing
 from api.store import operations as op_store
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -43,13 +46,33 @@ def created(rows: Iterable[Any]) -> None:
     """Jobs that were created (not a replay's)."""
     for r in rows:
         JOBS_CREATED.labels(r.queue, r.type).inc()
+        if _otel is not None:
+            _otel.created.add(1, {"queue": r.queue, "type": r.type})
 
 
 def finished(queue: str, job_type: str, state: str, outcome: str, seconds: float) -> None:
     """An attempt that ended, and the job's state after it."""
     ATTEMPT_SECONDS.labels(queue, job_type, outcome).observe(seconds)
+    if _otel is not None:
+        _otel.attempt.record(seconds, {"queue": queue, "type": job_type, "outcome": outcome})
     if state in ("COMPLETED", "FAILED", "CANCELLED"):
         JOBS_FINISHED.labels(queue, job_type, state).inc()
+        if _otel is not None:
+            _otel.finished.add(1, {"queue": queue, "type": job_type, "state": state})
+
+
+def request(route: str, method: str, status: int, seconds: float) -> None:
+    """A request answered."""
+    REQUEST_SECONDS.labels(route, method, str(status)).observe(seconds)
+    if _otel is not None:
+        _otel.request.record(seconds, {"route": route, "method": method, "status": status})
+
+
+def webhook(outcome: str) -> None:
+    """A webhook delivery attempt: delivered, retry, failed or refused."""
+    WEBHOOK_DELIVERIES.labels(outcome).inc()
+    if _otel is not None:
+        _otel.webhooks.add(1, {"outcome": outcome})
 
 
 def swept(report: dict[str, int]) -> None:
@@ -57,6 +80,78 @@ def swept(report: dict[str, int]) -> None:
     for action, n in report.items():
         if n:
             SWEEPER_ACTIONS.labels(action).inc(n)
+            if _otel is not None:
+                _otel.sweeper.add(n, {"action": action})
+
+
+class _Otel:
+    """The same measurements as OpenTelemetry instruments (OTEL_ENABLED)."""
+
+    def __init__(self, meter: Any, engine: Engine) -> None:
+        self.created = meter.create_counter("cloudjobs.jobs.created", unit="{job}", description="Jobs created.")
+        self.finished = meter.create_counter("cloudjobs.jobs.finished", unit="{job}",
+                                             description="Jobs that reached a terminal state through an attempt.")
+        self.attempt = meter.create_histogram("cloudjobs.attempt.duration", unit="s",
+                                              description="Job attempts' run time.")
+        self.request = meter.create_histogram("cloudjobs.http.request.duration", unit="s",
+                                              description="Requests' latency, by route.")
+        self.webhooks = meter.create_counter("cloudjobs.webhook.deliveries", unit="{delivery}",
+                                             description="Completion webhook delivery attempts, by outcome.")
+        self.sweeper = meter.create_counter("cloudjobs.sweeper.actions", unit="{action}",
+                                            description="What the sweeper did, by action.")
+        self.engine = engine
+        meter.create_observable_gauge("cloudjobs.jobs.live", callbacks=[self._live], unit="{job}",
+                                      description="Jobs not yet terminal, by queue and state.")
+        meter.create_observable_gauge("cloudjobs.queue.oldest_waiting", callbacks=[self._oldest], unit="s",
+                                      description="Each queue's oldest job due and not yet running.")
+
+    def _rows(self) -> list[Any]:
+        try:
+            with self.engine.connect() as conn:
+                return op_store.live_jobs(conn, scope=None)
+        except DBAPIError:  # the database is away: no reading this time
+            return []
+
+    def _live(self, _options: Any) -> Iterator[Any]:
+        from opentelemetry.metrics import Observation
+
+        for r in self._rows():
+            yield Observation(r.n, {"queue": r.queue, "state": r.state})
+
+    def _oldest(self, _options: Any) -> Iterator[Any]:
+        from opentelemetry.metrics import Observation
+
+        for r in self._rows():
+            if r.oldest_s is not None:
+                yield Observation(r.oldest_s, {"queue": r.queue, "state": r.state})
+
+
+_otel: _Otel | None = None
+_otel_lock = threading.Lock()
+_otel_provider: Any = None
+
+
+def enable_otel(engine: Engine, *, reader: Any = None) -> Any:
+    """Export the metrics through OpenTelemetry too (OTEL_ENABLED): OTLP to
+    OTEL_EXPORTER_OTLP_ENDPOINT (a collector, e.g. Cloud Run's sidecar, which writes them to
+    Cloud Monitoring), every 60 s; `reader` replaces it (tests). Once per process; the provider."""
+    global _otel, _otel_provider
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        from opentelemetry.sdk.resources import Resource
+    except ImportError as e:
+        raise otel_missing(e) from None
+    with _otel_lock:
+        if _otel_provider is None:
+            if reader is None:
+                from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+                reader = PeriodicExportingMetricReader(OTLPMetricExporter())
+            _otel_provider = MeterProvider(resource=Resource.create({"service.name": "cloudjobs"}),
+                                           metric_readers=[reader])
+            _otel = _Otel(_otel_provider.get_meter("cloudjobs"), engine)
+    return _otel_provider
 
 
 class DatabaseCollector(Collector):

@@ -197,6 +197,14 @@ _otel_provider: Any = None
 _otel_lock = threading.Lock()
 
 
+def otel_missing(e: ImportError) -> ConfigurationInvalid:
+    """The refusal of OTEL_ENABLED=true without the otel extra, naming what is missing."""
+    return ConfigurationInvalid(
+        f"OTEL_ENABLED=true needs the otel extra ({e.name} is missing): "
+        "pip install 'cloudjobs[otel]', or unset OTEL_ENABLED"
+    )
+
+
 def enable_otel(app: Flask, state: AppState, *, exporter: Any = None) -> None:
     """Trace requests and SQL with OpenTelemetry and export the spans to Cloud Trace.
 
@@ -213,10 +221,7 @@ def enable_otel(app: Flask, state: AppState, *, exporter: Any = None) -> None:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError as e:
-        raise ConfigurationInvalid(
-            f"OTEL_ENABLED=true needs the otel extra ({e.name} is missing): "
-            "pip install 'cloudjobs[otel]', or unset OTEL_ENABLED"
-        ) from None
+        raise otel_missing(e) from None
     global _otel_provider
     with _otel_lock:
         if _otel_provider is None:

@@ -249,8 +249,7 @@ def deliver(state: AppState, event_id: str, *, retry_count: int | None,
     with autocommit(state.engine) as conn:
         store.record_delivery(conn, event.id, started=now, duration_ms=duration_ms, status=answer.status,
                               error=answer.error, ok=answer.ok, final=final)
-    metrics.WEBHOOK_DELIVERIES.labels("delivered" if answer.ok else "refused" if answer.refused
-                                      else "failed" if final else "retry").inc()
+    metrics.webhook("delivered" if answer.ok else "refused" if answer.refused else "failed" if final else "retry")
     if answer.ok:
         return Delivered(event.id, "delivered", answer.status)
     logger.info("webhook delivery failed", extra={"event_id": event.id, "status": answer.status,

@@ -185,6 +185,7 @@ def jobs() -> str:
     return render_template(
         "ui/jobs.html",
         jobs=[job_resource(r) for r in page.rows],
+        refresh=any(r.state not in TERMINAL for r in page.rows),
         next_url=page.next_url,
         first_url=page.first_url,
         chosen=page.chosen,
@@ -329,7 +330,11 @@ def reports() -> str:
         window = "24h"
     span, bucket = WINDOWS[window]
     end = datetime.now(UTC)
-    q = ReportQuery(start=end - span, end=end, owner=principal().scope, bucket=bucket, limit=10)
+    # Narrowed to one type or queue of this deployment (anything else is ignored, as an unknown window is).
+    only = {k: v for k, v in (("type", request.args.get("type")), ("queue", request.args.get("queue")))
+            if v and v in (state.registry.types if k == "type" else state.queues.specs)}
+    q = ReportQuery(start=end - span, end=end, owner=principal().scope, bucket=bucket, limit=10,
+                    type=only.get("type"), queue=only.get("queue"))
     series = run_report(state.reporting_engine, "timeseries", q)
     summaries: list[dict[str, Any] | None] = [*run_report(state.reporting_engine, "summary", q)]
     [summary] = summaries or [None]
@@ -340,6 +345,9 @@ def reports() -> str:
         "ui/reports.html",
         window=window,
         windows=list(WINDOWS),
+        only=only,
+        types=sorted(state.registry.types),
+        queues=sorted(state.queues.specs),
         bucket=bucket,
         start=q.start,
         end=q.end,

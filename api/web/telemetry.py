@@ -42,7 +42,7 @@ def install(app: Flask, state: AppState) -> None:
         latency = time.perf_counter() - started if started is not None else 0.0
         log_request(response, latency)
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        metrics.REQUEST_SECONDS.labels(route, request.method, str(response.status_code)).observe(latency)
+        metrics.request(route, request.method, response.status_code, latency)
         return response
 
     @app.teardown_request
@@ -52,6 +52,7 @@ def install(app: Flask, state: AppState) -> None:
 
     if state.config.otel_enabled:
         traces.enable_otel(app, state)
+        metrics.enable_otel(state.engine)
 
 
 def _job_id(view_args: Mapping[str, Any] | None) -> str | None:

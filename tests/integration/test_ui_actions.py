@@ -153,3 +153,19 @@ def test_a_traceback_is_kept_to_its_last_8_kb() -> None:
     except ValueError as e:
         kept = kept_traceback(e)
     assert len(kept) == MAX_TRACEBACK_CHARS + 1 and kept.startswith("…") and kept.endswith("x\n")
+
+
+def test_reports_narrow_by_type_and_queue_and_a_failure_links_to_its_jobs(make_app: Callable[..., Flask],
+                                                                         tasks_client: Any) -> None:
+    client = make_app(handler_auth="none").test_client()
+    for body in ({"type": "flaky", "payload": {"failures": 9}, "max_attempts": 1}, {"type": "echo"}):
+        run(client, create(client, body))
+    page = client.get("/ui/reports?window=1h&type=flaky&queue=default").get_data(as_text=True)
+    assert 'href="/ui/jobs?error_code=FLAKY&amp;type=flaky&amp;queue=default"' in page
+    assert '<option value="flaky" selected>' in page
+    echo_only = client.get("/ui/reports?window=1h&type=echo").get_data(as_text=True)
+    assert "FLAKY" not in echo_only  # narrowed to echo: no flaky failure
+    listing = client.get("/ui/jobs").get_data(as_text=True)
+    assert 'http-equiv="refresh"' not in listing  # both ended: nothing in flight
+    create(client, {"type": "echo"})
+    assert 'http-equiv="refresh"' in client.get("/ui/jobs").get_data(as_text=True)

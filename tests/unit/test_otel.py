@@ -100,3 +100,29 @@ def test_otel_on_traces_requests_under_the_incoming_trace_and_propagates_the_spa
               headers["traceparent"].split("-")[2] == format(span.context.span_id, "016x"))
     """)
     assert out == "4bf92f3577b34da6a3ce929d0e0e4736 4bf92f3577b34da6a3ce929d0e0e4736 True"
+
+
+def test_otel_metrics_record_what_prometheus_counts() -> None:
+    # The same measurements, through OpenTelemetry's SDK to an in-memory reader; the database's
+    # gauges read nothing from a database that is not there (no error, no reading).
+    out = run("""
+        from types import SimpleNamespace
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from api.observability import metrics
+        app = create_app(config)
+        reader = InMemoryMetricReader()
+        metrics.enable_otel(app.extensions["cloudjobs"].engine, reader=reader)
+        metrics.created([SimpleNamespace(queue="default", type="echo")] * 3)
+        metrics.finished("default", "echo", "COMPLETED", "COMPLETED", 0.25)
+        metrics.webhook("delivered")
+        points = {}
+        for rm in reader.get_metrics_data().resource_metrics:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    for p in m.data.data_points:
+                        points[m.name] = getattr(p, "value", None) if hasattr(p, "value") else p.count
+        print(points.get("cloudjobs.jobs.created"), points.get("cloudjobs.jobs.finished"),
+              points.get("cloudjobs.attempt.duration"), points.get("cloudjobs.webhook.deliveries"),
+              "cloudjobs.jobs.live" in points)
+    """)
+    assert out == "3 1 1 1 False"
