@@ -237,6 +237,10 @@ def openapi_document(types: tuple[str, ...] = (), queues: tuple[str, ...] = ()) 
             "dispatch_deadline_s": {"type": "number", "description": "The queue's dispatch deadline"},
             "schema": {"anyOf": [{"type": "object"}, {"type": "null"}],
                        "description": "The payload's JSON Schema; null takes any object"},
+            "concurrency_per_key": {"type": ["integer", "null"],
+                                    "description": "Its jobs' limit per concurrency key (null: the queue's)"},
+            "callback_url": {"type": ["string", "null"],
+                             "description": "Where its jobs' ends are POSTed unless a create names a URL"},
         },
     }
     schemas["TypeList"] = {

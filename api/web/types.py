@@ -35,6 +35,8 @@ class TypeInfo:
     max_attempts: int  # the type's, at most the queue's (1000 for an unlimited queue)
     dispatch_deadline_s: float  # the queue's
     schema: dict[str, Any] | None  # the payload's JSON Schema; None takes any object
+    concurrency_per_key: int | None = None  # @job(concurrency_per_key=): over the queue's
+    callback_url: str | None = None  # @job(callback_url=): its jobs' webhook unless a create names one
 
     @property
     def timeout_cut(self) -> bool:
@@ -63,6 +65,8 @@ def describe(registry: Registry, queues: Queues) -> list[TypeInfo]:
             max_attempts=min(jt.max_attempts or queue_max, queue_max),
             dispatch_deadline_s=deadline,
             schema=jt.schema.model_json_schema() if jt.schema is not None else None,
+            concurrency_per_key=jt.concurrency_per_key,
+            callback_url=jt.callback_url,
         ))
     return out
 

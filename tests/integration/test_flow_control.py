@@ -326,3 +326,9 @@ def test_a_replayed_batch_answers_as_the_first_did_even_for_items_its_holders_an
     other = client.post("/v1/jobs:batchCreate", content_type="application/json", headers={"Idempotency-Key": "batch-1"},
                         data=json.dumps({"jobs": [{"type": "echo", "unique_key": "held"}, {"type": "echo"}]}))
     assert other.status_code == 409 and count_jobs(db) == 4
+
+
+def test_the_types_endpoint_shows_a_types_concurrency_limit(client: FlaskClient) -> None:
+    types = {t["name"]: t for t in client.get("/v1/types").get_json()["types"]}
+    assert types["one_at_a_time"]["concurrency_per_key"] == 1
+    assert types["echo"]["concurrency_per_key"] is None and types["echo"]["callback_url"] is None
