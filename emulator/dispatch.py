@@ -280,9 +280,11 @@ class Dispatcher:
 
     async def _send(self, req: Request) -> int:
         assert self.session is not None
+        # Cloud Tasks sets no Content-Type an HTTP task did not set (aiohttp would add one).
         async with self.session.request(
             req.method, req.url, headers=req.headers, data=req.body,
             allow_redirects=req.follow_redirects, timeout=aiohttp.ClientTimeout(total=None),
+            skip_auto_headers=() if any(k.lower() == "content-type" for k in req.headers) else ("Content-Type",),
         ) as resp:
             await resp.read()
             return resp.status

@@ -174,6 +174,9 @@ class TaskRecord:
         self.deleted = False
 
 
+APP_ENGINE_RETRY_REASON = "App Error"
+
+
 @dataclass(eq=False)
 class Attempt:
     """One dispatch of a task: everything the HTTP request needs, snapshotted under the lock."""
@@ -866,7 +869,9 @@ class State:
             rec.last_response_ts = now
             if http_status is not None:
                 rec.response_count += 1
-                if not 500 <= http_status <= 599:
+                # Recorded from Cloud Tasks: App Engine's X-AppEngine-TaskExecutionCount counts
+                # every response, a 503 too; an HTTP target's counts those that were not 5xx.
+                if rec.target.app_engine or not 500 <= http_status <= 599:
                     rec.execution_count += 1
                 code = policy.http_status_to_code(http_status)
                 rec.last_status = (policy.code_number(code), _http_message(http_status))
@@ -874,7 +879,9 @@ class State:
                     self._bury(q, rec, now)
                     return "done"
                 rec.prev_http = http_status
-                rec.prev_reason = code.name
+                # The retry reason after an answer: empty for an HTTP target (whatever the
+                # status), "App Error" for App Engine, as real Cloud Tasks sends them.
+                rec.prev_reason = APP_ENGINE_RETRY_REASON if rec.target.app_engine else ""
             else:
                 code = error or grpc.StatusCode.UNAVAILABLE
                 rec.last_status = (policy.code_number(code), message or code.name)
