@@ -144,6 +144,9 @@ class Chaos:
         self.trigger_deliveries = 0
         self.shared_duplicates = 0
         self.stop = threading.Event()
+        # The sweeper outlives the faults: it is the net that sends webhook events whose task
+        # was never created (a fault between the commit and the send), after the jobs ended.
+        self.stop_sweeping = threading.Event()
 
     def submit(self, bodies: list[dict[str, Any]]) -> list[str]:
         """Half one by one, half in batches; returns the job ids.
@@ -292,7 +295,7 @@ class Chaos:
 
         app = create_app(Config.from_env(self.stack.env))
         state = app.extensions["cloudjobs"]
-        while not self.stop.wait(1.0):
+        while not self.stop_sweeping.wait(1.0):
             try:
                 sweep(state)
                 self.sweeps += 1
@@ -571,8 +574,8 @@ def _run(args: argparse.Namespace, seed: int, server: Any) -> int:
         with running_stack(url, queues_file=HERE / "chaos.queues.yaml", extra_env=extra) as stack:
             chaos = Chaos(stack, rng=rng, kill_every_s=args.kill_every, dup_fraction=args.duplicates,
                           db_fault_every_s=args.db_fault_every, server=server)
-            threads = [threading.Thread(target=chaos.killer, daemon=True),
-                       threading.Thread(target=chaos.sweeper, daemon=True)]
+            sweeper = threading.Thread(target=chaos.sweeper, daemon=True)
+            threads = [threading.Thread(target=chaos.killer, daemon=True), sweeper]
             if args.db_fault_every > 0:
                 threads.append(threading.Thread(target=chaos.database_faults, daemon=True))
             for t in threads:
@@ -597,7 +600,8 @@ def _run(args: argparse.Namespace, seed: int, server: Any) -> int:
                 time.sleep(0.5)
             chaos.stop.set()
             for t in threads:
-                t.join(timeout=30)
+                if t is not sweeper:
+                    t.join(timeout=30)
             time.sleep(1.0)  # let in-flight duplicate deliveries land before checking
             tally, violations = check(engine, ids, expected)
             deadline = time.monotonic() + 60  # webhooks are delivered after their jobs ended
@@ -607,6 +611,8 @@ def _run(args: argparse.Namespace, seed: int, server: Any) -> int:
                 if not hook_violations or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
+            chaos.stop_sweeping.set()
+            sweeper.join(timeout=30)
             tally.update(hooks, webhook_signatures_refused=receiver.forged)
             violations += hook_violations
             receiver.close()
