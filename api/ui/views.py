@@ -587,13 +587,7 @@ def operation(op_id: str) -> str:
 @bp.get("/queues")
 def queues() -> str:
     """The queues: Cloud Tasks' state, live jobs, oldest, recent failures; pause and resume."""
-    state = current_state()
-    scope = principal().scope
-    with state.engine.connect() as conn:
-        live = op_store.live_jobs(conn, scope=scope)
-        recent = op_store.recent_attempts(conn, scope=scope)
-    rows = [queue_views.queue_resource(state, spec, [r for r in live if r.queue == name], recent.get(name))
-            for name, spec in state.queues.specs.items()]
+    rows = queue_views.queues_overview(current_state(), scope=principal().scope)
     return render_template("ui/queues.html", queues=rows, admin=principal().admin,
                            notice=request.args.get("notice"))
 

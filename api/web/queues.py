@@ -26,15 +26,17 @@ ACTIVE = ("WAITING", "CREATED", "QUEUED", "RUNNING")
 @bp.get("/v1/queues")
 def list_queues() -> Response:
     """Every queue of queues.yaml: its settings, Cloud Tasks' state, and its jobs."""
-    state = current_state()
-    scope = principal().scope
+    return json_response({"queues": queues_overview(current_state(), scope=principal().scope)})
+
+
+def queues_overview(state: AppState, *, scope: str | None) -> list[dict[str, Any]]:
+    """Every queue of queues.yaml as GET /v1/queues and the dashboard's queues page show it;
+    the jobs counted are `scope`'s (all with None)."""
     with state.engine.connect() as conn:
         live = op_store.live_jobs(conn, scope=scope)
         recent = op_store.recent_attempts(conn, scope=scope)
-    out = []
-    for name, spec in state.queues.specs.items():
-        out.append(queue_resource(state, spec, [r for r in live if r.queue == name], recent.get(name)))
-    return json_response({"queues": out})
+    return [queue_resource(state, spec, [r for r in live if r.queue == name], recent.get(name))
+            for name, spec in state.queues.specs.items()]
 
 
 def queue_resource(state: AppState, spec: QueueSpec, live: list[Any], recent: Any) -> dict[str, Any]:
