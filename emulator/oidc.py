@@ -154,7 +154,7 @@ class TokenIssuer:
         return token
 
 
-def certs_app(key: SigningKey) -> web.Application:
+def certs_app(key: SigningKey, *, client_max_size: int = 1024**2) -> web.Application:
     """The aiohttp app serving the public keys in Google's v1 (PEM) and v3 (JWKS) formats."""
     v1 = json.dumps(key.certs_v1())
     v3 = json.dumps(key.certs_v3())
@@ -171,7 +171,7 @@ def certs_app(key: SigningKey) -> web.Application:
         body = {"service": "cloud-tasks-emulator", "certs": [CERTS_V1_PATH, CERTS_V3_PATH]}
         return web.json_response(body)
 
-    app = web.Application()
+    app = web.Application(client_max_size=client_max_size)
     app.router.add_get(CERTS_V1_PATH, get_v1)
     app.router.add_get(CERTS_V3_PATH, get_v3)
     app.router.add_get("/", index)

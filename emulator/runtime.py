@@ -12,13 +12,18 @@ from types import TracebackType
 import grpc
 from aiohttp import web
 
+from emulator import rest
 from emulator.clock import RealClock
 from emulator.dispatch import Dispatcher
 from emulator.oidc import CERTS_V1_PATH, CERTS_V3_PATH, SigningKey, TokenIssuer, certs_app
+from emulator.rpc import generic_handler
 from emulator.scheduler import CloudSchedulerService, SchedulerDispatcher, SchedulerState
-from emulator.server import CloudTasksService
+from emulator.server import LOCATIONS_SERVICE, OPERATIONS_SERVICE, CloudTasksService
+from emulator.server import SERVICE as TASKS_SERVICE
 from emulator.state import State
 from emulator.validation import DEFAULT_MAX_DISPATCHES_PER_SECOND
+from emulator.versions import SERVICE as BETA_SERVICE
+from emulator.versions import BetaService
 
 logger = logging.getLogger("emulator")
 
@@ -65,6 +70,11 @@ class Emulator:
         self.scheduler = SchedulerState(clock=self.clock)
         self.scheduler_dispatcher = SchedulerDispatcher(self.scheduler, id_token=self.issuer.id_token,
                                                         app_engine_host=app_engine_host, clock=self.clock)
+        # One table of methods per service, served over gRPC and REST alike.
+        self.tasks_service = CloudTasksService(self.state)
+        tasks_methods = self.tasks_service.methods()
+        self.beta_service = BetaService(self.state, tasks_methods[TASKS_SERVICE])
+        self.scheduler_service = CloudSchedulerService(self.scheduler)
         self._grpc_workers = grpc_workers
         self._server: grpc.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -122,8 +132,9 @@ class Emulator:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
         )
-        server.add_generic_rpc_handlers([*CloudTasksService(self.state).generic_handlers(),
-                                         CloudSchedulerService(self.scheduler).generic_handler()])
+        server.add_generic_rpc_handlers([*self.tasks_service.generic_handlers(),
+                                         generic_handler(BETA_SERVICE, self.beta_service.methods()),
+                                         self.scheduler_service.generic_handler()])
         try:
             port = server.add_insecure_port(f"{self.host}:{self.port}")
         except RuntimeError as exc:
@@ -147,13 +158,27 @@ class Emulator:
         await self.dispatcher.start()
         await self.scheduler_dispatcher.start()
         # Certificates are fetched rarely; a short shutdown wait keeps stop() prompt.
-        self._runner = web.AppRunner(certs_app(self.key), access_log=None,
-                                     shutdown_timeout=0.25)
+        self._runner = web.AppRunner(self._http_app(), access_log=None, shutdown_timeout=0.25)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.http_port)
         await site.start()
         sockets = self._runner.addresses
         self.http_port = sockets[0][1]
+
+    def _http_app(self) -> web.Application:
+        """The HTTP port: the certs, then Cloud Tasks v2 and v2beta3 and Cloud Scheduler v1
+        as REST/JSON (emulator/rest.py)."""
+        methods = self.tasks_service.methods()
+        mixins = {**methods[OPERATIONS_SERVICE], **methods[LOCATIONS_SERVICE]}
+        front = rest.RestFront(
+            rest.routes("v2", rest.TASKS_ROUTES, {**methods[TASKS_SERVICE], **mixins})
+            + rest.routes("v2beta3", rest.TASKS_ROUTES, {**self.beta_service.methods(), **mixins})
+            + rest.routes("v1", rest.SCHEDULER_ROUTES,
+                          {**self.scheduler_service.methods(), **methods[LOCATIONS_SERVICE]}),
+            extra={("POST", rest.BUFFER_PATH): rest.buffer_task(self.state)})
+        app = certs_app(self.key, client_max_size=MAX_MESSAGE_BYTES)
+        app.router.add_route("*", "/{path:.*}", front.handle)
+        return app
 
     async def _astop(self) -> None:
         await self.dispatcher.close()

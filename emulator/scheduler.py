@@ -31,6 +31,7 @@ from google.protobuf import empty_pb2, timestamp_pb2
 from google.rpc import status_pb2
 
 from emulator.clock import RealClock
+from emulator.rpc import Rpc
 from emulator.state import _decode_token, _encode_token, _page_size
 from emulator.validation import ApiError, invalid
 
@@ -447,30 +448,28 @@ class CloudSchedulerService:
     def __init__(self, state: SchedulerState) -> None:
         self.state = state
 
-    def generic_handler(self) -> grpc.GenericRpcHandler:
-        from emulator.server import _answer
-
-        def pp(fn: Callable[[Any, grpc.ServicerContext], Any], req: Any, resp: Any) -> grpc.RpcMethodHandler:
-            return grpc.unary_unary_rpc_method_handler(_answer(fn), request_deserializer=req.deserialize,
-                                                       response_serializer=resp.serialize)
-
+    def methods(self) -> dict[str, Rpc]:
+        """Every method by name (served over gRPC and REST)."""
         job = S.Job
-        return grpc.method_handlers_generic_handler(SERVICE, {
-            "ListJobs": pp(self.list_jobs, S.ListJobsRequest, S.ListJobsResponse),
-            "GetJob": pp(lambda r, c: job.wrap(self.state.get_job(r.name)), S.GetJobRequest, job),
-            "CreateJob": pp(lambda r, c: job.wrap(self.state.create_job(r.parent, job.pb(r.job))),
-                            S.CreateJobRequest, job),
-            "UpdateJob": pp(self.update_job, S.UpdateJobRequest, job),
-            "DeleteJob": grpc.unary_unary_rpc_method_handler(
-                _answer(lambda r, c: self.state.delete_job(r.name)),
-                request_deserializer=S.DeleteJobRequest.deserialize,
-                response_serializer=empty_pb2.Empty.SerializeToString),
-            "PauseJob": pp(lambda r, c: job.wrap(self.state.pause_job(r.name)), S.PauseJobRequest, job),
-            "ResumeJob": pp(lambda r, c: job.wrap(self.state.resume_job(r.name)), S.ResumeJobRequest, job),
-            "RunJob": pp(lambda r, c: job.wrap(self.state.run_job(r.name)), S.RunJobRequest, job),
-        })
+        return {
+            "ListJobs": Rpc(S.ListJobsRequest, S.ListJobsResponse, self.list_jobs),
+            "GetJob": Rpc(S.GetJobRequest, job, lambda r: job.wrap(self.state.get_job(r.name))),
+            "CreateJob": Rpc(S.CreateJobRequest, job,
+                             lambda r: job.wrap(self.state.create_job(r.parent, job.pb(r.job)))),
+            "UpdateJob": Rpc(S.UpdateJobRequest, job, self.update_job),
+            "DeleteJob": Rpc(S.DeleteJobRequest, empty_pb2.Empty, lambda r: self.state.delete_job(r.name)),
+            "PauseJob": Rpc(S.PauseJobRequest, job, lambda r: job.wrap(self.state.pause_job(r.name))),
+            "ResumeJob": Rpc(S.ResumeJobRequest, job, lambda r: job.wrap(self.state.resume_job(r.name))),
+            "RunJob": Rpc(S.RunJobRequest, job, lambda r: job.wrap(self.state.run_job(r.name))),
+        }
 
-    def list_jobs(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def generic_handler(self) -> grpc.GenericRpcHandler:
+        """The service, ready for ``grpc.Server.add_generic_rpc_handlers``."""
+        from emulator.server import generic_handler
+
+        return generic_handler(SERVICE, self.methods())
+
+    def list_jobs(self, request: Any) -> Any:
         """ListJobs."""
         r = S.ListJobsRequest.pb(request)
         jobs, token = self.state.list_jobs(r.parent, r.page_size, r.page_token)
@@ -478,7 +477,7 @@ class CloudSchedulerService:
         out.jobs.extend(jobs)
         return S.ListJobsResponse.wrap(out)
 
-    def update_job(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def update_job(self, request: Any) -> Any:
         """UpdateJob."""
         r = S.UpdateJobRequest.pb(request)
         return S.Job.wrap(self.state.update_job(r.job, list(r.update_mask.paths)))

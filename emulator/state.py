@@ -18,7 +18,7 @@ import random
 import re
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -177,6 +177,17 @@ class TaskRecord:
 APP_ENGINE_RETRY_REASON = "App Error"
 
 
+@dataclass(frozen=True)
+class QueueStats:
+    """A queue's statistics, as v2beta3's ``Queue.stats`` reports them."""
+
+    tasks_count: int
+    oldest_estimated_arrival_time: float | None
+    executed_last_minute_count: int
+    concurrent_dispatches_count: int
+    effective_execution_rate: float
+
+
 @dataclass(eq=False)
 class Attempt:
     """One dispatch of a task: everything the HTTP request needs, snapshotted under the lock."""
@@ -212,6 +223,8 @@ class QueueRecord:
         self.tombstones: OrderedDict[str, float] = OrderedDict()
         self.inflight = 0
         self.deleted = False
+        # Times of the last successful attempts, for v2beta3's QueueStats (the last minute).
+        self.executed: deque[float] = deque(maxlen=100_000)
         self.iam_policy: Any | None = None
         self.iam_version = 0
         rl = pb.rate_limits
@@ -351,7 +364,7 @@ class State:
     def _queue(self, name: str) -> QueueRecord:
         q = self.queues.get(name)
         if q is None:
-            raise not_found(name)
+            raise ApiError(grpc.StatusCode.NOT_FOUND, v.QUEUE_MISSING)
         return q
 
     def _check_recreate(self, name: str) -> None:
@@ -390,8 +403,7 @@ class State:
         pb = self._new_queue_pb(qn, queue, None)
         with self.lock:
             if qn.name in self.queues:
-                raise ApiError(grpc.StatusCode.ALREADY_EXISTS,
-                               f"Requested entity already exists: {qn.name}")
+                raise ApiError(grpc.StatusCode.ALREADY_EXISTS, v.ENTITY_EXISTS)
             self._check_recreate(qn.name)
             q = QueueRecord(qn, pb, self.monotonic())
             self.queues[qn.name] = q
@@ -452,7 +464,9 @@ class State:
         """DeleteQueue: the queue and its tasks go; the name is reusable after queue_tombstone_s."""
         v.parse_queue_name(name)
         with self.lock:
-            q = self._queue(name)
+            q = self.queues.get(name)
+            if q is None:
+                raise ApiError(grpc.StatusCode.NOT_FOUND, v.ENTITY_MISSING)
             del self.queues[name]
             if self.queue_tombstone_s > 0:
                 now = self.clock()
@@ -504,7 +518,8 @@ class State:
         if task.name:
             tqn, task_id = v.parse_task_name(task.name)
             if tqn.name != qn.name:
-                raise invalid(f"Task name {task.name!r} is not in queue {qn.name!r}")
+                raise invalid(f"The queue name from request ('{qn.name}') must be the same as the "
+                              f"queue name in the named task ('{task.name.rsplit('/tasks/', 1)[0]}').")
         v.validate_task_target(task)
         if task.ByteSize() > v.MAX_TASK_BYTES:
             raise invalid(f"Task size too large: {task.ByteSize()} bytes; the maximum is "
@@ -546,8 +561,7 @@ class State:
         if task_id is None:
             task_id = self._new_task_id(q)
         elif task_id in q.tasks or self._tombstoned(q, task_id, now):
-            raise ApiError(grpc.StatusCode.ALREADY_EXISTS,
-                           f"Requested entity already exists: {q.name}/tasks/{task_id}")
+            raise ApiError(grpc.StatusCode.ALREADY_EXISTS, v.ENTITY_EXISTS)
         retry = None
         if prep.task_in.HasField("retry_config"):
             retry = RetryPolicy.from_pb(v.resolve_retry_config(q.pb.retry_config, prep.task_in))
@@ -710,7 +724,8 @@ class State:
         q = self._queue(queue_name)
         rec = q.tasks.get(task_id)
         if rec is None:
-            raise not_found(f"{queue_name}/tasks/{task_id}")
+            gone = self._tombstoned(q, task_id, self.clock())
+            raise ApiError(grpc.StatusCode.NOT_FOUND, v.TASK_GONE if gone else v.ENTITY_MISSING)
         return rec
 
     def _render(self, rec: TaskRecord, view: int) -> Any:
@@ -876,6 +891,7 @@ class State:
                 code = policy.http_status_to_code(http_status)
                 rec.last_status = (policy.code_number(code), _http_message(http_status))
                 if 200 <= http_status <= 299:
+                    q.executed.append(now)
                     self._bury(q, rec, now)
                     return "done"
                 rec.prev_http = http_status
@@ -901,6 +917,24 @@ class State:
                 rec.schedule_ts = now + retry.delay(rec.dispatch_count)
                 self._push(q, rec)
             return "retry"
+
+    def queue_stats(self, name: str) -> QueueStats:
+        """v2beta3's QueueStats of a queue: its tasks, the oldest one's schedule time, the
+        tasks done in the last minute, the attempts in flight."""
+        with self.lock:
+            q = self._queue(name)
+            now = self.clock()
+            while q.executed and q.executed[0] < now - 60:
+                q.executed.popleft()
+            live = [t for t in q.tasks.values() if not t.deleted]
+            return QueueStats(
+                tasks_count=len(live),
+                oldest_estimated_arrival_time=min((t.schedule_ts for t in live), default=None),
+                executed_last_minute_count=len(q.executed),
+                concurrent_dispatches_count=q.inflight,
+                effective_execution_rate=q.pb.rate_limits.max_dispatches_per_second
+                if q.running else 0.0,
+            )
 
     # --------------------------------------------------- IAM, CMEK, locations
 

@@ -67,15 +67,34 @@ QUEUE_PAUSED = int(T.Queue.State.PAUSED)
 class ApiError(Exception):
     """An error the API answers with: a gRPC status code and a message."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str,
+                 help: tuple[str, str] | None = None) -> None:  # noqa: A002
         super().__init__(message)
         self.code = code
         self.message = message
+        self.help = help  # a google.rpc.Help link: (description, url)
 
 
 def invalid(message: str) -> ApiError:
     """Build an INVALID_ARGUMENT error."""
     return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+# Google's texts for the errors a client meets most (recorded from Cloud Tasks; see
+# docs/emulator.md), the invalid queue name with its Help detail.
+BAD_QUEUE_NAME = ApiError(
+    grpc.StatusCode.INVALID_ARGUMENT,
+    'Queue name must be formatted: "projects/<PROJECT_ID>/locations/<LOCATION_ID>/queues/<QUEUE_ID>".',
+    help=("Definition of queue name",
+          "https://cloud.google.com/tasks/docs/reference/rest/v2/projects.locations.queues#Queue.FIELDS.name"))
+BAD_TASK_NAME = invalid('Task name must be formatted: '
+                        '"projects/<PROJECT_ID>/locations/<LOCATION_ID>/queues/<QUEUE_ID>/tasks/<TASK_ID>"')
+QUEUE_MISSING = ("Queue does not exist. If you just created the queue, wait at least a minute for "
+                 "the queue to initialize.")
+ENTITY_MISSING = "Requested entity was not found."
+TASK_GONE = ("The task no longer exists, though a task with this name existed recently. The task "
+             "either successfully completed or was deleted.")
+ENTITY_EXISTS = "Requested entity already exists"
 
 
 @dataclass(frozen=True)
@@ -101,34 +120,25 @@ def parse_location(name: str) -> tuple[str, str]:
     """Split ``projects/P/locations/L`` into (P, L), or raise INVALID_ARGUMENT."""
     m = _LOCATION_NAME.fullmatch(name)
     if not m:
-        raise invalid(f"Invalid resource field value in the request: parent {name!r} "
-                      "is not of the form projects/PROJECT_ID/locations/LOCATION_ID")
+        raise invalid("Invalid resource field value in the request.")
     return m.group(1), m.group(2)
 
 
 def parse_queue_name(name: str) -> QueueName:
     """Parse a full queue name, or raise INVALID_ARGUMENT."""
     m = _QUEUE_NAME.fullmatch(name)
-    if not m:
-        raise invalid(f"Invalid queue name {name!r}: expected "
-                      "projects/PROJECT_ID/locations/LOCATION_ID/queues/QUEUE_ID")
-    if not _QUEUE_ID.fullmatch(m.group(3)):
-        raise invalid(f"Invalid queue id {m.group(3)!r}: QUEUE_ID may contain only letters, "
-                      "numbers and hyphens, at most 100 characters")
+    if not m or not _QUEUE_ID.fullmatch(m.group(3)):
+        raise BAD_QUEUE_NAME
     return QueueName(m.group(1), m.group(2), m.group(3))
 
 
 def parse_task_name(name: str) -> tuple[QueueName, str]:
     """Parse a full task name into its queue and task id, or raise INVALID_ARGUMENT."""
     m = _TASK_NAME.fullmatch(name)
-    if not m:
-        raise invalid(f"Invalid task name {name!r}: expected "
-                      "projects/PROJECT_ID/locations/LOCATION_ID/queues/QUEUE_ID/tasks/TASK_ID")
+    if not m or not _TASK_ID.fullmatch(m.group(4)):
+        raise BAD_TASK_NAME
     queue = parse_queue_name(f"projects/{m.group(1)}/locations/{m.group(2)}/queues/{m.group(3)}")
     task_id = m.group(4)
-    if not _TASK_ID.fullmatch(task_id):
-        raise invalid(f"Invalid task id {task_id!r}: TASK_ID may contain only letters, numbers, "
-                      "hyphens and underscores, at most 500 characters")
     return queue, task_id
 
 

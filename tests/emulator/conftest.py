@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,8 +17,9 @@ from typing import Any
 import grpc
 import pytest
 from aiohttp import web
+from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
 from google.cloud import tasks_v2
-from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from emulator import Emulator
 from emulator.oidc import SigningKey
@@ -192,16 +195,28 @@ def emulator(make_emulator: Callable[..., Emulator]) -> Emulator:
     return make_emulator()
 
 
-def client_for(emu: Emulator) -> tasks_v2.CloudTasksClient:
-    """The real google-cloud-tasks client, over an insecure channel to ``emu``."""
+def client_for(emu: Emulator, transport: str = "grpc", version: Any = tasks_v2) -> Any:
+    """The real google-cloud-tasks client (``version``: tasks_v2 or tasks_v2beta3) to ``emu``,
+    over an insecure gRPC channel or over REST to its HTTP port, anonymous, as a user would
+    point either at it."""
+    if transport == "rest":
+        return version.CloudTasksClient(transport="rest", credentials=AnonymousCredentials(),
+                                        client_options={"api_endpoint": emu.http_url})
     channel = grpc.insecure_channel(emu.address)
-    return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+    grpc_transport = version.services.cloud_tasks.transports.CloudTasksGrpcTransport
+    return version.CloudTasksClient(transport=grpc_transport(channel=channel))
+
+
+@pytest.fixture(params=["grpc", "rest"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Each behaviour check runs through both of the client's transports."""
+    return str(request.param)
 
 
 @pytest.fixture
-def client(emulator: Emulator) -> Iterator[tasks_v2.CloudTasksClient]:
-    """The real client, connected to ``emulator``."""
-    c = client_for(emulator)
+def client(emulator: Emulator, transport: str) -> Iterator[tasks_v2.CloudTasksClient]:
+    """The real client, connected to ``emulator`` over gRPC, then (a second run) REST."""
+    c = client_for(emulator, transport)
     yield c
     c.transport.close()
 
@@ -262,3 +277,23 @@ def counting_target() -> Iterator[CountingTarget]:
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
     loop.close()
+
+
+@contextlib.contextmanager
+def refused(status: str, match: str | None = None) -> Iterator[pytest.ExceptionInfo[Any]]:
+    """Expect the call to be refused with google.rpc code ``status`` (a name such as
+    ``INVALID_ARGUMENT``), over either transport: gRPC carries the code, REST the HTTP status
+    and Google's JSON error body, whose ``status`` names it. A name no URL template can carry
+    never leaves the REST client: it refuses it itself (ValueError), as against Google."""
+    with pytest.raises((gexc.GoogleAPICallError, ValueError)) as info:
+        yield info
+    err = info.value
+    if isinstance(err, ValueError):
+        assert "accepted HTTP binding" in str(err) and status == "INVALID_ARGUMENT", err
+        return
+    if err.response is not None and hasattr(err.response, "json"):
+        assert err.response.json()["error"]["status"] == status, err.response.text
+    else:
+        assert err.grpc_status_code is not None and err.grpc_status_code.name == status, err
+    if match is not None:
+        assert re.search(match, err.message), err.message

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from conftest import LOCATION, CountingTarget, Target, client_for, wait_until
+from conftest import LOCATION, CountingTarget, Target, client_for, refused, wait_until
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 
@@ -119,7 +119,7 @@ def test_exhausted_task_is_deleted(client: Client, make_queue: Callable[..., tas
     time.sleep(0.2)
     assert len(target.on("/run")) == 3
     # Like a success, exhaustion keeps the name reserved.
-    with pytest.raises(exceptions.AlreadyExists):
+    with refused("ALREADY_EXISTS"):
         client.create_task(parent=q.name, task={"name": task.name,
                                                 "http_request": {"url": target.url()}})
 

@@ -12,8 +12,7 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-from conftest import LOCATION, Target, client_for
-from google.api_core import exceptions
+from conftest import LOCATION, Target, client_for, refused
 from google.cloud import tasks_v2
 from google.cloud.location import locations_pb2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
@@ -115,7 +114,7 @@ def test_iam_policy_roundtrip(client: Client, queue: tasks_v2.Queue) -> None:
     stored = client.set_iam_policy(request={"resource": queue.name, "policy": policy})
     assert stored.bindings[0].role == "roles/cloudtasks.enqueuer"
     assert client.get_iam_policy(request={"resource": queue.name}) == stored
-    with pytest.raises(exceptions.Aborted):  # the etag moved on
+    with refused("ABORTED"):  # the etag moved on
         client.set_iam_policy(request={"resource": queue.name, "policy": policy})
     allowed = client.test_iam_permissions(request={
         "resource": queue.name, "permissions": ["cloudtasks.tasks.create", "storage.x"]})
@@ -123,7 +122,7 @@ def test_iam_policy_roundtrip(client: Client, queue: tasks_v2.Queue) -> None:
     missing = client.test_iam_permissions(request={
         "resource": f"{LOCATION}/queues/absent", "permissions": ["cloudtasks.tasks.create"]})
     assert list(missing.permissions) == []
-    with pytest.raises(exceptions.NotFound):
+    with refused("NOT_FOUND"):
         client.get_iam_policy(request={"resource": f"{LOCATION}/queues/absent"})
 
 
@@ -134,7 +133,7 @@ def test_cmek_config(client: Client) -> None:
     updated = client.update_cmek_config(cmek_config={"name": name, "kms_key": key})
     assert updated.kms_key == key
     assert client.get_cmek_config(name=name).kms_key == key
-    with pytest.raises(exceptions.InvalidArgument):
+    with refused("INVALID_ARGUMENT"):
         client.get_cmek_config(name="projects/p/cmekConfig")
 
 
@@ -147,7 +146,7 @@ def test_locations(client: Client, queue: tasks_v2.Queue) -> None:
 
 
 def test_unknown_operation_is_not_found(client: Client) -> None:
-    with pytest.raises(exceptions.NotFound):
+    with refused("NOT_FOUND"):
         client.get_operation(request={"name": f"{LOCATION}/operations/nope"})
 
 

@@ -1,4 +1,4 @@
-"""The emulator's Cloud Scheduler through the real google-cloud-scheduler client over gRPC:
+"""The emulator's Cloud Scheduler through the real google-cloud-scheduler client over gRPC and REST:
 every RPC, fires at their cron time in their time zone with Cloud Scheduler's headers and a
 verifiable OIDC token, pause, RunJob, and retries of a failing target. Time is a ManualClock."""
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
 from google.auth.transport import requests as google_requests
 from google.cloud import scheduler_v1
 from google.cloud.scheduler_v1.services.cloud_scheduler.transports import CloudSchedulerGrpcTransport
@@ -20,7 +20,7 @@ from google.protobuf import field_mask_pb2
 
 from emulator import Emulator
 from emulator.clock import ManualClock
-from tests.emulator.conftest import LOCATION, Target, wait_until
+from tests.emulator.conftest import LOCATION, Target, refused, wait_until
 
 SA = "scheduler@test-project.iam.gserviceaccount.com"
 # 2026-10-23 07:58:30 UTC: Paris is at UTC+2 for two more days.
@@ -39,7 +39,14 @@ def emu(key_file: Any, clock: ManualClock) -> Iterator[Emulator]:
 
 
 @pytest.fixture
-def sched(emu: Emulator) -> Iterator[scheduler_v1.CloudSchedulerClient]:
+def sched(emu: Emulator, transport: str) -> Iterator[scheduler_v1.CloudSchedulerClient]:
+    """The real client over gRPC, then (a second run) over REST to the emulator's HTTP port."""
+    if transport == "rest":
+        client = scheduler_v1.CloudSchedulerClient(transport="rest", credentials=AnonymousCredentials(),
+                                                   client_options={"api_endpoint": emu.http_url})
+        yield client
+        client.transport.close()
+        return
     channel = grpc.insecure_channel(emu.address)
     yield scheduler_v1.CloudSchedulerClient(transport=CloudSchedulerGrpcTransport(channel=channel))
     channel.close()
@@ -60,7 +67,7 @@ def test_every_rpc_through_the_real_client(sched: scheduler_v1.CloudSchedulerCli
     assert job.schedule_time == datetime(2026, 10, 23, 7, 59, tzinfo=UTC)  # the next minute
     assert job.retry_config.min_backoff_duration.total_seconds() == 5  # Google's defaults
     assert job.attempt_deadline.total_seconds() == 180
-    with pytest.raises(gexc.AlreadyExists):
+    with refused("ALREADY_EXISTS"):
         sched.create_job(parent=LOCATION, job=http_job(target, "a"))
     for i in range(3):
         sched.create_job(parent=LOCATION, job=http_job(target, f"b{i}"))
@@ -76,9 +83,9 @@ def test_every_rpc_through_the_real_client(sched: scheduler_v1.CloudSchedulerCli
     sched.run_job(name=job.name)
     target.wait_for(1, "/fire")
     sched.delete_job(name=job.name)
-    with pytest.raises(gexc.NotFound):
+    with refused("NOT_FOUND"):
         sched.get_job(name=job.name)
-    with pytest.raises(gexc.NotFound):
+    with refused("NOT_FOUND"):
         sched.delete_job(name=job.name)
 
 
@@ -92,9 +99,9 @@ def test_invalid_jobs_are_refused_as_google_refuses_them(sched: scheduler_v1.Clo
     job = http_job(target, "bad")
     for k, v in change.items():
         setattr(job, k, v)
-    with pytest.raises(gexc.InvalidArgument, match=message):
+    with refused("INVALID_ARGUMENT", match=message):
         sched.create_job(parent=LOCATION, job=job)
-    with pytest.raises(gexc.InvalidArgument):
+    with refused("INVALID_ARGUMENT"):
         sched.create_job(parent="projects/p", job=http_job(target, "x"))
 
 
