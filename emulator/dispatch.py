@@ -23,13 +23,12 @@ import aiohttp
 import grpc
 from google.cloud.tasks_v2 import types as T
 
+from emulator.appengine import AppEngineRoutes
 from emulator.clock import RealClock
-from emulator.state import Attempt, QueueRecord, State
+from emulator.state import APP_ENGINE_USER_AGENT, HTTP_USER_AGENT, Attempt, QueueRecord, State
 
 logger = logging.getLogger("emulator")
 
-HTTP_USER_AGENT = "Google-Cloud-Tasks"
-APP_ENGINE_USER_AGENT = "AppEngine-Google; (+http://code.google.com/appengine)"
 # Attempts a pump starts before yielding to the loop, so one busy queue cannot starve others.
 PUMP_BATCH = 256
 SWEEP_INTERVAL_S = 30.0
@@ -75,7 +74,7 @@ def apply_uri_override(url: str, uo: Any) -> str:
 
 
 def build_request(
-    attempt: Attempt, *, app_engine_host: str, id_token: Callable[[str, str], str]
+    attempt: Attempt, *, app_engine: AppEngineRoutes, id_token: Callable[[str, str], str]
 ) -> Request:
     """The HTTP request for an attempt: the task's own method, headers and body, plus the
     headers Cloud Tasks adds (task metadata, User-Agent, Authorization)."""
@@ -90,7 +89,7 @@ def build_request(
     oidc, oauth = target.oidc, target.oauth
     if target.app_engine:
         prefix = "X-AppEngine-"
-        url = app_engine_host.rstrip("/") + url
+        url = app_engine.base(*attempt.routing) + url
         own_agent = next((v for k, v in target.headers if k.lower() == "user-agent"), "")
         # Google appends its own agent to one the task sets.
         headers["User-Agent"] = f"{own_agent} {APP_ENGINE_USER_AGENT}".strip()
@@ -137,11 +136,12 @@ def build_request(
 class Dispatcher:
     """Runs on the emulator's event loop; the ``Hooks`` methods are safe from any thread."""
 
-    def __init__(self, state: State, *, app_engine_host: str,
-                 id_token: Callable[[str, str], str], clock: RealClock | None = None) -> None:
+    def __init__(self, state: State, *, id_token: Callable[[str, str], str],
+                 clock: RealClock | None = None, verify_tls: bool = True) -> None:
         self.state = state
+        # False: HTTPS handlers with self-signed certificates are accepted (local use only).
+        self.verify_tls = verify_tls
         self.clock = clock or RealClock()
-        self.app_engine_host = app_engine_host
         self.id_token = id_token
         self.loop: asyncio.AbstractEventLoop | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -180,7 +180,8 @@ class Dispatcher:
         self.loop = asyncio.get_running_loop()
         self.session = aiohttp.ClientSession(
             # Per-queue limits are ours to enforce; the pool only reuses connections.
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300,
+                                           ssl=self.verify_tls),
             # Cloud Tasks keeps no cookies between tasks.
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
@@ -251,8 +252,7 @@ class Dispatcher:
         error: grpc.StatusCode | None = None
         message = ""
         try:
-            req = build_request(attempt, app_engine_host=self.app_engine_host,
-                                id_token=self.id_token)
+            req = build_request(attempt, app_engine=self.state.app_engine, id_token=self.id_token)
             # The dispatch deadline on the emulator's clock (a test's manual one advances it).
             status = await self.clock.within(attempt.deadline_s, self._send(req))
         except TimeoutError:

@@ -15,7 +15,9 @@ import functools
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from cryptography import x509
@@ -30,6 +32,7 @@ TOKEN_LIFETIME_S = 3600
 REFRESH_MARGIN_S = 300
 CERTS_V1_PATH = "/oauth2/v1/certs"
 CERTS_V3_PATH = "/oauth2/v3/certs"
+DISCOVERY_PATH = "/.well-known/openid-configuration"
 
 
 def _b64url_uint(value: int) -> str:
@@ -124,8 +127,9 @@ def _load_key(path: Path, mtime_ns: int, size: int) -> SigningKey:
 class TokenIssuer:
     """Mints (and caches) OIDC ID tokens for service accounts; used on the dispatch loop only."""
 
-    def __init__(self, key: SigningKey) -> None:
+    def __init__(self, key: SigningKey, issuer: str = ISSUER) -> None:
         self.key = key
+        self.issuer = issuer
         self._cache: dict[tuple[str, str], tuple[str, float]] = {}
 
     def id_token(self, email: str, audience: str, *, now: float | None = None) -> str:
@@ -137,7 +141,7 @@ class TokenIssuer:
         iat = int(now)
         sub = subject_for(email)
         payload = {
-            "iss": ISSUER,
+            "iss": self.issuer,
             "aud": audience,
             "azp": sub,
             "sub": sub,
@@ -154,8 +158,23 @@ class TokenIssuer:
         return token
 
 
-def certs_app(key: SigningKey, *, client_max_size: int = 1024**2) -> web.Application:
-    """The aiohttp app serving the public keys in Google's v1 (PEM) and v3 (JWKS) formats."""
+def discovery_document(issuer: str, base_url: str) -> dict[str, Any]:
+    """An OpenID Provider's discovery document for the emulator's tokens, shaped as
+    https://accounts.google.com/.well-known/openid-configuration (the parts a verifier reads)."""
+    return {
+        "issuer": issuer,
+        "jwks_uri": base_url + CERTS_V3_PATH,
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "subject_types_supported": ["public"],
+        "response_types_supported": ["id_token"],
+        "claims_supported": ["aud", "azp", "email", "email_verified", "exp", "iat", "iss", "sub"],
+    }
+
+
+def certs_app(key: SigningKey, *, client_max_size: int = 1024**2, issuer: str = ISSUER,
+              base_url: Callable[[web.Request], str] | None = None) -> web.Application:
+    """The aiohttp app serving the public keys in Google's v1 (PEM) and v3 (JWKS) formats, and
+    the discovery document (``/.well-known/openid-configuration``) naming them."""
     v1 = json.dumps(key.certs_v1())
     v3 = json.dumps(key.certs_v3())
     # api/auth.py keeps the certs for this long, as it does with Google's endpoint.
@@ -171,7 +190,12 @@ def certs_app(key: SigningKey, *, client_max_size: int = 1024**2) -> web.Applica
         body = {"service": "cloud-tasks-emulator", "certs": [CERTS_V1_PATH, CERTS_V3_PATH]}
         return web.json_response(body)
 
+    async def discovery(request: web.Request) -> web.Response:
+        base = base_url(request) if base_url else f"{request.scheme}://{request.host}"
+        return web.json_response(discovery_document(issuer, base), headers=cache)
+
     app = web.Application(client_max_size=client_max_size)
+    app.router.add_get(DISCOVERY_PATH, discovery)
     app.router.add_get(CERTS_V1_PATH, get_v1)
     app.router.add_get(CERTS_V3_PATH, get_v3)
     app.router.add_get("/", index)

@@ -8,20 +8,25 @@ import logging
 import threading
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 from aiohttp import web
+from google.cloud.tasks_v2 import types as T
 
 from emulator import rest
+from emulator.appengine import AppEngineRoutes
 from emulator.clock import RealClock
 from emulator.dispatch import Dispatcher
+from emulator.durable import SqliteJournal
 from emulator.oidc import CERTS_V1_PATH, CERTS_V3_PATH, SigningKey, TokenIssuer, certs_app
+from emulator.oidc import ISSUER as DEFAULT_ISSUER
 from emulator.rpc import generic_handler
 from emulator.scheduler import CloudSchedulerService, SchedulerDispatcher, SchedulerState
 from emulator.server import LOCATIONS_SERVICE, OPERATIONS_SERVICE, CloudTasksService
 from emulator.server import SERVICE as TASKS_SERVICE
 from emulator.state import State
-from emulator.validation import DEFAULT_MAX_DISPATCHES_PER_SECOND
+from emulator.validation import DEFAULT_MAX_DISPATCHES_PER_SECOND, QUEUE_TOMBSTONE_S
 from emulator.versions import SERVICE as BETA_SERVICE
 from emulator.versions import BetaService
 
@@ -31,6 +36,21 @@ START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 # A batch of 100 tasks of up to 1 MB each must fit in one request.
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024
+
+
+def queues_from_file(path: str | Path, project: str, location: str) -> list[Any]:
+    """The Cloud Tasks queues a cloudjobs queues.yaml declares (docs/queues.md), in
+    ``projects/PROJECT/locations/LOCATION``; ValueError if the file is not one."""
+    from api.cloud.queues import Queues, QueuesInvalid
+    from api.cloud.tasks import build_queue
+    from api.config import Config
+
+    try:
+        specs = Queues.load(Path(path)).specs.values()
+    except QueuesInvalid as e:
+        raise ValueError(str(e)) from None
+    config = Config(project=project, location=location)
+    return [T.Queue.pb(build_queue(config, spec)) for spec in specs]
 
 
 class Emulator:
@@ -45,8 +65,12 @@ class Emulator:
         dedup_window_s: float = 3600.0,
         app_engine_host: str = "http://127.0.0.1:8080",
         *,
+        app_engine_services: dict[str, str] | None = None,
+        state_dir: str | Path | None = None,
+        verify_tls: bool = True,
+        oidc_issuer: str = DEFAULT_ISSUER,
         key_file: str | Path | None = None,
-        queue_tombstone_s: float = 0.0,
+        queue_tombstone_s: float = QUEUE_TOMBSTONE_S,
         max_dispatch_rate: float | None = DEFAULT_MAX_DISPATCHES_PER_SECOND,
         grpc_workers: int = 16,
         clock: RealClock | None = None,
@@ -56,16 +80,24 @@ class Emulator:
         self.http_port = http_port
         self.app_engine_host = app_engine_host
         self.key = SigningKey.from_file(key_file) if key_file else SigningKey.generate()
-        self.issuer = TokenIssuer(self.key)
+        self.issuer = TokenIssuer(self.key, oidc_issuer)
         # Time for schedules, backoff, deadlines, windows and rate limits: a test may pass a
         # ManualClock (emulator/clock.py) and advance it instead of sleeping.
         self.clock = clock or RealClock()
         self.state = State(dedup_window_s=dedup_window_s, queue_tombstone_s=queue_tombstone_s,
-                           max_dispatch_rate=max_dispatch_rate, app_engine_host=app_engine_host,
+                           max_dispatch_rate=max_dispatch_rate,
+                           app_engine=AppEngineRoutes(app_engine_host, app_engine_services),
                            clock=self.clock.time, monotonic=self.clock.monotonic)
-        self.dispatcher = Dispatcher(self.state, app_engine_host=app_engine_host,
-                                     id_token=self.issuer.id_token, clock=self.clock)
+        self.dispatcher = Dispatcher(self.state, id_token=self.issuer.id_token, clock=self.clock,
+                                     verify_tls=verify_tls)
         self.state.hooks = self.dispatcher
+        # Queues, tasks and tombstones kept across restarts (emulator/durable.py), if asked.
+        self.journal: SqliteJournal | None = None
+        self.restored_tasks = 0
+        if state_dir is not None:
+            self.journal = SqliteJournal(state_dir)
+            self.state.journal = self.journal
+            self.restored_tasks = self.journal.load(self.state)
         # Cloud Scheduler v1, on the same port and clock (emulator/scheduler.py).
         self.scheduler = SchedulerState(clock=self.clock)
         self.scheduler_dispatcher = SchedulerDispatcher(self.scheduler, id_token=self.issuer.id_token,
@@ -112,6 +144,8 @@ class Emulator:
         try:
             asyncio.run_coroutine_threadsafe(self._astart(), self._loop).result(START_TIMEOUT_S)
             self._start_grpc()
+            if self.journal is not None:
+                self.journal.start()
         except BaseException:
             self._started = True
             self.stop()
@@ -176,7 +210,7 @@ class Emulator:
             + rest.routes("v1", rest.SCHEDULER_ROUTES,
                           {**self.scheduler_service.methods(), **methods[LOCATIONS_SERVICE]}),
             extra={("POST", rest.BUFFER_PATH): rest.buffer_task(self.state)})
-        app = certs_app(self.key, client_max_size=MAX_MESSAGE_BYTES)
+        app = certs_app(self.key, client_max_size=MAX_MESSAGE_BYTES, issuer=self.issuer.issuer)
         app.router.add_route("*", "/{path:.*}", front.handle)
         return app
 
@@ -206,6 +240,23 @@ class Emulator:
             thread.join(STOP_TIMEOUT_S)
         self._loop = None
         self._thread = None
+        if self.journal is not None:
+            self.journal.close()  # what changed last is written
+            self.journal = None
+
+    def ensure_queues(self, queues: list[Any]) -> list[str]:
+        """Create each queue, or update it to these settings if it exists (a restart with
+        --state-dir); one line per queue saying which."""
+        lines = []
+        for queue in queues:
+            parent = queue.name.rsplit("/queues/", 1)[0]
+            if queue.name in self.state.queues:
+                self.state.update_queue(queue, ["rate_limits", "retry_config"])
+                lines.append(f"queue {queue.name}: updated")
+            else:
+                self.state.create_queue(parent, queue)
+                lines.append(f"queue {queue.name}: created")
+        return lines
 
     def __enter__(self) -> Emulator:
         return self.start()

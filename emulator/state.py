@@ -22,7 +22,6 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import grpc
 from google.cloud.location import locations_pb2
@@ -34,7 +33,9 @@ from google.rpc import status_pb2
 
 from emulator import policy
 from emulator import validation as v
-from emulator.validation import ApiError, invalid
+from emulator.appengine import AppEngineRoutes
+from emulator.durable import Journal
+from emulator.validation import QUEUE_TOMBSTONE_S, ApiError, invalid
 
 TaskPb = T.Task.pb()
 QueuePb = T.Queue.pb()
@@ -118,6 +119,7 @@ class Target:
     body: bytes
     oidc: tuple[str, str] | None  # (service account email, audience or "")
     oauth: tuple[str, str] | None  # (service account email, scope)
+    routing: tuple[str, str, str] = ("", "", "")  # App Engine: (service, version, instance)
 
 
 def target_of(task: Any) -> Target:
@@ -133,8 +135,10 @@ def target_of(task: Any) -> Target:
         return Target(False, v.method_name(req.http_method), req.url,
                       tuple(req.headers.items()), req.body, oidc, oauth)
     req = task.app_engine_http_request
+    r = req.app_engine_routing
     return Target(True, v.method_name(req.http_method), req.relative_uri or "/",
-                  tuple(req.headers.items()), req.body, None, None)
+                  tuple(req.headers.items()), req.body, None, None,
+                  (r.service, r.version, r.instance))
 
 
 class TaskRecord:
@@ -175,6 +179,8 @@ class TaskRecord:
 
 
 APP_ENGINE_RETRY_REASON = "App Error"
+HTTP_USER_AGENT = "Google-Cloud-Tasks"
+APP_ENGINE_USER_AGENT = "AppEngine-Google; (+http://code.google.com/appengine)"
 
 
 @dataclass(frozen=True)
@@ -206,6 +212,7 @@ class Attempt:
     http_target: Any | None
     dispatched_at: float
     forced: bool
+    routing: tuple[str, str, str] = ("", "", "")  # App Engine: the queue's override, else the task's
 
 
 class QueueRecord:
@@ -333,9 +340,10 @@ class State:
         self,
         *,
         dedup_window_s: float = 3600.0,
-        queue_tombstone_s: float = 0.0,
+        queue_tombstone_s: float = QUEUE_TOMBSTONE_S,
         max_dispatch_rate: float | None = v.DEFAULT_MAX_DISPATCHES_PER_SECOND,
         app_engine_host: str = "http://127.0.0.1:8080",
+        app_engine: AppEngineRoutes | None = None,
         hooks: Hooks | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -347,8 +355,10 @@ class State:
         # Deleted queue name -> time it may be created again (only with queue_tombstone_s).
         self.deleted_queues: dict[str, float] = {}
         self.max_rate = math.inf if max_dispatch_rate is None else max_dispatch_rate
-        self.app_engine_netloc = urlsplit(app_engine_host).netloc
+        self.app_engine = app_engine or AppEngineRoutes(app_engine_host)
         self.hooks: Hooks = hooks or NullHooks()
+        # What to keep across a restart (emulator/durable.py); by default, nothing.
+        self.journal: Journal = Journal()
         self.clock = clock
         self.monotonic = monotonic
         self.operations: OrderedDict[str, operations_pb2.Operation] = OrderedDict()
@@ -407,6 +417,7 @@ class State:
             self._check_recreate(qn.name)
             q = QueueRecord(qn, pb, self.monotonic())
             self.queues[qn.name] = q
+            self.journal.queue(q)
             self.hooks.queue_added(q)
             return self._queue_out(q)
 
@@ -451,12 +462,14 @@ class State:
                 pb = self._new_queue_pb(qn, queue, paths)
                 q = QueueRecord(qn, pb, self.monotonic())
                 self.queues[qn.name] = q
+                self.journal.queue(q)
                 self.hooks.queue_added(q)
                 return self._queue_out(q)
             new = v.apply_update(q.pb, queue, list(paths))
             v.fill_queue_defaults(new)
             v.validate_queue(new, max_rate=self.max_rate)
             q.configure(new, self.monotonic())
+            self.journal.queue(q)
             self.hooks.wake(q)
             return self._queue_out(q)
 
@@ -473,6 +486,7 @@ class State:
                 self.deleted_queues = {n: t for n, t in self.deleted_queues.items() if t > now}
                 self.deleted_queues[name] = now + self.queue_tombstone_s
             q.deleted = True
+            self.journal.queue(q)
             for rec in q.tasks.values():
                 rec.deleted = True
             q.tasks.clear()
@@ -492,6 +506,7 @@ class State:
             q.heap = [e for e in q.heap if not e[2].deleted]
             heapq.heapify(q.heap)
             set_timestamp(q.pb.purge_time, now)
+            self.journal.queue(q)
             return self._queue_out(q)
 
     def pause_queue(self, name: str) -> Any:
@@ -500,6 +515,7 @@ class State:
         with self.lock:
             q = self._queue(name)
             q.pb.state = v.QUEUE_PAUSED
+            self.journal.queue(q)
             return self._queue_out(q)
 
     def resume_queue(self, name: str) -> Any:
@@ -508,6 +524,7 @@ class State:
         with self.lock:
             q = self._queue(name)
             q.pb.state = v.QUEUE_RUNNING
+            self.journal.queue(q)
             self.hooks.wake(q)
             return self._queue_out(q)
 
@@ -534,14 +551,29 @@ class State:
         schedule = math.floor(schedule * 1e6) / 1e6
         pb = TaskPb()
         kind = task.WhichOneof("message_type")
-        getattr(pb, kind).CopyFrom(getattr(task, kind))
+        request = getattr(pb, kind)
+        request.CopyFrom(getattr(task, kind))
+        # As recorded from Cloud Tasks: the method defaults to POST, and the stored headers
+        # gain the User-Agent it sends (App Engine: also Content-Length, and the octet-stream
+        # Content-Type of a body that has none).
+        if not request.http_method:
+            request.http_method = v.HTTP_POST
+        headers = {k.lower(): k for k in request.headers}
         if kind == "http_request":
             v.set_duration(pb.dispatch_deadline, deadline)
+            request.headers[headers.pop("user-agent", "User-Agent")] = HTTP_USER_AGENT
         else:
             if task.HasField("dispatch_deadline"):
                 pb.dispatch_deadline.CopyFrom(task.dispatch_deadline)
+            own = request.headers.get(headers.get("user-agent", "User-Agent"), "")
+            request.headers[headers.pop("user-agent", "User-Agent")] = f"{own} {APP_ENGINE_USER_AGENT}".strip()
+            if request.body:
+                request.headers[headers.get("content-length", "Content-Length")] = str(len(request.body))
+                if "content-type" not in headers:
+                    request.headers["Content-Type"] = "application/octet-stream"
             # AppEngineRouting.host is output only: where the task goes.
-            pb.app_engine_http_request.app_engine_routing.host = self.app_engine_netloc
+            r = request.app_engine_routing
+            r.host = self.app_engine.netloc(r.service, r.version, r.instance)
         if task.HasField("retry_config"):
             pb.retry_config.CopyFrom(task.retry_config)
         # create_time is truncated to the second, as Google documents.
@@ -761,6 +793,7 @@ class State:
         if self.dedup_window_s > 0:
             q.tombstones[rec.task_id] = now + self.dedup_window_s
             q.tombstones.move_to_end(rec.task_id)
+        self.journal.task(rec)
 
     def _tombstoned(self, q: QueueRecord, task_id: str, now: float) -> bool:
         until = q.tombstones.get(task_id)
@@ -790,6 +823,7 @@ class State:
         seq = next(self._seq)
         rec.heap_seq = seq
         heapq.heappush(q.heap, (rec.schedule_ts, seq, rec))
+        self.journal.task(rec)
         if len(q.heap) > 2 * len(q.tasks) + 1024:
             # Stale entries pile up when tasks are deleted or run early; rebuild now and then.
             q.heap = [e for e in q.heap if e[2].heap_seq == e[1] and not e[2].deleted]
@@ -835,6 +869,14 @@ class State:
                 out.append(self._begin_attempt(q, rec, now, forced=False))
             return out, wait, True
 
+    @staticmethod
+    def _routing(q: QueueRecord, target: Target) -> tuple[str, str, str]:
+        """An App Engine task's routing: the queue's override when it has one."""
+        if q.pb.HasField("app_engine_routing_override"):
+            o = q.pb.app_engine_routing_override
+            return (o.service, o.version, o.instance)
+        return target.routing
+
     def _begin_attempt(self, q: QueueRecord, rec: TaskRecord, now: float,
                        forced: bool) -> Attempt:
         retried = rec.dispatch_count > 0
@@ -853,8 +895,10 @@ class State:
             http_target=q.http_target,
             dispatched_at=now,
             forced=forced,
+            routing=self._routing(q, rec.target),
         )
         rec.dispatch_count += 1
+        self.journal.task(rec)
         self.operation_counts["dispatch"] += 1
         if rec.first_dispatch_ts is None:
             rec.first_dispatch_ts = now
@@ -880,6 +924,7 @@ class State:
             rec.inflight -= 1
             if rec.deleted:
                 return "gone"
+            self.journal.task(rec)
             now = self.clock()
             rec.last_response_ts = now
             if http_status is not None:
@@ -980,6 +1025,7 @@ class State:
             raise invalid(f"Invalid CMEK config name {config.name!r}")
         with self.lock:
             self.cmek[config.name] = config.kms_key
+            self.journal.settings()
         return CmekConfigPb(name=config.name, kms_key=config.kms_key)
 
     def get_location(self, name: str) -> locations_pb2.Location:

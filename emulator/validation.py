@@ -317,6 +317,12 @@ def _clear_derived(q: Any) -> None:
     q.rate_limits.max_burst_size = 0
 
 
+HTTP_POST = int(T.HttpMethod.POST)
+# How long a deleted queue's name cannot be created again: Google documents "up to 3 days"
+# (FAILED_PRECONDITION meanwhile); --queue-tombstone shortens it.
+QUEUE_TOMBSTONE_S = 3 * 24 * 3600.0
+
+
 def method_name(value: int) -> str:
     """The HTTP verb for an HttpMethod enum value (unspecified means POST)."""
     return METHOD_NAMES.get(value, "POST")

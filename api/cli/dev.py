@@ -65,7 +65,7 @@ def run_dev(args: argparse.Namespace) -> int:
     with _Parts() as parts:
         listener = _listen(args.host, args.port)
         parts.on_stop("", listener.close)
-        emulator, moved = _start_emulator(args.host, args.emulator_port)
+        emulator, moved = _start_emulator(args.host, args.emulator_port, folder / "emulator")
         try:
             database_url, pg = _database(base, folder)
         except BaseException:
@@ -95,8 +95,9 @@ def run_dev(args: argparse.Namespace) -> int:
                 schedules=schedules)
         console.show_held()
         parts.announce = True
-        # Jobs left by a previous dev: their tasks were in the emulator, which starts empty.
-        # Every CREATED or QUEUED job is sent again now; RUNNING ones once their lease ends.
+        # Jobs left by a previous dev: their tasks are back with the emulator's state (its
+        # --state-dir is the data folder's); a job whose task is not (a deleted data folder, a
+        # crash before the write) is sent again now, and RUNNING ones once their lease ends.
         timer.sweep_once(sweep_created_after_s=0, sweep_queued_after_s=0)
 
         app = _AppProcess(listener, args.host, folder / LOG_FILE, log_level, settings)
@@ -225,21 +226,23 @@ def run_emulator(argv: list[str]) -> int:
     return emulator_main(argv)
 
 
-def _start_emulator(host: str, port: int | None) -> tuple[Any, bool]:
-    """The emulator on `port`, or on 8123 or else a free port; and whether 8123 was taken."""
+def _start_emulator(host: str, port: int | None, state_dir: Path) -> tuple[Any, bool]:
+    """The emulator on `port`, or on 8123 or else a free port; and whether 8123 was taken. Its
+    queues and pending tasks live in `state_dir` (the data folder's), so a restart keeps them. A
+    queue deleted in development can be created again at once (no 3-day tombstone, as Google's)."""
     from emulator import Emulator
 
     wanted = DEFAULT_EMULATOR_PORT if port is None else port
     # Tried here first: gRPC says a failed bind on the terminal itself, before raising.
     if not wanted or _free(host, wanted):
         try:
-            return Emulator(host=host, port=wanted, http_port=0).start(), False
+            return Emulator(host=host, port=wanted, http_port=0, state_dir=state_dir, queue_tombstone_s=0).start(), False
         except OSError:
             pass  # taken between the try and the start
     if port is not None:
         raise CommandFailed(f"--emulator-port {port}: {host}:{port} is taken (another cloudjobs dev?); "
                             "pass another port, or leave the option out for a free one")
-    return Emulator(host=host, port=0, http_port=0).start(), True
+    return Emulator(host=host, port=0, http_port=0, state_dir=state_dir, queue_tombstone_s=0).start(), True
 
 
 def _free(host: str, port: int) -> bool:

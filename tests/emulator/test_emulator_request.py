@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from google.cloud.tasks_v2 import types as T
 
+from emulator.appengine import AppEngineRoutes
 from emulator.dispatch import apply_uri_override, build_request
 from emulator.state import Attempt, Target
 
@@ -30,7 +31,7 @@ def tokens(email: str, audience: str) -> str:
 
 def test_http_headers() -> None:
     req = build_request(attempt(http(headers=(("Host", "x"), ("X-A", "1")))),
-                        app_engine_host="http://ae", id_token=tokens)
+                        app_engine=AppEngineRoutes("http://ae"), id_token=tokens)
     assert req.method == "POST" and req.url == "http://h/p" and req.body == b"b"
     assert req.follow_redirects
     assert req.headers == {
@@ -46,29 +47,29 @@ def test_http_headers() -> None:
 
 def test_retry_adds_previous_response_and_reason() -> None:
     req = build_request(attempt(http(), retry_count=2, previous=503),
-                        app_engine_host="http://ae", id_token=tokens)
+                        app_engine=AppEngineRoutes("http://ae"), id_token=tokens)
     assert req.headers["X-CloudTasks-TaskRetryCount"] == "2"
     assert req.headers["X-CloudTasks-TaskPreviousResponse"] == "503"
     assert req.headers["X-CloudTasks-TaskRetryReason"] == "INTERNAL"
 
 
 def test_oidc_audience_defaults_to_url() -> None:
-    req = build_request(attempt(http(oidc=("sa@x", ""))), app_engine_host="", id_token=tokens)
+    req = build_request(attempt(http(oidc=("sa@x", ""))), app_engine=AppEngineRoutes(""), id_token=tokens)
     assert req.headers["Authorization"] == "Bearer token(sa@x,http://h/p)"
-    req = build_request(attempt(http(oidc=("sa@x", "aud"))), app_engine_host="",
+    req = build_request(attempt(http(oidc=("sa@x", "aud"))), app_engine=AppEngineRoutes(""),
                         id_token=tokens)
     assert req.headers["Authorization"] == "Bearer token(sa@x,aud)"
 
 
 def test_get_sends_no_body() -> None:
-    req = build_request(attempt(http(method="GET", body=b"")), app_engine_host="",
+    req = build_request(attempt(http(method="GET", body=b"")), app_engine=AppEngineRoutes(""),
                         id_token=tokens)
     assert req.body is None
 
 
 def test_app_engine_request() -> None:
     target = Target(True, "PUT", "/path?x=1", (("User-Agent", "mine"),), b"data", None, None)
-    req = build_request(attempt(target), app_engine_host="http://127.0.0.1:8080/",
+    req = build_request(attempt(target), app_engine=AppEngineRoutes("http://127.0.0.1:8080/"),
                         id_token=tokens)
     assert req.url == "http://127.0.0.1:8080/path?x=1"
     assert not req.follow_redirects

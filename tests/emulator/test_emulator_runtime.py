@@ -150,8 +150,11 @@ def test_unknown_operation_is_not_found(client: Client) -> None:
         client.get_operation(request={"name": f"{LOCATION}/operations/nope"})
 
 
-def test_deleting_a_queue_drops_its_tasks(client: Client, queue: tasks_v2.Queue,
+def test_deleting_a_queue_drops_its_tasks(make_emulator: Callable[..., Emulator], transport: str,
                                           target: Target) -> None:
+    # A deleted queue's name reusable at once (--queue-tombstone 0), as tests may want it.
+    client = client_for(make_emulator(queue_tombstone_s=0), transport)
+    queue = client.create_queue(parent=LOCATION, queue={"name": f"{LOCATION}/queues/reused"})
     client.pause_queue(name=queue.name)
     client.create_task(parent=queue.name, task={"http_request": {"url": target.url()}})
     client.delete_queue(name=queue.name)
