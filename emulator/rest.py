@@ -59,6 +59,7 @@ _WELL_KNOWN = {"google.protobuf.Timestamp", "google.protobuf.Duration", "google.
                "google.protobuf.Int32Value", "google.protobuf.Int64Value", "google.protobuf.BoolValue",
                "google.protobuf.DoubleValue", "google.protobuf.FloatValue", "google.protobuf.UInt32Value",
                "google.protobuf.UInt64Value", "google.protobuf.Empty"}
+_CAMEL = re.compile(r"_([a-z0-9])")
 _VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)(?:=([^}]+))?\}")
 
 # (method, HTTP verb, URL template after the version, body field) of Cloud Tasks, the same in
@@ -215,6 +216,10 @@ def query_value(descriptor: Descriptor, path: str, values: list[str]) -> Any:
     if _is_repeated(field):
         return values
     value = values[-1]
+    if field.message_type is not None and field.message_type.full_name == "google.protobuf.FieldMask":
+        # protobuf's JSON form wants lowerCamelCase paths; Google also takes the snake_case the
+        # Node.js client's REST fallback sends (updateMask=rate_limits.max_dispatches_per_second).
+        return ",".join(_CAMEL.sub(lambda m: m.group(1).upper(), p.strip()) for p in value.split(","))
     if field.type == FieldDescriptor.TYPE_BOOL:
         if value not in ("true", "false"):
             raise bad_request(f"Invalid value at '{path}' (TYPE_BOOL), \"{value}\"")

@@ -198,3 +198,15 @@ def test_rest_errors_carry_the_grpc_sides_codes(emulator: Emulator, queue: Any) 
             c.create_queue(parent=LOCATION, queue={"name": queue.name})
         with refused("NOT_FOUND", match="Queue does not exist"):
             c.get_queue(name=f"{LOCATION}/queues/none")
+
+
+def test_update_masks_in_snake_or_camel_case(rest: Callable[..., requests.Response]) -> None:
+    """Google takes both; the Node.js client's REST fallback sends snake_case."""
+    name = f"{LOCATION}/queues/masks"
+    assert rest("POST", f"/v2/{LOCATION}/queues", {"name": name}).status_code == 200
+    for mask, rate in (("rate_limits.max_dispatches_per_second", 3), ("rateLimits.maxDispatchesPerSecond", 4)):
+        resp = rest("PATCH", f"/v2/{name}?updateMask={mask}", {"rateLimits": {"maxDispatchesPerSecond": rate,
+                                                                              "maxConcurrentDispatches": 9}})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["rateLimits"]["maxDispatchesPerSecond"] == rate
+        assert resp.json()["rateLimits"]["maxConcurrentDispatches"] == 1000  # not in the mask
