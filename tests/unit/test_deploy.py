@@ -52,8 +52,11 @@ def test_config_keys_are_found() -> None:
 
 
 def test_the_dockerfile_runs_gunicorn_on_the_app_factory_as_a_non_root_user() -> None:
-    text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.12-slim$", text, re.M)
+    whole = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.12-slim AS base$", whole, re.M)
+    # The app is the last stage (what `docker build .` makes), built on the base.
+    text = whole[:whole.index("FROM base AS emulator")] + whole[whole.rindex("\nFROM "):]
+    assert re.search(r"^FROM base AS app$", text, re.M)
     cmd = re.search(r"^CMD (\[.*\])$", text, re.M)
     assert cmd, "no exec-form CMD"
     assert_entrypoint(" ".join(f'"{a}"' if "(" in a else a for a in yaml.safe_load(cmd.group(1))))
@@ -65,6 +68,24 @@ def test_the_dockerfile_runs_gunicorn_on_the_app_factory_as_a_non_root_user() ->
     assert re.search(r"^RUN pip install --require-hashes -r /tmp/requirements\.txt\b", text, re.M)
     assert re.search(r"^RUN pip install --no-deps /src/clients/python /src\b", text, re.M)
     assert text.index("--require-hashes") < text.index("--no-deps")
+
+
+def test_the_dockerfile_has_an_emulator_target() -> None:
+    """`docker build --target emulator`: the emulator alone, listening on every interface,
+    its state in the non-root user's home."""
+    text = (ROOT / "Dockerfile").read_text()
+    stage = text[text.index("FROM base AS emulator"):text.index("FROM base AS app")]
+    entry = re.search(r"^ENTRYPOINT (\[.*\])$", stage, re.M)
+    assert entry and yaml.safe_load(entry.group(1)) == [
+        "python", "-m", "emulator", "--host", "0.0.0.0", "--state-dir", "/home/cloudjobs/state"]
+    assert re.search(r"^USER 10001$", stage, re.M) and re.search(r"^EXPOSE 8123 8124$", stage, re.M)
+    from emulator.cli import parser
+
+    args = parser().parse_args(yaml.safe_load(entry.group(1))[3:])
+    assert args.host == "0.0.0.0" and args.state_dir == "/home/cloudjobs/state"
+    # what the emulator imports beyond the app's is in the lock the base stage installs
+    pinned = {line.split("==")[0] for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line}
+    assert {"aiohttp", "cryptography", "cronsim", "grpcio-status"} <= pinned
 
 
 def test_the_build_context_keeps_what_the_image_needs() -> None:
