@@ -68,3 +68,16 @@ def test_cloudjobs_has_no_bench_command() -> None:
     out = subprocess.run([sys.executable, "-m", "api.cli.main", "bench", "--help"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2 and "invalid choice: 'bench'" in out.stderr, out.stderr
+
+
+def test_the_emulator_transports_bench_prints_its_three_ratios() -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench.emulator_transports", "--rounds", "1",
+                           "--creates", "20", "--tasks", "50"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in proc.stdout.splitlines()
+            if line.startswith("| ") and "---" not in line}
+    for label in ("CreateTask: REST vs gRPC", "CreateTask: --state-dir vs memory (gRPC)",
+                  "dispatch: --state-dir vs memory"):
+        assert label in rows, proc.stdout
+        assert float(rows[label][3]) > 0, rows[label]
