@@ -154,21 +154,23 @@ def floor_rate(handler: Handler, n: int, concurrency: int) -> float:
     return asyncio.run(run())
 
 
-def unlimited_rate(handler: Handler, run: int) -> float:
-    """Tasks per second from an unlimited queue, resume to last arrival."""
-    with Emulator(max_dispatch_rate=None) as emu:
+def unlimited_rate(handler: Handler, run: int, tasks: int = THROUGHPUT_TASKS,
+                   state_dir: str | None = None) -> float:
+    """Tasks per second from an unlimited queue, resume to last arrival (with durable state
+    in ``state_dir``, if given)."""
+    with Emulator(max_dispatch_rate=None, state_dir=state_dir) as emu:
         client = client_for(emu)
         name = f"{LOCATION}/queues/unlimited-{run}"
         client.create_queue(parent=LOCATION, queue=tasks_v2.Queue(
             name=name, rate_limits=tasks_v2.RateLimits(
                 max_dispatches_per_second=math.inf, max_concurrent_dispatches=CONCURRENCY)))
         client.pause_queue(name=name)
-        path = f"/unlimited/{run}"
-        fill(client, name, handler.url(path), THROUGHPUT_TASKS)
+        path = f"/unlimited/{run}/{bool(state_dir)}"
+        fill(client, name, handler.url(path), tasks)
         start = time.monotonic()
         client.resume_queue(name=name)
-        handler.wait_for(path, THROUGHPUT_TASKS, timeout=60)
-        rate = THROUGHPUT_TASKS / (time.monotonic() - start)
+        handler.wait_for(path, tasks, timeout=120)
+        rate = tasks / (time.monotonic() - start)
         client.transport.close()
     return rate
 

@@ -14,7 +14,6 @@ Rounds alternate the two sides of each pair; medians are printed, with each rati
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import tempfile
 import time
@@ -24,7 +23,7 @@ from typing import Any
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import tasks_v2
 
-from bench.emulator_bench import Handler, client_for, fill
+from bench.emulator_bench import Handler, client_for, unlimited_rate
 from emulator import Emulator
 
 LOCATION = "projects/bench/locations/local"
@@ -59,25 +58,6 @@ def paused_queue(emu: Emulator, name: str) -> str:
     return queue
 
 
-def dispatch_rate(handler: Handler, n: int, run: int, state_dir: str | None) -> float:
-    """Tasks per second from an unlimited queue, resume to last arrival."""
-    with Emulator(max_dispatch_rate=None, state_dir=state_dir) as emu:
-        client = client_for(emu)
-        name = f"{LOCATION}/queues/d-{run}-{bool(state_dir)}"
-        client.create_queue(parent=LOCATION, queue=tasks_v2.Queue(
-            name=name, rate_limits=tasks_v2.RateLimits(max_dispatches_per_second=math.inf,
-                                                       max_concurrent_dispatches=100)))
-        client.pause_queue(name=name)
-        path = f"/d/{run}/{bool(state_dir)}"
-        fill(client, name, handler.url(path), n)
-        start = time.monotonic()
-        client.resume_queue(name=name)
-        handler.wait_for(path, n, timeout=120)
-        rate = n / (time.monotonic() - start)
-        client.transport.close()
-    return rate
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the three comparisons and print their medians and ratios."""
     parser = argparse.ArgumentParser(prog="python -m bench.emulator_transports")
@@ -101,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         memory_dispatch, durable_dispatch = [], []
         for run in range(args.rounds):
-            memory_dispatch.append(dispatch_rate(handler, args.tasks, run, None))
+            memory_dispatch.append(unlimited_rate(handler, run, args.tasks))
             with tempfile.TemporaryDirectory() as folder:
-                durable_dispatch.append(dispatch_rate(handler, args.tasks, run, folder))
+                durable_dispatch.append(unlimited_rate(handler, run, args.tasks, folder))
     finally:
         handler.close()
 
