@@ -8,6 +8,7 @@ import math
 import signal
 import sys
 import threading
+from typing import NoReturn
 
 from emulator.oidc import ISSUER as DEFAULT_ISSUER
 from emulator.runtime import Emulator, queues_from_file
@@ -30,9 +31,16 @@ def _service(text: str) -> tuple[str, str]:
     return name, url
 
 
+class _Parser(argparse.ArgumentParser):
+    """A mistake on the command line is one line on stderr and exit status 2, not the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser (shared with ``cloudjobs emulator``)."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="cloudjobs emulator",
         description="Run a local Cloud Tasks v2 and Cloud Scheduler v1 emulator (gRPC, one port) until Ctrl-C.",
     )

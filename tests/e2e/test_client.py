@@ -21,6 +21,7 @@ from cloudjobs_client.client import Client, Conflict, Job, NotFound, Unauthorize
 from sqlalchemy.engine import Engine
 
 from tests.e2e.conftest import Stack
+from tests.servers import BurstHTTPServer
 
 
 @pytest.fixture
@@ -230,7 +231,7 @@ def front(stack: Stack) -> Iterator[Front]:
 
         do_GET = do_POST = _handle
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = BurstHTTPServer(("127.0.0.1", 0), Handler)
     state.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 from standardwebhooks.webhooks import Webhook
 
 from tests.e2e.conftest import WEBHOOK_SECRET, Stack
+from tests.servers import BurstHTTPServer
 
 
 def batch(stack: Stack, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -83,7 +84,7 @@ def test_a_receiver_failing_twice_gets_one_event_delivered_three_times_through_t
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = BurstHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/done"

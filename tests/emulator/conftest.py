@@ -23,6 +23,7 @@ from google.cloud import tasks_v2
 
 from emulator import Emulator
 from emulator.oidc import SigningKey
+from tests.servers import BurstHTTPServer
 
 LOCATION = "projects/test-project/locations/us-central1"
 
@@ -137,14 +138,16 @@ def _handler_class(target: Target) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+TargetServer = BurstHTTPServer  # the recording targets
+
+
 @pytest.fixture
 def make_target() -> Iterator[Callable[[], Target]]:
     """Factory of recording HTTP servers, each in its own thread."""
     targets: list[Target] = []
 
     def make() -> Target:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-        server.daemon_threads = True
+        server = TargetServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
         target = Target(server)
         server.RequestHandlerClass = _handler_class(target)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},

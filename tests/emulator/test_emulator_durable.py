@@ -14,13 +14,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from conftest import LOCATION, Target, client_for, refused, wait_until
+from conftest import LOCATION, Target, TargetServer, client_for, refused, wait_until
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -174,7 +174,7 @@ def test_openid_discovery_document_names_the_keys_and_issuer(make_emulator: Call
     assert payload["iss"] == "https://issuer.example"  # the tokens name the same issuer
 
 
-def _self_signed_https(tmp_path: Path) -> tuple[ThreadingHTTPServer, list[bytes]]:
+def _self_signed_https(tmp_path: Path) -> tuple[TargetServer, list[bytes]]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = dt.datetime.now(dt.UTC)
@@ -196,7 +196,7 @@ def _self_signed_https(tmp_path: Path) -> tuple[ThreadingHTTPServer, list[bytes]
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = TargetServer(("127.0.0.1", 0), Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
     server.socket = context.wrap_socket(server.socket, server_side=True)
@@ -244,3 +244,12 @@ def test_queues_file_creates_the_queues_at_start(tmp_path: Path, capsys: pytest.
     assert main(["--queues", str(queues), "--port", "0", "--http-port", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cloudjobs emulator: error: --queues")
+
+
+@pytest.mark.parametrize("argv", [["--app-engine-service", "worker"], ["--port", "abc"],
+                                  ["--app-engine-service", "w=ftp://x"]])
+def test_a_command_line_mistake_is_one_line_and_status_2(argv: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "emulator", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "error:" in proc.stderr, proc.stderr

@@ -21,6 +21,7 @@ from api.web import auth
 from api.web.callers import sign
 from emulator import Emulator
 from tests.integration.conftest import SERVICE_ACCOUNT
+from tests.servers import BurstHTTPServer
 
 AUDIENCE = "http://127.0.0.1:9"  # the test config's handler_base_url, the default audience
 
@@ -305,7 +306,7 @@ def test_query_parameters_are_bounded(client: FlaskClient, query: str) -> None:
 
 def test_signing_certs_are_cached_as_their_headers_say(emulator: Emulator) -> None:
     import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     hits = []
     body = json.dumps(emulator.key.certs_v1()).encode()
@@ -323,7 +324,7 @@ def test_signing_certs_are_cached_as_their_headers_say(emulator: Emulator) -> No
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Certs)
+    server = BurstHTTPServer(("127.0.0.1", 0), Certs)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         verifier = auth.TokenVerifier(f"http://127.0.0.1:{server.server_address[1]}/certs")
