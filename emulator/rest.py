@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from emulator.rpc import Rpc, new_pb, pb_of, status_of, wrap
 from emulator.validation import ApiError, invalid
+
+logger = logging.getLogger("emulator")
 
 # The HTTP status Google's REST front answers for each gRPC code
 # (google/rpc/code.proto documents the mapping).
@@ -153,7 +156,7 @@ def error_response(err: ApiError) -> web.Response:
     return web.json_response(error_body(err), status=HTTP_STATUS.get(err.code, 500))
 
 
-def bad_request(message: str, field: str | None = None) -> ApiError:
+def bad_request(message: str) -> ApiError:
     """INVALID_ARGUMENT for a request Google's JSON front refuses ("Invalid JSON payload")."""
     return invalid(f"Invalid JSON payload received. {message}")
 
@@ -261,6 +264,9 @@ class RestFront:
             result = await asyncio.get_running_loop().run_in_executor(None, route.rpc.fn, message)
         except ApiError as err:
             return error_response(err)
+        except Exception:  # a bug: said as Google would, in its JSON, and logged
+            logger.exception("REST %s %s failed", verb, path)
+            return error_response(ApiError(grpc.StatusCode.INTERNAL, "Internal error encountered."))
         answer = json_format.MessageToDict(pb_of(route.rpc.response, result))
         return web.json_response(answer)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 from google.cloud import tasks_v2beta3
+from google.cloud.tasks_v2 import types as T
 from google.longrunning import operations_pb2
 from google.protobuf import json_format
 
@@ -88,8 +89,6 @@ def _operation_to_beta(op: Any) -> Any:
         beta = getattr(B, v2_name, None)
         if beta is None:
             continue
-        from google.cloud.tasks_v2 import types as T
-
         v2_pb = new_pb(getattr(T, v2_name))
         any_.Unpack(v2_pb)
         getattr(out, field).Pack(translate(v2_pb, beta, _to_beta))

@@ -4,6 +4,7 @@ firebase-admin see), bad input answered with Google's shapes and never a 500, an
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -210,3 +211,23 @@ def test_update_masks_in_snake_or_camel_case(rest: Callable[..., requests.Respon
         assert resp.status_code == 200, resp.text
         assert resp.json()["rateLimits"]["maxDispatchesPerSecond"] == rate
         assert resp.json()["rateLimits"]["maxConcurrentDispatches"] == 1000  # not in the mask
+
+
+def test_a_bug_behind_a_route_is_googles_internal_error_not_a_traceback() -> None:
+    import asyncio
+
+    from aiohttp.test_utils import make_mocked_request
+    from google.cloud.tasks_v2 import types as T
+
+    from emulator.rest import RestFront, routes
+    from emulator.rpc import Rpc
+
+    def broken(request: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    front = RestFront(routes("v2", [("GetQueue", "GET", "{name=projects/*/locations/*/queues/*}", "")],
+                             {"GetQueue": Rpc(T.GetQueueRequest, T.Queue, broken)}))
+    answer = asyncio.run(front.handle(make_mocked_request("GET", f"/v2/{LOCATION}/queues/q")))
+    assert answer.status == 500
+    assert json.loads(answer.body)["error"] == {"code": 500, "message": "Internal error encountered.",
+                                                "status": "INTERNAL"}
