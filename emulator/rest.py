@@ -279,7 +279,7 @@ class RestFront:
                 body = json.loads(raw) if raw.strip() else {}
             except (ValueError, UnicodeDecodeError) as e:
                 raise bad_request(f"Unexpected token.\n{str(e)[:200]}") from None
-            if not isinstance(body, dict) and route.body == "*":
+            if not isinstance(body, dict):  # every body here is a message
                 raise bad_request("Unknown name \"\": Root element must be a message.")
             if route.body == "*":
                 fields.update(body)

@@ -147,6 +147,8 @@ def test_json_forms_over_plain_http(rest: Callable[..., requests.Response], targ
     ("POST", f"/v2/{LOCATION}/queues/missing/tasks", {"task": {"httpRequest": {"url": "http://x"}}}, 404,
      "Queue does not exist"),
     ("POST", f"/v2/{LOCATION}/queues/missing/tasks", [1, 2], 400, "Invalid JSON payload received"),
+    ("PATCH", f"/v2/{LOCATION}/queues/q", [1, 2], 400, "Root element must be a message"),
+    ("PATCH", f"/v2/{LOCATION}/queues/q", "null", 400, "Root element must be a message"),
 ])
 def test_bad_input_gets_googles_error_shape_never_a_500(rest: Callable[..., requests.Response], method: str,
                                                          path: str, body: Any, status: int, message: str) -> None:
