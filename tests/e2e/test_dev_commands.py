@@ -326,3 +326,54 @@ def test_taken_ports_named_on_the_command_line_are_one_line(tmp_path: Path) -> N
         line = one_line_error(cloudjobs("dev", "--port", str(free_port()), "--emulator-port", port,
                                         cwd=tmp_path, env=env))
         assert line.startswith(f"cloudjobs: --emulator-port {port}: 127.0.0.1:{port} is taken")
+
+
+@pytest.mark.timeout(240)
+def test_a_restarted_dev_keeps_a_delayed_jobs_task_and_runs_it_once(tmp_path: Path, server_url: str) -> None:
+    """The emulator's state lives in the data folder (--state-dir): a dev stopped and started
+    again still has the delayed job's task, which fires at its time, once."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "queues.yaml").write_text("queues:\n  default: {}\n")
+
+    def start(port: int, database_url: str) -> Dev:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "api.cli.main", "dev", "--port", str(port), "--emulator-port", "0"],
+            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=clean_env(DATABASE_URL=database_url))
+        d = Dev(proc, project, f"http://127.0.0.1:{port}")
+        threading.Thread(target=lambda: d.lines.extend(line.rstrip("\n") for line in proc.stdout),  # type: ignore[union-attr]
+                         daemon=True).start()
+        d.wait_line(r"app +ready", timeout=90)
+        return d
+
+    def stop(d: Dev) -> None:
+        d.proc.send_signal(signal.SIGINT)
+        d.proc.wait(60)
+
+    port = free_port()  # the same both times: a task keeps the handler URL it was made with
+    with empty_database(server_url) as database_url:
+        first = start(port, database_url)
+        try:
+            run_at = time.time() + 20
+            resp = requests.post(f"{first.url}/v1/jobs", timeout=10, json={
+                "type": "echo", "payload": {"kept": True},
+                "run_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(run_at))})
+            assert resp.status_code == 202, resp.text
+            job = resp.json()
+            [pending] = first.tasks().list_tasks(parent=queue_path(Config(), "default"))
+            task_name = pending.name
+        finally:
+            stop(first)
+        assert (project / ".cloudjobs" / "emulator" / "cloud-tasks.sqlite3").exists()
+
+        second = start(port, database_url)
+        try:
+            task = second.tasks().get_task(name=task_name)  # back, with its schedule time
+            assert abs(task.schedule_time.timestamp() - int(run_at)) < 1.5
+            assert requests.get(f"{second.url}/v1/jobs/{job['id']}", timeout=5).json()["state"] == "QUEUED"
+            done = second.wait_job(job["id"], "COMPLETED", timeout=60)
+            assert done["result"] == {"kept": True} and done["attempts"] == 1 and done["run"] == 0
+            assert time.time() >= int(run_at)  # not sent again early by the sweep at start
+        finally:
+            stop(second)
