@@ -60,11 +60,6 @@ _CMEK_NAME = re.compile(rf"projects/({v.PROJECT_RE})/locations/({v.LOCATION_RE})
 _PROJECT_NAME = re.compile(rf"projects/({v.PROJECT_RE})")
 
 
-def not_found(what: str) -> ApiError:
-    """Build a NOT_FOUND error."""
-    return ApiError(grpc.StatusCode.NOT_FOUND, f"Requested entity was not found: {what}")
-
-
 def set_timestamp(ts: Any, epoch: float) -> None:
     """Write an epoch time into a Timestamp, truncated to the microsecond as Google does."""
     seconds = math.floor(epoch)
@@ -749,7 +744,7 @@ class State:
         with self.lock:
             op = self.operations.get(name)
         if op is None:
-            raise not_found(name)
+            raise ApiError(grpc.StatusCode.NOT_FOUND, v.ENTITY_MISSING)
         return op
 
     def _task(self, queue_name: str, task_id: str) -> TaskRecord:
