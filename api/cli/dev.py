@@ -90,7 +90,8 @@ def run_dev(args: argparse.Namespace) -> int:
         state.write(folder)
         parts.on_stop("", lambda: devstate.remove(folder, os.getpid()))
 
-        _banner(app_url, folder, pg_embedded=pg is not None, emulator=emulator.address, moved=moved,
+        _banner(app_url, folder, pg_embedded=pg is not None, emulator=emulator.address,
+                emulator_rest=emulator.http_url, moved=moved,
                 queues=queues, own_queues=own_queues, sweep_every=args.sweep_every, reload=args.reload,
                 schedules=schedules)
         console.show_held()
@@ -292,11 +293,12 @@ def _start_sweeper(config: Config, every_s: float) -> Any:
     return SweepTimer(config, every_s, say=lambda line: say("  " + line)).start()
 
 
-def _banner(url: str, folder: Path, *, pg_embedded: bool, emulator: str, moved: bool, queues: list[str],
-            own_queues: bool, sweep_every: float, reload: bool, schedules: list[str]) -> None:
+def _banner(url: str, folder: Path, *, pg_embedded: bool, emulator: str, emulator_rest: str, moved: bool,
+            queues: list[str], own_queues: bool, sweep_every: float, reload: bool, schedules: list[str]) -> None:
     say(f"cloudjobs is running on {url}  (Ctrl-C stops everything)\n")
     say(f"  postgres   {'embedded, data in ' + str(folder / 'postgres') if pg_embedded else 'DATABASE_URL'}")
-    say(f"  emulator   {emulator}" + (f" ({DEFAULT_EMULATOR_PORT} was taken)" if moved else ""))
+    say(f"  emulator   {emulator}" + (f" ({DEFAULT_EMULATOR_PORT} was taken)" if moved else "")
+        + f"; REST {emulator_rest}; tasks kept in {folder / 'emulator'}")
     say(f"  queues     {', '.join(queues)}" + (" (no queues.yaml here: one default queue)" if own_queues else ""))
     say(f"  schedules  {', '.join(schedules)} (fired by the emulator's Cloud Scheduler)" if schedules
         else "  schedules  none (schedules.yaml declares them)")

@@ -157,7 +157,8 @@ def dev(tmp_path_factory: pytest.TempPathFactory, server_url: str) -> Iterator[D
 
 def test_dev_prints_its_banner_first_then_warnings_and_keeps_chatter_in_its_log(dev: Dev) -> None:
     assert dev.lines[0] == f"cloudjobs is running on {dev.url}  (Ctrl-C stops everything)", dev.output
-    assert re.search(r"emulator +127\.0\.0\.1:\d+ \(8123 was taken\)", dev.output)
+    assert re.search(r"emulator +127\.0\.0\.1:\d+ \(8123 was taken\); REST http://127\.0\.0\.1:\d+; "
+                     r"tasks kept in \S*\.cloudjobs/emulator", dev.output)
     assert dev.state["emulator"] != "127.0.0.1:8123"
     # The warnings come after the summary: a timeout the queue cuts is one of them.
     banner_end = dev.lines.index(f"  curl -s {dev.url}/v1/jobs/$ID")
