@@ -118,6 +118,9 @@ class SqliteJournal(Journal):
 
         self.state = state
         now, mono = state.clock(), state.monotonic()
+        # Expired tombstones go once, here; a flush only writes what changed.
+        self.db.execute("DELETE FROM tombstones WHERE until <= ?", (now,))
+        self.db.execute("DELETE FROM deleted_queues WHERE until <= ?", (now,))
         restored = 0
         with state.lock:
             for name, until in self.db.execute("SELECT name, until FROM deleted_queues"):
@@ -228,10 +231,6 @@ class SqliteJournal(Journal):
                 db.execute("DELETE FROM tasks WHERE queue = ? AND task_id = ?", (queue, task_id))
                 if until is not None:
                     db.execute("INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?)", (queue, task_id, until))
-            if self.state is not None:
-                now = self.state.clock()
-                db.execute("DELETE FROM tombstones WHERE until <= ?", (now,))
-                db.execute("DELETE FROM deleted_queues WHERE until <= ?", (now,))
             if cmek is not None:
                 db.execute("DELETE FROM cmek")
                 db.executemany("INSERT INTO cmek VALUES (?, ?)", list(cmek.items()))

@@ -230,13 +230,16 @@ def query_value(descriptor: Descriptor, path: str, values: list[str]) -> Any:
     return value
 
 
+# A handler outside the table: (request, its path's match) -> answer.
+Extra = Callable[[web.Request, re.Match[str]], Awaitable[web.StreamResponse]]
+
+
 class RestFront:
     """The REST routes of every service, as an aiohttp app's catch-all handler."""
 
-    def __init__(self, route_list: list[Route], extra: dict[tuple[str, str], Any] | None = None) -> None:
+    def __init__(self, route_list: list[Route], extra: dict[tuple[str, str], Extra] | None = None) -> None:
         self.routes = route_list
-        # Handlers outside the table: (verb, regex) -> async fn(request, match) -> Response.
-        self.extra = extra or {}
+        self.extra = extra or {}  # (verb, path regex) -> handler
 
     def find(self, verb: str, path: str) -> tuple[Route | None, re.Match[str] | None]:
         """The route for ``verb path`` and its match."""
@@ -294,17 +297,14 @@ class RestFront:
             _set(fields, name, query_value(descriptor, name, query.getall(name)))
         for path, value in zip(route.variables, match.groups(), strict=True):
             _set(fields, path, value)
-        complaints = unknown_names(fields, descriptor)
-        if complaints:
-            raise bad_request(complaints[0])
         try:
             pb = json_format.ParseDict(fields, new_pb(route.rpc.request))
         except json_format.ParseError as e:
-            raise bad_request(str(e).split("\n")[0]) from None
+            # Only a refused request is walked again, for Google's words about an unknown name.
+            complaints = unknown_names(fields, descriptor)
+            raise bad_request(complaints[0] if complaints else str(e).split("\n")[0]) from None
         return wrap(route.rpc.request, pb)
 
-
-Extra = Callable[[web.Request, re.Match[str]], Awaitable[web.StreamResponse]]
 
 # BufferTask: POST .../queues/Q/tasks/ID:buffer (or tasks:buffer), its body the task's body.
 BUFFER_PATH = (r"/(v2|v2beta3)/(projects/[^/:]+/locations/[^/:]+/queues/[^/:]+)"

@@ -104,8 +104,8 @@ class Emulator:
                                                         app_engine_host=app_engine_host, clock=self.clock)
         # One table of methods per service, served over gRPC and REST alike.
         self.tasks_service = CloudTasksService(self.state)
-        tasks_methods = self.tasks_service.methods()
-        self.beta_service = BetaService(self.state, tasks_methods[TASKS_SERVICE])
+        self.tasks_methods = self.tasks_service.methods()
+        self.beta_methods = BetaService(self.state, self.tasks_methods[TASKS_SERVICE]).methods()
         self.scheduler_service = CloudSchedulerService(self.scheduler)
         self._grpc_workers = grpc_workers
         self._server: grpc.Server | None = None
@@ -166,9 +166,10 @@ class Emulator:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
         )
-        server.add_generic_rpc_handlers([*self.tasks_service.generic_handlers(),
-                                         generic_handler(BETA_SERVICE, self.beta_service.methods()),
-                                         self.scheduler_service.generic_handler()])
+        server.add_generic_rpc_handlers([
+            *(generic_handler(name, methods) for name, methods in self.tasks_methods.items()),
+            generic_handler(BETA_SERVICE, self.beta_methods),
+            self.scheduler_service.generic_handler()])
         try:
             port = server.add_insecure_port(f"{self.host}:{self.port}")
         except RuntimeError as exc:
@@ -202,11 +203,11 @@ class Emulator:
     def _http_app(self) -> web.Application:
         """The HTTP port: the certs, then Cloud Tasks v2 and v2beta3 and Cloud Scheduler v1
         as REST/JSON (emulator/rest.py)."""
-        methods = self.tasks_service.methods()
+        methods = self.tasks_methods
         mixins = {**methods[OPERATIONS_SERVICE], **methods[LOCATIONS_SERVICE]}
         front = rest.RestFront(
             rest.routes("v2", rest.TASKS_ROUTES, {**methods[TASKS_SERVICE], **mixins})
-            + rest.routes("v2beta3", rest.TASKS_ROUTES, {**self.beta_service.methods(), **mixins})
+            + rest.routes("v2beta3", rest.TASKS_ROUTES, {**self.beta_methods, **mixins})
             + rest.routes("v1", rest.SCHEDULER_ROUTES,
                           {**self.scheduler_service.methods(), **methods[LOCATIONS_SERVICE]}),
             extra={("POST", rest.BUFFER_PATH): rest.buffer_task(self.state)})

@@ -31,7 +31,7 @@ from google.protobuf import empty_pb2, timestamp_pb2
 from google.rpc import status_pb2
 
 from emulator.clock import RealClock
-from emulator.rpc import Rpc
+from emulator.rpc import Rpc, generic_handler
 from emulator.state import _decode_token, _encode_token, _page_size
 from emulator.validation import ApiError, invalid
 
@@ -465,8 +465,6 @@ class CloudSchedulerService:
 
     def generic_handler(self) -> grpc.GenericRpcHandler:
         """The service, ready for ``grpc.Server.add_generic_rpc_handlers``."""
-        from emulator.server import generic_handler
-
         return generic_handler(SERVICE, self.methods())
 
     def list_jobs(self, request: Any) -> Any:

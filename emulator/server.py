@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 from google.cloud.location import locations_pb2
 from google.cloud.tasks_v2 import types as T
 from google.iam.v1 import iam_policy_pb2, policy_pb2
 from google.longrunning import operations_pb2
 from google.protobuf import empty_pb2
 
-from emulator.rpc import Rpc, generic_handler
+from emulator.rpc import Rpc
 from emulator.state import State
 
 SERVICE = "google.cloud.tasks.v2.CloudTasks"
@@ -72,10 +71,6 @@ class CloudTasksService:
                                    self.get_location),
             },
         }
-
-    def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
-        """The three services, ready for ``grpc.Server.add_generic_rpc_handlers``."""
-        return [generic_handler(name, methods) for name, methods in self.methods().items()]
 
     # Queues
 

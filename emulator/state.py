@@ -337,7 +337,6 @@ class State:
         dedup_window_s: float = 3600.0,
         queue_tombstone_s: float = QUEUE_TOMBSTONE_S,
         max_dispatch_rate: float | None = v.DEFAULT_MAX_DISPATCHES_PER_SECOND,
-        app_engine_host: str = "http://127.0.0.1:8080",
         app_engine: AppEngineRoutes | None = None,
         hooks: Hooks | None = None,
         clock: Callable[[], float] = time.time,
@@ -350,7 +349,7 @@ class State:
         # Deleted queue name -> time it may be created again (only with queue_tombstone_s).
         self.deleted_queues: dict[str, float] = {}
         self.max_rate = math.inf if max_dispatch_rate is None else max_dispatch_rate
-        self.app_engine = app_engine or AppEngineRoutes(app_engine_host)
+        self.app_engine = app_engine or AppEngineRoutes("http://127.0.0.1:8080")
         self.hooks: Hooks = hooks or NullHooks()
         # What to keep across a restart (emulator/durable.py); by default, nothing.
         self.journal: Journal = Journal()
@@ -966,10 +965,9 @@ class State:
             now = self.clock()
             while q.executed and q.executed[0] < now - 60:
                 q.executed.popleft()
-            live = [t for t in q.tasks.values() if not t.deleted]
             return QueueStats(
-                tasks_count=len(live),
-                oldest_estimated_arrival_time=min((t.schedule_ts for t in live), default=None),
+                tasks_count=len(q.tasks),
+                oldest_estimated_arrival_time=min((t.schedule_ts for t in q.tasks.values()), default=None),
                 executed_last_minute_count=len(q.executed),
                 concurrent_dispatches_count=q.inflight,
                 effective_execution_rate=q.pb.rate_limits.max_dispatches_per_second

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import grpc
 from google.cloud import tasks_v2beta3
 from google.cloud.tasks_v2 import types as T
 from google.longrunning import operations_pb2
@@ -152,9 +151,3 @@ class BetaService:
                 mask.MergeMessage(queue, kept)
                 queue.CopyFrom(kept)
 
-
-def beta_generic_handler(service: BetaService) -> grpc.GenericRpcHandler:
-    """The v2beta3 gRPC service."""
-    from emulator.rpc import generic_handler
-
-    return generic_handler(SERVICE, service.methods())

@@ -138,16 +138,13 @@ def _handler_class(target: Target) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-TargetServer = BurstHTTPServer  # the recording targets
-
-
 @pytest.fixture
 def make_target() -> Iterator[Callable[[], Target]]:
     """Factory of recording HTTP servers, each in its own thread."""
     targets: list[Target] = []
 
     def make() -> Target:
-        server = TargetServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+        server = BurstHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
         target = Target(server)
         server.RequestHandlerClass = _handler_class(target)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import LOCATION, Target, TargetServer, client_for, refused, wait_until
+from conftest import LOCATION, Target, client_for, refused, wait_until
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -29,6 +29,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import tasks_v2
 
 from emulator import Emulator, ManualClock, main
+from tests.servers import BurstHTTPServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -174,7 +175,7 @@ def test_openid_discovery_document_names_the_keys_and_issuer(make_emulator: Call
     assert payload["iss"] == "https://issuer.example"  # the tokens name the same issuer
 
 
-def _self_signed_https(tmp_path: Path) -> tuple[TargetServer, list[bytes]]:
+def _self_signed_https(tmp_path: Path) -> tuple[BurstHTTPServer, list[bytes]]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = dt.datetime.now(dt.UTC)
@@ -196,7 +197,7 @@ def _self_signed_https(tmp_path: Path) -> tuple[TargetServer, list[bytes]]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = TargetServer(("127.0.0.1", 0), Handler)
+    server = BurstHTTPServer(("127.0.0.1", 0), Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
     server.socket = context.wrap_socket(server.socket, server_side=True)
